@@ -1,0 +1,29 @@
+# Two entry points: `make run` (the workflow on the embedded default) and `make test`.
+# Both create the virtual environment .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: run test dry-run lint clean-results
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
+
+test: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+dry-run: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake -n --cores $(CORES)
+
+lint: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint
+
+clean-results:
+	rm -rf results/default resources/default
