@@ -1,0 +1,115 @@
+"""Atomic file output: every file the project writes appears whole or not at all.
+
+A writer produces a temporary sibling (same directory, so the final ``os.replace`` is an
+atomic rename on POSIX) and renames it only after it has been written and flushed. On error
+the temporary file is removed and any previous version of the target is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "atomic_path",
+    "atomic_open",
+    "save_npy",
+    "save_npz",
+    "save_table",
+    "save_json",
+    "save_torch",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    ``suffix`` defaults to the target's suffixes, so libraries that look at the extension
+    (``np.save``, ``nibabel.save``, matplotlib) write the right format.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if not tmp_path.exists():
+            raise FileNotFoundError(f"nothing was written to the temporary file for {path}")
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
+    """``open`` that writes to a temporary sibling and renames it on success."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write one array in ``.npy`` format atomically."""
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
+    return Path(path)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Write named arrays in ``.npz`` format atomically (no pickled objects allowed)."""
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
+
+
+def save_table(path: str | os.PathLike, table: pd.DataFrame, index: bool = False) -> Path:
+    """Write a DataFrame atomically; ``.tsv`` is tab-separated, ``.md`` Markdown, else CSV."""
+    path = Path(path)
+    with atomic_open(path, "w", newline="") as fh:
+        if path.suffix == ".md":
+            fh.write(table.to_markdown(index=index) + "\n")
+        else:
+            sep = "\t" if path.suffix == ".tsv" else ","
+            table.to_csv(fh, sep=sep, index=index)
+    return path
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (sorted keys, two-space indent)."""
+    with atomic_open(path, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
+        fh.write("\n")
+    return Path(path)
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` atomically; load it back with ``torch.load(path, weights_only=True)``."""
+    import torch
+
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
