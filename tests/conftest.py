@@ -1,0 +1,110 @@
+"""Shared fixtures: small OpenBHB folders in the real on-disk formats, written by hand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# OpenBHB full-resolution grids and affines, written out here independently of the package.
+VBM_SHAPE, QR_SHAPE = (121, 145, 121), (182, 218, 182)
+VBM_AFFINE = np.array([[-1.5, 0, 0, 90], [0, 1.5, 0, -126], [0, 0, 1.5, -72], [0, 0, 0, 1]], float)
+QR_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1.0, 0, -126], [0, 0, 1.0, -72], [0, 0, 0, 1]], float)
+VBM_MASK_NAME = "cat12vbm_space-MNI152_desc-gm_TPM.nii.gz"
+QR_MASK_NAME = "quasiraw_space-MNI152_desc-brain_T1w.nii.gz"
+
+
+def subsampled(shape, affine, factor):
+    shape = tuple(int(np.ceil(n / factor)) for n in shape)
+    return shape, affine @ np.diag([factor, factor, factor, 1.0])
+
+
+def write_openbhb(
+    root: Path,
+    n: int = 12,
+    factor: int = 8,
+    seed: int = 0,
+    ramp: bool = False,
+    per_subject: bool = True,
+) -> dict:
+    """Write a tiny OpenBHB folder; returns the ground truth used to write it.
+
+    Per-subject layout under ``root`` and, when ``ramp``, the RAMP kit under ``root/ramp``.
+    Volumes are float32 random fields; masks: a TPM-like map with values around the 0.05
+    threshold (vbm) and a binary brain mask (quasiraw).
+    """
+    rng = np.random.default_rng(seed)
+    vbm_shape, vbm_affine = subsampled(VBM_SHAPE, VBM_AFFINE, factor)
+    qr_shape, qr_affine = subsampled(QR_SHAPE, QR_AFFINE, factor)
+    tpm = rng.uniform(0.0, 0.1, vbm_shape).astype(np.float32)
+    tpm[0] = 0.0  # an all-outside slab, as real masks have background
+    brain = (rng.uniform(size=qr_shape) > 0.4).astype(np.uint8)
+    vbm_mask, qr_mask = tpm > 0.05, brain > 0
+
+    splits = (["train"] * (n - n // 3 - n // 6)) + ["internal_test"] * (n // 3) + ["external_test"] * (n // 6)
+    sites = [f"{s % 3}" if sp != "external_test" else "9" for s, sp in enumerate(splits)]
+    table = pd.DataFrame({
+        "participant_id": [f"{1000 + i}" for i in range(n)],
+        "study": ["ABIDE1"] * n,
+        "sex": rng.choice(["male", "female"], n),
+        "age": np.round(rng.uniform(6, 80, n), 1),
+        "site": sites,
+        "diagnosis": ["control"] * n,
+        "tiv": rng.uniform(1200, 1700, n).round(1),
+        "csfv": rng.uniform(200, 400, n).round(1),
+        "gmv": rng.uniform(500, 800, n).round(1),
+        "wmv": rng.uniform(400, 600, n).round(1),
+        "magnetic_field_strength": ["3"] * n,
+        "acquisition_setting": ["1"] * n,
+        "siteXacq": sites,
+        "split": splits,
+    })
+    vbm = rng.normal(0.5, 0.2, (n,) + vbm_shape).astype(np.float32)
+    qr = rng.normal(100, 20, (n,) + qr_shape).astype(np.float32)
+
+    res = root / "resource"
+    res.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(tpm, vbm_affine), res / VBM_MASK_NAME)
+    nib.save(nib.Nifti1Image(brain, qr_affine), res / QR_MASK_NAME)
+    if per_subject:
+        table.to_csv(root / "participants.tsv", sep="\t", index=False)
+        for i, row in table.iterrows():
+            folder = "train" if row["split"] == "train" else "val"
+            d = root / folder / "derivatives" / f"sub-{row['participant_id']}" / "ses-1"
+            d.mkdir(parents=True, exist_ok=True)
+            np.save(d / f"sub-{row['participant_id']}_preproc-cat12vbm_desc-gm_T1w.npy", vbm[i][None])
+            np.save(d / f"sub-{row['participant_id']}_preproc-quasiraw_T1w.npy", qr[i][None])
+    if ramp:
+        kit = root / "ramp"
+        (kit / "resource").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(tpm, vbm_affine), kit / "resource" / VBM_MASK_NAME)
+        nib.save(nib.Nifti1Image(brain, qr_affine), kit / "resource" / QR_MASK_NAME)
+        other = 8 * 163_842 + 284 + 476 + 1036
+        rows = np.concatenate(
+            [vbm[:, vbm_mask], qr[:, qr_mask], np.zeros((n, other), np.float32)], axis=1
+        )
+        train = (table["split"] == "train").to_numpy()
+        test_order = np.r_[np.flatnonzero(table["split"] == "internal_test"),
+                           np.flatnonzero(table["split"] == "external_test")]
+        np.save(kit / "train.npy", rows[train])
+        np.save(kit / "test.npy", rows[test_order])
+        table[train].drop(columns="split").to_csv(kit / "train.tsv", sep="\t", index=False)
+        table.iloc[test_order].drop(columns="split").to_csv(kit / "test.tsv", sep="\t", index=False)
+    return {"table": table, "vbm": vbm, "quasiraw": qr, "vbm_mask": vbm_mask, "quasiraw_mask": qr_mask,
+            "vbm_affine": vbm_affine, "quasiraw_affine": qr_affine}
+
+
+@pytest.fixture(scope="session")
+def openbhb_dir(tmp_path_factory):
+    """A read-only tiny OpenBHB folder in both layouts (copy it before corrupting it)."""
+    root = tmp_path_factory.mktemp("openbhb")
+    truth = write_openbhb(root, ramp=True)
+    return root, truth

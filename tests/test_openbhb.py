@@ -1,0 +1,301 @@
+"""The OpenBHB reader: participants validation, masks, (un)masking, both layouts, bad input."""
+
+from __future__ import annotations
+
+import shutil
+import tracemalloc
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from nilearn.masking import apply_mask, unmask
+
+from brainage.data import openbhb
+from brainage.data.openbhb import (
+    OpenBHBError, PerSubjectLayout, RampLayout, load_participants, mask_volumes,
+    open_dataset, ramp_row_slices, unmask_rows,
+)
+from conftest import QR_MASK_NAME, VBM_MASK_NAME, write_openbhb
+
+
+# --------------------------------------------------------------------------- participants
+
+
+def _write_tsv(path, table):
+    table.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_participants_dtypes_and_values(openbhb_dir):
+    root, truth = openbhb_dir
+    table = load_participants(root / "participants.tsv")
+    assert list(table["participant_id"]) == list(truth["table"]["participant_id"])
+    assert table["participant_id"].map(type).eq(str).all()
+    assert table["age"].dtype == np.float64
+    np.testing.assert_allclose(table["age"], truth["table"]["age"])
+    assert set(table["split"]) == {"train", "internal_test", "external_test"}
+    assert set(table["sex"]) <= {"male", "female"}
+
+
+def test_participant_ids_keep_leading_zeros(tmp_path):
+    t = pd.DataFrame({"participant_id": ["007", "010"], "sex": ["M", "F"], "age": [10, 20],
+                      "site": ["a", "b"], "split": ["train", "train"]})
+    table = load_participants(_write_tsv(tmp_path / "p.tsv", t))
+    assert list(table["participant_id"]) == ["007", "010"]
+    assert list(table["sex"]) == ["male", "female"]
+
+
+@pytest.fixture
+def good_table(openbhb_dir):
+    return pd.read_csv(openbhb_dir[0] / "participants.tsv", sep="\t", dtype=str)
+
+
+def test_missing_column_is_named(tmp_path, good_table):
+    path = _write_tsv(tmp_path / "p.tsv", good_table.drop(columns="site"))
+    with pytest.raises(OpenBHBError, match=r"p\.tsv.*missing required column.*'site'"):
+        load_participants(path)
+
+
+def test_misnamed_column_gets_a_hint(tmp_path, good_table):
+    path = _write_tsv(tmp_path / "p.tsv", good_table.rename(columns={"age": "Age"}))
+    with pytest.raises(OpenBHBError, match=r"'age' \(found 'Age': misnamed\?\)"):
+        load_participants(path)
+
+
+def test_unknown_split_names_value_and_line(tmp_path, good_table):
+    good_table.loc[3, "split"] = "validation"
+    path = _write_tsv(tmp_path / "p.tsv", good_table)
+    with pytest.raises(OpenBHBError, match=r"line 5 .*unknown split value 'validation'"):
+        load_participants(path)
+
+
+def test_duplicate_ids(tmp_path, good_table):
+    good_table.loc[4, "participant_id"] = good_table.loc[1, "participant_id"]
+    path = _write_tsv(tmp_path / "p.tsv", good_table)
+    with pytest.raises(OpenBHBError, match=r"duplicate participant_id '1001' on lines \[3, 6\]"):
+        load_participants(path)
+
+
+@pytest.mark.parametrize("age", ["-1", "121", "abc", ""])
+def test_bad_ages(tmp_path, good_table, age):
+    good_table.loc[2, "age"] = age
+    path = _write_tsv(tmp_path / "p.tsv", good_table)
+    with pytest.raises(OpenBHBError, match=r"line 4 \(participant '1002'\)"):
+        load_participants(path)
+
+
+def test_bad_sex_code(tmp_path, good_table):
+    good_table.loc[0, "sex"] = "2"
+    with pytest.raises(OpenBHBError, match=r"line 2 .*sex '2'"):
+        load_participants(_write_tsv(tmp_path / "p.tsv", good_table))
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="participants table not found"):
+        load_participants("/nonexistent/participants.tsv")
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def test_mask_volumes_matches_nilearn_order_and_round_trips(openbhb_dir):
+    root, truth = openbhb_dir
+    mask_path = root / "resource" / VBM_MASK_NAME
+    vols = truth["vbm"][:3]
+    rows = mask_volumes(vols, mask_path)
+    # nilearn: images are (X, Y, Z, n); the TPM is thresholded at 0.05 as the challenge does.
+    tpm = nib.load(mask_path)
+    mask_img = nib.Nifti1Image((tpm.get_fdata() > 0.05).astype(np.uint8), tpm.affine)
+    imgs = nib.Nifti1Image(np.moveaxis(vols, 0, -1), tpm.affine)
+    np.testing.assert_array_equal(rows, apply_mask(imgs, mask_img))
+    back = unmask_rows(rows, mask_path)
+    expected = np.moveaxis(unmask(rows, mask_img).get_fdata(), -1, 0)
+    np.testing.assert_array_equal(back, expected.astype(np.float32))
+    np.testing.assert_array_equal(back, np.where(truth["vbm_mask"], vols, 0))
+    np.testing.assert_array_equal(mask_volumes(back, mask_path), rows)
+
+
+def test_quasiraw_mask_threshold_is_zero(openbhb_dir):
+    root, truth = openbhb_dir
+    m = openbhb.load_mask(root / "resource" / QR_MASK_NAME)
+    np.testing.assert_array_equal(m, truth["quasiraw_mask"])
+
+
+def test_unmask_preserves_orientation():
+    mask = np.zeros((3, 4, 5), bool)
+    mask[0, 1, 2] = mask[2, 3, 4] = mask[1, 0, 0] = True
+    # C order over the mask: (0,1,2), (1,0,0), (2,3,4)
+    vol = unmask_rows(np.array([10.0, 20.0, 30.0]), mask)
+    assert vol[0, 1, 2] == 10 and vol[1, 0, 0] == 20 and vol[2, 3, 4] == 30 and vol.sum() == 60
+
+
+def test_masking_shape_errors():
+    mask = np.ones((2, 3, 4), bool)
+    with pytest.raises(OpenBHBError, match=r"\(1, 3, 3, 4\) do not match the mask grid \(2, 3, 4\)"):
+        mask_volumes(np.zeros((1, 3, 3, 4)), mask)
+    with pytest.raises(OpenBHBError, match="selects 24 voxels"):
+        unmask_rows(np.zeros((2, 23)), mask)
+
+
+def test_ramp_row_slices_follow_the_kit():
+    s = ramp_row_slices()
+    sizes = {k: v.stop - v.start for k, v in s.items()}
+    assert sizes == {"vbm": 519945, "quasiraw": 1827095, "xhemi": 1310736, "vbm_roi": 284,
+                     "desikan_roi": 476, "destrieux_roi": 1036}
+    assert list(s) == ["vbm", "quasiraw", "xhemi", "vbm_roi", "desikan_roi", "destrieux_roi"]
+    assert s["vbm"].start == 0 and s["destrieux_roi"].stop == 3_659_572
+    assert all(a.stop == b.start for a, b in zip(s.values(), list(s.values())[1:]))
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_both_layouts_give_the_same_volumes(openbhb_dir):
+    root, truth = openbhb_dir
+    per = open_dataset(root)
+    kit = open_dataset(root / "ramp")
+    assert isinstance(per, PerSubjectLayout) and isinstance(kit, RampLayout)
+    per.validate("vbm")
+    kit.validate("vbm")
+    by_id = {pid: i for i, pid in enumerate(truth["table"]["participant_id"])}
+    for i in range(len(kit)):
+        rec = kit.participants.iloc[i]
+        j = by_id[rec["participant_id"]]
+        for mod in ("vbm", "quasiraw"):
+            expected = np.where(truth[f"{mod}_mask"], truth[mod][j], 0)
+            np.testing.assert_array_equal(kit.volume(i, mod), expected)
+            np.testing.assert_array_equal(per.volume(j, mod)[truth[f"{mod}_mask"]], truth[mod][j][truth[f"{mod}_mask"]])
+        assert rec["split"] == truth["table"]["split"][j]
+    # internal rows come first in test.npy; external split inferred from unseen sites
+    test_splits = list(kit.participants.query("ramp_part == 'test'")["split"])
+    assert test_splits == sorted(test_splits, key=["internal_test", "external_test"].index)
+
+
+def test_ramp_reads_through_memory_map(openbhb_dir):
+    root, truth = openbhb_dir
+    kit = RampLayout(root / "ramp", part="train")
+    assert isinstance(kit.arrays["train"], np.memmap)
+    kit.mask("quasiraw"), kit.row_slices()
+    one_volume = truth["quasiraw"][0].nbytes
+    file_bytes = kit.arrays["train"].nbytes
+    tracemalloc.start()
+    kit.volume(0, "quasiraw")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # the whole file is ~30 MB; one volume plus a fixed bookkeeping overhead (pandas row
+    # lookup) is all that reading a subject may cost
+    assert file_bytes > 20e6
+    assert peak < 2 * one_volume + 400_000
+
+
+def test_mask_paths_from_environment(openbhb_dir, tmp_path, monkeypatch):
+    root, _ = openbhb_dir
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    for name in ("train.npy", "train.tsv"):
+        (kit / name).symlink_to(root / "ramp" / name)
+    monkeypatch.setenv("VBM_MASK", str(root / "resource" / VBM_MASK_NAME))
+    monkeypatch.setenv("QUASIRAW_MASK", str(root / "resource" / QR_MASK_NAME))
+    ds = RampLayout(kit, part="train")
+    assert ds.volume(0, "vbm").shape == (16, 19, 16)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def copy_dir(openbhb_dir, tmp_path):
+    root, truth = openbhb_dir
+    dst = tmp_path / "copy"
+    shutil.copytree(root, dst, symlinks=False, ignore=shutil.ignore_patterns("ramp"))
+    return dst, truth
+
+
+def _subject_file(root, pid, split_folder="train", mod="cat12vbm_desc-gm_T1w"):
+    return root / split_folder / "derivatives" / f"sub-{pid}" / "ses-1" / f"sub-{pid}_preproc-{mod}.npy"
+
+
+def test_array_shape_mismatch(copy_dir):
+    root, _ = copy_dir
+    np.save(_subject_file(root, "1000"), np.zeros((1, 16, 19, 15), np.float32))
+    with pytest.raises(OpenBHBError, match=r"sub-1000_preproc.*shape \(1, 16, 19, 15\) does not match the vbm mask grid"):
+        PerSubjectLayout(root).volume(0, "vbm")
+
+
+def test_array_dtype_mismatch(copy_dir):
+    root, _ = copy_dir
+    np.save(_subject_file(root, "1000"), np.zeros((1, 16, 19, 16), np.int16))
+    with pytest.raises(OpenBHBError, match=r"sub-1000_preproc.*dtype int16, expected a floating-point"):
+        PerSubjectLayout(root).volume(0, "vbm")
+
+
+def test_nan_voxels(copy_dir):
+    root, truth = copy_dir
+    vol = truth["vbm"][0].copy()
+    vol[truth["vbm_mask"]] = np.where(np.arange(truth["vbm_mask"].sum()) == 5, np.nan, vol[truth["vbm_mask"]])
+    np.save(_subject_file(root, "1000"), vol[None])
+    with pytest.raises(OpenBHBError, match=r"sub-1000.*1 non-finite voxel"):
+        PerSubjectLayout(root).volume(0, "vbm")
+
+
+def test_truncated_npy(copy_dir):
+    root, _ = copy_dir
+    path = _subject_file(root, "1001")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(OpenBHBError, match=r"sub-1001.*truncated \.npy file"):
+        PerSubjectLayout(root).volume(1, "vbm")
+
+
+def test_mask_of_the_wrong_grid(copy_dir):
+    root, _ = copy_dir
+    path = root / "resource" / VBM_MASK_NAME
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.ones((16, 19, 17), np.float32), img.affine), path)
+    with pytest.raises(OpenBHBError, match=r"grid \(16, 19, 17\) is not the OpenBHB vbm grid"):
+        PerSubjectLayout(root).mask("vbm")
+
+
+def test_mask_with_wrong_affine(copy_dir):
+    root, _ = copy_dir
+    path = root / "resource" / VBM_MASK_NAME
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(img.get_fdata().astype(np.float32), np.diag([2.0, 2, 2, 1])), path)
+    with pytest.raises(OpenBHBError, match="matching affine"):
+        PerSubjectLayout(root).mask("vbm")
+
+
+def test_participant_without_array(copy_dir):
+    root, _ = copy_dir
+    _subject_file(root, "1002").unlink()
+    with pytest.raises(OpenBHBError, match=r"1 participant\(s\) .* have no vbm array; first expected at .*sub-1002"):
+        PerSubjectLayout(root).validate("vbm")
+
+
+def test_array_without_participant(copy_dir):
+    root, _ = copy_dir
+    extra = _subject_file(root, "5555")
+    extra.parent.mkdir(parents=True)
+    np.save(extra, np.zeros((1, 16, 19, 16), np.float32))
+    with pytest.raises(OpenBHBError, match=r"sub-5555.*has no participant"):
+        PerSubjectLayout(root).validate("vbm")
+
+
+def test_ramp_row_length_and_count(tmp_path):
+    write_openbhb(tmp_path, n=6, ramp=True, per_subject=False)
+    kit = tmp_path / "ramp"
+    rows = np.load(kit / "train.npy")
+    np.save(kit / "train.npy", rows[:, :-1])
+    with pytest.raises(OpenBHBError, match=r"train\.npy: rows hold \d+ values but the masks select"):
+        RampLayout(kit, part="train").volume(0)
+    np.save(kit / "train.npy", rows[:-1])
+    with pytest.raises(OpenBHBError, match=r"train\.npy: shape .* does not match .*train\.tsv.*participant without an array"):
+        RampLayout(kit, part="train")
+
+
+def test_layout_detection_errors(tmp_path):
+    with pytest.raises(OpenBHBError, match="neither layout found"):
+        open_dataset(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        open_dataset(tmp_path / "missing")

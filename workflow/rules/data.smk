@@ -1,0 +1,58 @@
+# Data stage: simulate (embedded default only) -> preprocess into the training cache.
+
+
+if config["data"]["source"] == "simulate":
+
+    rule simulate:
+        output:
+            directory(f"{RESOURCES}/synthetic"),
+        params:
+            n=config["data"]["simulate"]["n_subjects"],
+            factor=config["data"]["simulate"]["downsample"],
+            seed=config["data"]["simulate"]["seed"],
+            n_sites=config["data"]["simulate"]["n_sites"],
+            modalities=",".join(config["data"]["simulate"]["modalities"]),
+        log:
+            f"{LOGS}/simulate.log",
+        benchmark:
+            f"{BENCH}/simulate.tsv"
+        threads: workflow.cores
+        shell:
+            "brainage simulate --out {output} --n-subjects {params.n} "
+            "--downsample {params.factor} --seed {params.seed} --n-sites {params.n_sites} "
+            "--modalities {params.modalities} --n-jobs {threads} > {log} 2>&1"
+
+
+def _preprocess_input(wildcards):
+    if config["data"]["source"] == "simulate":
+        return f"{RESOURCES}/synthetic"
+    return []
+
+
+rule preprocess:
+    input:
+        _preprocess_input,
+    output:
+        arrays=expand(f"{RESOURCES}/cache/{{split}}.npy", split=CACHE_SPLITS),
+        index=expand(f"{RESOURCES}/cache/{{split}}.tsv", split=CACHE_SPLITS),
+        mask=f"{RESOURCES}/cache/mask.nii.gz",
+        meta=f"{RESOURCES}/cache/cache.json",
+    params:
+        root=data_root(),
+        layout=config["data"]["layout"],
+        modality=config["data"]["modality"],
+        factor=config["preprocess"]["downsample"],
+        normalize=config["preprocess"]["normalize"],
+        chunk=config["preprocess"]["chunk"],
+        out=lambda wildcards, output: os.path.dirname(output.meta),
+    log:
+        f"{LOGS}/preprocess.log",
+    benchmark:
+        f"{BENCH}/preprocess.tsv"
+    shell:
+        "brainage preprocess --data {params.root} --layout {params.layout} "
+        "--modality {params.modality} --downsample {params.factor} "
+        "--normalize {params.normalize} --chunk {params.chunk} --out {params.out} > {log} 2>&1"
+
+
+TARGETS.append(rules.preprocess.output.meta)
