@@ -33,3 +33,24 @@ def cache_dir():
 
 
 CACHE_SPLITS = ["train", "internal_test", "external_test"]
+
+
+# ---- file naming shared by the brain-age stages (train -> features -> evaluate -> table)
+# Methods: l1 (regression baseline), combat_l1 (ComBat-harmonised images + l1),
+# yaware, thr, exp (kernel contrastive losses).
+
+
+def harmonized_cache_dir():
+    return f"{RESOURCES}/cache_combat"
+
+
+def train_dir(method, seed):
+    return f"{RESULTS}/train/{method}/seed{seed}"
+
+
+def features_path(method, seed, split):
+    return f"{RESULTS}/features/{method}/seed{seed}/{split}.npz"
+
+
+def evaluation_path(method, seed):
+    return f"{RESULTS}/evaluation/{method}/seed{seed}/scores.json"
