@@ -6,15 +6,27 @@
 #
 # The rules only call the `brainage` command line; results land in results/<run>/.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("8.0")
 
 
-configfile: "configs/default.yaml"
+# The embedded default; --configfile FILE merges a user's config over it. Resolved next to
+# this Snakefile so the workflow also runs from another working directory (containers).
+configfile: os.path.join(workflow.basedir, "configs", "default.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+# Every job can run in the project's Apptainer image: build it once with
+#   apptainer build containers/brainage.sif containers/brainage.def
+# then add `--sdm apptainer --apptainer-args "--nv"`. Without --sdm the image is not used.
+container: config["container"]
+
+
 include: "workflow/rules/data.smk"
 
 

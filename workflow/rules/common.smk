@@ -1,4 +1,5 @@
-# Shared state for every rule file: the validated config, the run's folders, the target list.
+# Shared state of the workflow: the validated config, the run's folders, the target list,
+# and every helper function (the .smk files of the stages hold only their rules).
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ RESOURCES = f"resources/{RUN}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 
-# Each rule file appends the final files of its stage here; `rule all` asks for all of them.
+# Each stage appends its final files here; the default target asks for all of them.
 TARGETS = []
 
 
@@ -30,6 +31,13 @@ def data_root():
 
 def cache_dir():
     return f"{RESOURCES}/cache"
+
+
+def preprocess_input():
+    """The simulated folder when the run builds it; a user's download is not a job output."""
+    if config["data"]["source"] == "simulate":
+        return f"{RESOURCES}/synthetic"
+    return []
 
 
 CACHE_SPLITS = ["train", "internal_test", "external_test"]

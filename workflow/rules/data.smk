@@ -16,29 +16,23 @@ if config["data"]["source"] == "simulate":
             f"{LOGS}/simulate.log",
         benchmark:
             f"{BENCH}/simulate.tsv"
-        threads: workflow.cores
+        threads: 4
         shell:
             "brainage simulate --out {output} --n-subjects {params.n} "
             "--downsample {params.factor} --seed {params.seed} --n-sites {params.n_sites} "
             "--modalities {params.modalities} --n-jobs {threads} > {log} 2>&1"
 
 
-def _preprocess_input(wildcards):
-    if config["data"]["source"] == "simulate":
-        return f"{RESOURCES}/synthetic"
-    return []
-
-
 rule preprocess:
     input:
-        _preprocess_input,
+        preprocess_input(),
     output:
         arrays=expand(f"{RESOURCES}/cache/{{split}}.npy", split=CACHE_SPLITS),
         index=expand(f"{RESOURCES}/cache/{{split}}.tsv", split=CACHE_SPLITS),
         mask=f"{RESOURCES}/cache/mask.nii.gz",
         meta=f"{RESOURCES}/cache/cache.json",
     params:
-        root=data_root(),
+        root=lambda wildcards, input: input[0] if len(input) else data_root(),
         layout=config["data"]["layout"],
         modality=config["data"]["modality"],
         factor=config["preprocess"]["downsample"],
