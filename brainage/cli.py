@@ -62,6 +62,214 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- evaluation
+# (subcommands: evaluate, table)
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def _command_line() -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["brainage", *sys.argv[1:]])
+
+
+@command
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="OpenBHB challenge scores of frozen features (one method, one seed)",
+        description="Fit the challenge's age (Ridge) and site (saga LogisticRegression) probes on "
+        "the training features, score Int. MAE, BAcc, Ext. MAE and L_c = BAcc^0.3 x Ext. MAE; "
+        "write scores.json, predictions.csv (predicted age, brain-age gap, bias-corrected gap) "
+        "and figures. The probe defaults are the challenge's; changing them is recorded.",
+    )
+    p.add_argument("--features", required=True, type=Path,
+                   help="folder with train.npz, internal_test.npz, external_test.npz")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--method", help="method id recorded in scores.json (l1, combat_l1, yaware, thr, exp, ...)")
+    p.add_argument("--seed", type=int, help="training seed recorded in scores.json")
+    p.add_argument("--model", default="ResNet-18", help="model name shown in the table (default ResNet-18)")
+    p.add_argument("--cv", type=int, default=5, help="grid-search folds (challenge: 5)")
+    p.add_argument("--alphas", type=_float_list, default=None,
+                   help="Ridge alpha grid, comma-separated (challenge: 0.01,0.1,1,10,100)")
+    p.add_argument("--cs", type=_float_list, default=None,
+                   help="LogisticRegression C grid, comma-separated (challenge: 0.01,0.1,1,10,100)")
+    p.add_argument("--max-iter", type=int, default=150, help="saga iterations (challenge: 150)")
+    p.add_argument("--random-state", type=int, default=0,
+                   help="saga seed; -1 leaves it to the global NumPy state as the RAMP kit does")
+    p.add_argument("--n-jobs", type=int, default=1, help="grid-search jobs")
+    p.add_argument("--bias-cv", type=int, default=5, help="folds for cross-fitting the internal-test age-bias correction")
+    p.add_argument("--folds", type=Path, help="JSON of challenge-style folds (participant ids, or rows of --fold-ids)")
+    p.add_argument("--fold-ids", type=Path, help="table whose participant_id column the integer fold entries index")
+    p.add_argument("--tsne", action="store_true", help="also draw a t-SNE embedding (slower)")
+    p.add_argument("--allow-over-limit", action="store_true",
+                   help="score more than 10,000 feature columns (warns; not challenge-compliant)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from brainage.evaluation.pipeline import load_folds, run_evaluation
+    from brainage.evaluation.protocol import CHALLENGE_ALPHAS, CHALLENGE_CS, ProbeSettings
+
+    settings = ProbeSettings(
+        cv=args.cv,
+        alphas=tuple(args.alphas) if args.alphas else CHALLENGE_ALPHAS,
+        cs=tuple(args.cs) if args.cs else CHALLENGE_CS,
+        max_iter=args.max_iter,
+        random_state=None if args.random_state < 0 else args.random_state,
+        n_jobs=args.n_jobs,
+    )
+    folds = load_folds(args.folds, args.fold_ids) if args.folds else None
+    run_evaluation(
+        args.features, args.out, method=args.method, seed=args.seed, model=args.model,
+        settings=settings, folds=folds, bias_cv=args.bias_cv, tsne=args.tsne,
+        allow_over_limit=args.allow_over_limit, provenance={"command": _command_line()},
+    )
+    return 0
+
+
+@command
+def _register_table(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "table",
+        help="aggregate scores.json files into the OpenBHB results table",
+        description="Mean +- std over seeds (or folds) per method, in the layout of Table 3 of "
+        "Barbano et al. (ISBI 2023), as CSV and Markdown, with the published numbers alongside "
+        "(labelled, not computed here) and summary figures.",
+    )
+    p.add_argument("--scores", required=True, nargs="+",
+                   help="scores.json files, folders searched for them, or glob patterns")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--name", default="openbhb_table", help="file stem (default openbhb_table)")
+    p.add_argument("--harmonization-meta", type=Path,
+                   help="the ComBat cache's cache.json; its external-site strategy is noted if present")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=_run_table)
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    from brainage.evaluation.table import harmonization_note, load_scores, resolve_score_paths, write_table
+
+    paths = resolve_score_paths(args.scores)
+    reps = load_scores(paths)
+    written = write_table(
+        reps, args.out, name=args.name, harmonization=harmonization_note(args.harmonization_meta),
+        figures=not args.no_figures, provenance=_command_line(),
+    )
+    logging.getLogger("brainage").info("table of %d replicate(s) from %d file(s): %s",
+                                       len(reps), len(paths), ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+# --------------------------------------------------------------------------- training
+# (subcommands: train, features; the flags of `train` are generated from TrainConfig)
+
+
+def _config_flag_type(name: str, annotation):
+    import json
+
+    def optional_int(text: str):
+        return None if text.lower() in ("none", "null") else int(text)
+
+    def json_list(text: str):
+        value = json.loads(text)
+        if not isinstance(value, list):
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} expects a JSON list")
+        return value
+
+    if annotation in (int, float, str):
+        return {"type": annotation}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if str(annotation).startswith(("int | None", "typing.Optional[int]")):
+        return {"type": optional_int}
+    return {"type": json_list}
+
+
+@command
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    from brainage.training.config import CHOICES, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train one brain-age network (contrastive or L1) on a cache; resumable",
+        description="Train the 3D ResNet-18 with a kernel contrastive loss (yaware, thr, exp) or the L1 "
+        "baseline (l1; combat_l1 on a harmonised cache). Options come from the defaults (the paper's recipe), "
+        "then --config FILE.yaml, then the flags below. Running the same command again resumes from "
+        "OUT/checkpoint.pt. Under torchrun, every process runs this command (DistributedDataParallel).",
+    )
+    p.add_argument("--cache", required=True, type=Path, help="training cache folder (its train split is used)")
+    p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, metrics.csv, model.pt")
+    p.add_argument("--config", type=Path, help="YAML mapping of TrainConfig options (or a workflow config "
+                   "with a train: section)")
+    types = TrainConfig.field_types()
+    for name in TrainConfig.field_names():
+        flag = "--" + name.replace("_", "-")
+        kwargs = _config_flag_type(name, types[name])
+        if name in CHOICES:
+            kwargs["choices"] = list(CHOICES[name])
+        elif "type" in kwargs:
+            kwargs["metavar"] = name.upper()
+        p.add_argument(flag, dest=f"opt_{name}", default=None, help=f"see TrainConfig.{name} (docs/training.md)",
+                       **kwargs)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from brainage.training import TrainConfig, load_config_file, train
+    from brainage.training.distributed import cleanup, init_from_env
+
+    values = load_config_file(args.config) if args.config else {}
+    values.update({k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None})
+    config = TrainConfig.from_dict(values)
+    ctx = init_from_env()
+    try:
+        path = train(config, args.cache, args.out, ctx)
+    finally:
+        cleanup(ctx)
+    if ctx.is_main:
+        logging.getLogger("brainage").info("%s: %s", config.method, path)
+    return 0
+
+
+@command
+def _register_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "features",
+        help="frozen features of a trained run for every cache split -> <split>.npz",
+        description="Encode every split of a cache with a trained model: OUT/<split>.npz with features (n, p) "
+        "float32, age (n,) years, site (n,), participant_id (n,) and, for L1 models, prediction (n,) years. "
+        "L1 models give the pooled embedding; contrastive models the run's configured kind.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="training run folder (model.pt) or a model file")
+    p.add_argument("--cache", required=True, type=Path, help="cache whose splits are encoded")
+    p.add_argument("--out", required=True, type=Path, help="folder for the .npz files")
+    p.add_argument("--kind", choices=["projection", "embedding"], help="contrastive models only; default: the run's")
+    p.add_argument("--device", help="default: the run's device option")
+    p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
+    p.add_argument("--num-threads", type=int, help="CPU threads of torch")
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    import torch
+
+    from brainage.training import extract_features
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    written = extract_features(args.run, args.cache, args.out, kind=args.kind, device=args.device,
+                               batch_size=args.batch_size)
+    logging.getLogger("brainage").info("features: %s", ", ".join(str(p) for p in written.values()))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 

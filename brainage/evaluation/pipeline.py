@@ -1,0 +1,263 @@
+"""One evaluation run: feature folder -> scores.json, predictions.csv and figures.
+
+This is what ``brainage evaluate`` executes. Besides the challenge scores it writes, per
+subject, the predicted age, the brain-age gap and the age-bias-corrected gap. The correction
+line is never fitted on the subjects it corrects:
+
+- external test and training subjects: fitted on the whole internal test set;
+- internal test subjects: cross-fitted over ``bias_cv`` folds of the internal test set.
+
+Training-subject predictions are out-of-fold Ridge predictions (the probe's alpha, the probe's
+folds), since the probe's own in-sample predictions on its training set are optimistic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from brainage.evaluation.brain_age_gap import (
+    brain_age_gap,
+    corrected_gap_from_reference,
+    cross_fitted_corrected_gap,
+)
+from brainage.evaluation.features import SPLITS, FeatureSplit, load_feature_dir
+from brainage.evaluation.metrics import mae, pearson_r
+from brainage.evaluation.protocol import ProbeSettings, evaluate_features
+from brainage.io import save_json, save_table
+
+__all__ = ["load_folds", "evaluate_folds", "run_evaluation", "SCORE_KEYS"]
+
+log = logging.getLogger(__name__)
+
+SCORE_KEYS = ("int_mae", "bacc", "ext_mae", "challenge_score", "int_rmse", "ext_rmse", "int_r", "ext_r",
+              "bacc_chance")
+
+
+def load_folds(
+    path: str | os.PathLike, id_table: str | os.PathLike | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """Read a fold file ``{fold: {"train": [...], "internal_test": [...], "external_test": [...]}}``.
+
+    Entries are participant ids. Integer entries (the layout of the RAMP kit's
+    ``cv_splits_indices.json``, row numbers of its ``train.tsv``) are mapped to participant ids
+    through the ``participant_id`` column of ``id_table``, which is then required.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON fold file ({err})") from err
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: expected a non-empty mapping of fold name -> splits")
+    ids_by_row: np.ndarray | None = None
+    if id_table is not None:
+        ids_by_row = pd.read_csv(id_table, sep=None, engine="python", dtype={"participant_id": str})[
+            "participant_id"].astype(str).to_numpy()
+    folds: dict[str, dict[str, list[str]]] = {}
+    for name, sets in raw.items():
+        if not isinstance(sets, dict) or any(k not in sets for k in SPLITS):
+            raise ValueError(f"{path}: fold {name!r} must list {list(SPLITS)}")
+        fold: dict[str, list[str]] = {}
+        for split in SPLITS:
+            items = list(sets[split])
+            if items and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+                if ids_by_row is None:
+                    raise ValueError(
+                        f"{path}: fold {name!r} lists row numbers, not participant ids; pass the "
+                        "table they index (the kit's train.tsv) to map them"
+                    )
+                bad = [v for v in items if not 0 <= v < len(ids_by_row)]
+                if bad:
+                    raise ValueError(f"{path}: fold {name!r} {split}: row {bad[0]} outside the id table")
+                items = [str(ids_by_row[v]) for v in items]
+            fold[split] = [str(v) for v in items]
+        folds[str(name)] = fold
+    return folds
+
+
+def _stack(splits: Mapping[str, FeatureSplit]) -> tuple[pd.Index, np.ndarray, np.ndarray, np.ndarray]:
+    ids = np.concatenate([s.participant_id for s in splits.values()])
+    index = pd.Index(ids)
+    if index.has_duplicates:
+        dup = index[index.duplicated()][0]
+        raise ValueError(f"participant {dup!r} appears more than once across the feature files")
+    x = np.concatenate([s.features for s in splits.values()])
+    age = np.concatenate([s.age for s in splits.values()])
+    site = np.concatenate([
+        s.site if s.site is not None else np.full(len(s), "", dtype=str) for s in splits.values()
+    ]).astype(str)
+    return index, x, age, site
+
+
+def evaluate_folds(
+    splits: Mapping[str, FeatureSplit],
+    folds: Mapping[str, Mapping[str, Sequence[str]]],
+    settings: ProbeSettings | None = None,
+    allow_over_limit: bool = False,
+) -> list[dict[str, Any]]:
+    """Run the protocol once per fold; subjects are looked up by participant id in every split."""
+    index, x, age, site = _stack(splits)
+    results = []
+    for name, sets in folds.items():
+        triples = []
+        for split in SPLITS:
+            rows = index.get_indexer(list(sets[split]))
+            if (rows < 0).any():
+                missing = list(np.asarray(sets[split])[rows < 0][:3])
+                raise ValueError(f"fold {name!r} {split}: participant(s) {missing} not in the feature files")
+            if split != "external_test" and (site[rows] == "").any():
+                raise ValueError(f"fold {name!r} {split}: some subjects have no site label")
+            sites = site[rows] if split != "external_test" or (site[rows] != "").all() else None
+            triples.append((x[rows], age[rows], sites))
+        res = evaluate_features(*triples, settings=settings, allow_over_limit=allow_over_limit,
+                                names=[f"fold {name} {s}" for s in SPLITS])
+        res.pop("predictions")
+        res["fold"] = name
+        results.append(res)
+    return results
+
+
+def _gap_columns(
+    splits: Mapping[str, FeatureSplit], preds: Mapping[str, np.ndarray], bias_cv: int, random_state: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Corrected gaps per split and a summary for scores.json."""
+    ref = splits["internal_test"]
+    corrected: dict[str, np.ndarray] = {}
+    summary: dict[str, Any] = {
+        "gap": "predicted - true age (years), Ridge probe",
+        "correction": "predicted = slope * age + intercept; corrected = (predicted - intercept) / slope",
+        "fitted_on": {
+            "external_test": "internal_test (all subjects)",
+            "train": "internal_test (all subjects)",
+            "internal_test": f"internal_test, cross-fitted over {bias_cv} folds (never the subject's own fold)",
+        },
+    }
+    try:
+        for split in ("external_test", "train"):
+            corrected[split], corr = corrected_gap_from_reference(
+                ref.age, preds["internal_test"], splits[split].age, preds[split])
+        corrected["internal_test"] = cross_fitted_corrected_gap(
+            ref.age, preds["internal_test"], n_splits=bias_cv, random_state=random_state)
+        summary.update(slope=corr.slope_, intercept=corr.intercept_, n_calibration=corr.n_calibration_)
+    except ValueError as err:
+        warnings.warn(f"age-bias correction skipped: {err}", UserWarning, stacklevel=2)
+        summary["error"] = str(err)
+        corrected = {s: np.full(len(splits[s]), np.nan) for s in SPLITS}
+    summary["gap_age_r"] = {
+        split: {
+            "raw": pearson_r(splits[split].age, brain_age_gap(preds[split], splits[split].age)),
+            "corrected": pearson_r(splits[split].age, corrected[split])
+            if np.isfinite(corrected[split]).all() else None,
+        }
+        for split in SPLITS
+    }
+    return corrected, summary
+
+
+def run_evaluation(
+    features_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    method: str | None = None,
+    seed: int | None = None,
+    model: str | None = None,
+    settings: ProbeSettings | None = None,
+    folds: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    bias_cv: int = 5,
+    tsne: bool = False,
+    allow_over_limit: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate one feature folder and write ``scores.json``, ``predictions.csv``, figures.
+
+    ``scores.json`` holds the challenge scores on the split files as given; with ``folds``
+    it also holds one score set per fold under ``"folds"`` (the table then aggregates those).
+    Returns the scores written.
+    """
+    from brainage.evaluation import figures
+
+    settings = settings or ProbeSettings()
+    out_dir = Path(out_dir)
+    splits = load_feature_dir(features_dir)
+    res = evaluate_features(
+        *(splits[s].triple() for s in SPLITS),
+        settings=settings,
+        allow_over_limit=allow_over_limit,
+        names=[str(splits[s].path) for s in SPLITS],
+    )
+    preds_raw = res.pop("predictions")
+    preds = {"train": preds_raw["train_oof"], "internal_test": preds_raw["internal"],
+             "external_test": preds_raw["external"]}
+    rs = settings.random_state if settings.random_state is not None else 0
+    corrected, gap_summary = _gap_columns(splits, preds, bias_cv, rs)
+
+    scores: dict[str, Any] = {
+        "method": method,
+        "seed": seed,
+        "model": model,
+        "features_dir": str(features_dir),
+        **res,
+        "brain_age_gap": gap_summary,
+    }
+    if all(splits[s].prediction is not None for s in ("internal_test", "external_test")):
+        scores["head"] = {
+            "note": "the network's own regression head, not the challenge's Ridge probe",
+            "int_mae": mae(splits["internal_test"].age, splits["internal_test"].prediction),
+            "ext_mae": mae(splits["external_test"].age, splits["external_test"].prediction),
+        }
+    if folds:
+        fold_scores = evaluate_folds(splits, folds, settings=settings, allow_over_limit=allow_over_limit)
+        scores["folds"] = fold_scores
+        scores["folds_summary"] = {
+            key: {"mean": float(np.mean([f[key] for f in fold_scores])),
+                  "std": float(np.std([f[key] for f in fold_scores], ddof=1)) if len(fold_scores) > 1 else None}
+            for key in ("int_mae", "bacc", "ext_mae", "challenge_score")
+        }
+    if provenance:
+        scores["provenance"] = dict(provenance)
+
+    rows = []
+    for split in SPLITS:
+        sp = splits[split]
+        frame = pd.DataFrame({
+            "participant_id": sp.participant_id,
+            "split": split,
+            "site": sp.site if sp.site is not None else "",
+            "age": sp.age,
+            "predicted_age": preds[split],
+            "gap": brain_age_gap(preds[split], sp.age),
+            "corrected_gap": corrected[split],
+        })
+        if sp.prediction is not None:
+            frame["head_predicted_age"] = sp.prediction
+        rows.append(frame)
+    table = pd.concat(rows, ignore_index=True)
+
+    tag = " / ".join(str(v) for v in (method, f"seed {seed}" if seed is not None else None) if v)
+    fig_dir = out_dir / "figures"
+    figures.plot_predicted_vs_true(
+        {s: (splits[s].age, preds[s]) for s in SPLITS}, fig_dir / "predicted_vs_true.png",
+        title=f"Predicted vs true age {tag}".strip())
+    figures.plot_per_site_mae(
+        {"internal_test": res["int_per_site_mae"], "external_test": res["ext_per_site_mae"]},
+        fig_dir / "per_site_mae.png", title=f"MAE per site {tag}".strip())
+    feats = {s: splits[s].features for s in SPLITS}
+    sites = {s: splits[s].site for s in SPLITS}
+    figures.plot_embedding(feats, sites, fig_dir / "embedding_pca.png", method="pca", random_state=rs)
+    if tsne:
+        figures.plot_embedding(feats, sites, fig_dir / "embedding_tsne.png", method="tsne", random_state=rs)
+
+    save_table(out_dir / "predictions.csv", table)
+    save_json(out_dir / "scores.json", scores)
+    log.info("%s: Int. MAE %.2f, BAcc %.1f %% (chance %.1f %%), Ext. MAE %.2f, L_c %.3f",
+             tag or features_dir, scores["int_mae"], 100 * scores["bacc"], 100 * scores["bacc_chance"],
+             scores["ext_mae"], scores["challenge_score"])
+    return scores

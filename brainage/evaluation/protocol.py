@@ -1,0 +1,340 @@
+"""The OpenBHB challenge protocol on frozen features.
+
+Reproduces how the challenge server (the RAMP kit "brain_age_with_site_removal",
+``problem.py``; Dufumier et al., "OpenBHB: a large-scale multi-site brain MRI data-set for age
+prediction and debiasing", NeuroImage 263, 2022) scores a representation:
+
+1. two probes are fitted on the *training* subjects' features only:
+   ``GridSearchCV(Ridge(), {"alpha": 10.0 ** arange(-2, 3)}, cv=5, scoring="r2")`` for age and
+   ``GridSearchCV(LogisticRegression(solver="saga", max_iter=150), {"C": 10.0 ** arange(-2, 3)},
+   cv=5, scoring="balanced_accuracy")`` for the acquisition site;
+2. Int. MAE and BAcc are measured on the internal test set (sites seen in training), Ext. MAE on
+   the external test set (unseen sites);
+3. the challenge score is ``L_c = BAcc ** 0.3 * Ext. MAE`` (BAcc as a fraction, lower is better).
+
+Decisions, each matching the kit unless stated:
+
+- No standardisation: the kit feeds the submission's features straight into both probes
+  (no scaler in either pipeline), so neither does this module. The features' scale therefore
+  matters (it sets the effective ridge / logistic penalty and the speed of saga), exactly as on
+  the server. Features are used in the dtype they are stored in (float32 from a network).
+- ``cv=5`` is passed as an integer, as in the kit: scikit-learn then uses unshuffled
+  ``KFold`` for Ridge and unshuffled ``StratifiedKFold`` for the classifier, so the inner folds
+  depend on the row order of the training features; rows are used in the order given.
+- ``max_iter=150`` rarely lets saga converge; the kit keeps it and so does this module (the
+  refit probe's convergence is recorded, the warnings are counted, not shown one by one).
+- ``random_state``: the kit leaves saga's sampling to the global NumPy state, so its BAcc
+  varies slightly from run to run. Here it defaults to 0 so every number can be reproduced;
+  ``random_state=None`` restores the kit's behaviour. It is not part of the challenge identity.
+- More than 10,000 feature columns: the server refuses the submission (``ValueError``), so
+  :func:`evaluate_features` raises too unless ``allow_over_limit=True``, which warns and marks
+  the result ``challenge_protocol: False``.
+- The RAMP kit's leaderboard column "challenge_metric" computes ``ext_mae * bacc + mae / n_sites``,
+  not the paper's ``L_c``. This project reports the ``L_c`` of the OpenBHB and ISBI 2023 papers,
+  whose published numbers it compares with; the kit formula is not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import GridSearchCV, cross_val_predict
+
+from brainage.evaluation.metrics import mae, pearson_r, per_site_mae, rmse
+
+__all__ = [
+    "MAX_FEATURES",
+    "CHALLENGE_ALPHAS",
+    "CHALLENGE_CS",
+    "ProbeSettings",
+    "age_probe",
+    "site_probe",
+    "challenge_score",
+    "check_features",
+    "evaluate_features",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_FEATURES = 10_000
+"""Largest feature dimension the challenge server accepts."""
+
+CHALLENGE_ALPHAS: tuple[float, ...] = tuple(float(v) for v in 10.0 ** np.arange(-2, 3))
+CHALLENGE_CS: tuple[float, ...] = tuple(float(v) for v in 10.0 ** np.arange(-2, 3))
+CHALLENGE_CV = 5
+CHALLENGE_MAX_ITER = 150
+
+Triple = Sequence[Any]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Probe hyper-parameters; the defaults are the challenge's.
+
+    Attributes:
+        cv: folds of both grid searches (an integer, as the kit passes it).
+        alphas: Ridge penalty grid.
+        cs: inverse LogisticRegression penalty grid.
+        max_iter: saga iterations.
+        random_state: seed of saga's sampling (None: global NumPy state, as the kit).
+        n_jobs: parallel grid-search jobs (results do not depend on it).
+    """
+
+    cv: int = CHALLENGE_CV
+    alphas: tuple[float, ...] = CHALLENGE_ALPHAS
+    cs: tuple[float, ...] = CHALLENGE_CS
+    max_iter: int = CHALLENGE_MAX_ITER
+    random_state: int | None = 0
+    n_jobs: int | None = 1
+
+    def __post_init__(self) -> None:
+        if int(self.cv) < 2:
+            raise ValueError(f"cv must be >= 2, got {self.cv}")
+        if not self.alphas or any(not (a > 0) for a in self.alphas):
+            raise ValueError(f"alphas must be a non-empty list of positive numbers, got {self.alphas}")
+        if not self.cs or any(not (c > 0) for c in self.cs):
+            raise ValueError(f"cs must be a non-empty list of positive numbers, got {self.cs}")
+        if int(self.max_iter) < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        object.__setattr__(self, "cs", tuple(float(c) for c in self.cs))
+
+    @property
+    def is_challenge(self) -> bool:
+        """True when grids, folds and iterations are the challenge's."""
+        return (
+            int(self.cv) == CHALLENGE_CV
+            and np.allclose(self.alphas, CHALLENGE_ALPHAS) and len(self.alphas) == len(CHALLENGE_ALPHAS)
+            and np.allclose(self.cs, CHALLENGE_CS) and len(self.cs) == len(CHALLENGE_CS)
+            and int(self.max_iter) == CHALLENGE_MAX_ITER
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def age_probe(settings: ProbeSettings | None = None) -> GridSearchCV:
+    """The unfitted age probe: Ridge with a grid search over alpha, scored by R^2."""
+    s = settings or ProbeSettings()
+    return GridSearchCV(Ridge(), {"alpha": list(s.alphas)}, cv=int(s.cv), scoring="r2", n_jobs=s.n_jobs)
+
+
+def site_probe(settings: ProbeSettings | None = None) -> GridSearchCV:
+    """The unfitted site probe: saga LogisticRegression, grid over C, balanced accuracy."""
+    s = settings or ProbeSettings()
+    return GridSearchCV(
+        LogisticRegression(solver="saga", max_iter=int(s.max_iter), random_state=s.random_state),
+        {"C": list(s.cs)},
+        cv=int(s.cv),
+        scoring="balanced_accuracy",
+        n_jobs=s.n_jobs,
+    )
+
+
+def challenge_score(bacc: float, ext_mae: float) -> float:
+    """OpenBHB challenge score ``L_c = bacc ** 0.3 * ext_mae`` (lower is better).
+
+    Args:
+        bacc: balanced accuracy of the site probe on the internal test set, a fraction in [0, 1].
+        ext_mae: mean absolute age error on the external test set, years (>= 0).
+
+    Raises:
+        ValueError: a value outside its range (a BAcc given in percent is refused).
+    """
+    b, e = float(bacc), float(ext_mae)
+    if not (math.isfinite(b) and 0.0 <= b <= 1.0):
+        hint = " (a percentage? pass a fraction, e.g. 0.067 for 6.7 %)" if math.isfinite(b) and 1 < b <= 100 else ""
+        raise ValueError(f"bacc must be a fraction in [0, 1], got {bacc}{hint}")
+    if not (math.isfinite(e) and e >= 0.0):
+        raise ValueError(f"ext_mae must be a finite non-negative number of years, got {ext_mae}")
+    return b**0.3 * e
+
+
+def check_features(
+    features: Any, ages: Any, sites: Any, name: str, ids: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate one split; returns (features (n, p), ages (n,) float, sites (n,) str or None).
+
+    Raises:
+        ValueError: non 2-D features, an empty split, mismatched lengths, or a NaN/inf in the
+            features or ages (the first offending row is named, with its participant id when
+            ``ids`` is given).
+    """
+    x = np.asarray(features)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: features must be 2-D (n_subjects, n_features), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name}: features must be numeric, got dtype {x.dtype}")
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError(f"{name}: no subjects")
+    y = np.asarray(ages, dtype=float).ravel()
+    if y.shape[0] != n:
+        raise ValueError(f"{name}: {n} feature rows but {y.shape[0]} ages")
+    s = None
+    if sites is not None:
+        s = np.asarray(sites).astype(str).ravel()
+        if s.shape[0] != n:
+            raise ValueError(f"{name}: {n} feature rows but {s.shape[0]} sites")
+    if ids is not None and len(ids) != n:
+        raise ValueError(f"{name}: {n} feature rows but {len(ids)} participant ids")
+
+    def where(row: int) -> str:
+        return f"row {row}" + (f" (participant {ids[row]})" if ids is not None else "")
+
+    bad_rows = ~np.isfinite(x).all(axis=1)
+    if bad_rows.any():
+        first = int(np.flatnonzero(bad_rows)[0])
+        raise ValueError(
+            f"{name}: features contain NaN or inf in {int(bad_rows.sum())} row(s), first at {where(first)}"
+        )
+    bad_ages = ~np.isfinite(y)
+    if bad_ages.any():
+        first = int(np.flatnonzero(bad_ages)[0])
+        raise ValueError(f"{name}: age is NaN or inf at {where(first)}")
+    return x, y, s
+
+
+def _unpack(triple: Triple, name: str) -> tuple[Any, Any, Any]:
+    if len(triple) != 3:
+        raise ValueError(f"{name}: expected a (features, ages, sites) triple, got {len(triple)} items")
+    return triple[0], triple[1], triple[2]
+
+
+def evaluate_features(
+    train: Triple,
+    internal: Triple,
+    external: Triple,
+    *,
+    settings: ProbeSettings | None = None,
+    allow_over_limit: bool = False,
+    names: Sequence[str] = ("train", "internal_test", "external_test"),
+) -> dict[str, Any]:
+    """Score frozen features exactly as the OpenBHB challenge does.
+
+    Args:
+        train, internal, external: ``(features (n, p), ages (n,) years, sites (n,))`` triples;
+            ``sites`` may be None for ``external`` only.
+        settings: probe settings; the default is the challenge's.
+        allow_over_limit: accept more than 10,000 feature columns (warns; not the challenge).
+        names: labels of the three splits in error messages (e.g. their file names).
+
+    Returns:
+        A dict with ``int_mae``, ``bacc`` (fraction), ``ext_mae``, ``challenge_score``,
+        ``int_rmse``, ``ext_rmse``, ``int_r``, ``ext_r``, ``int_per_site_mae``,
+        ``ext_per_site_mae`` (None without external sites), ``bacc_chance`` (1 / number of
+        training sites), ``alpha``, ``C``, the probes' cross-validated scores, counts, the
+        settings, and ``predictions``: ``internal``, ``external`` (Ridge probe, years),
+        ``train_oof`` (out-of-fold Ridge predictions at the selected alpha, same folds) and
+        ``internal_site`` (site probe).
+
+    Raises:
+        ValueError: bad input (see :func:`check_features`), a training set with one site,
+            feature dimensions that differ between splits, or more than 10,000 columns.
+    """
+    s = settings or ProbeSettings()
+    n_train, n_int, n_ext = names
+    x_tr, y_tr, s_tr = check_features(*_unpack(train, n_train), name=n_train)
+    x_in, y_in, s_in = check_features(*_unpack(internal, n_int), name=n_int)
+    x_ex, y_ex, s_ex = check_features(*_unpack(external, n_ext), name=n_ext)
+    if s_tr is None:
+        raise ValueError(f"{n_train}: sites are required (the site probe is fitted on them)")
+    if s_in is None:
+        raise ValueError(f"{n_int}: sites are required (BAcc is measured on them)")
+    p = x_tr.shape[1]
+    for x, nm in ((x_in, n_int), (x_ex, n_ext)):
+        if x.shape[1] != p:
+            raise ValueError(f"{nm}: {x.shape[1]} feature columns but {n_train} has {p}")
+    train_sites = np.unique(s_tr)
+    if train_sites.size < 2:
+        raise ValueError(
+            f"{n_train}: all {len(s_tr)} training subjects come from one site ({train_sites[0]!r}); "
+            "the site probe (a classifier) and hence BAcc and the challenge score are undefined"
+        )
+    if len(y_tr) < s.cv:
+        raise ValueError(f"{n_train}: {len(y_tr)} subjects, fewer than the {s.cv} cross-validation folds")
+    over = p > MAX_FEATURES
+    if over and not allow_over_limit:
+        raise ValueError(
+            f"{n_train}: {p} feature columns; the OpenBHB challenge accepts at most {MAX_FEATURES} "
+            "(pass allow_over_limit=True / --allow-over-limit to score anyway, outside the protocol)"
+        )
+    if over:
+        warnings.warn(
+            f"{p} feature columns exceed the challenge limit of {MAX_FEATURES}: scores are not "
+            "challenge-compliant",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    age = clone(age_probe(s)).fit(x_tr, y_tr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        site = clone(site_probe(s)).fit(x_tr, s_tr)
+    n_conv = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if caught:
+        log.info(
+            "site probe: %d warning(s) while fitting (%d saga convergence, max_iter=%d as in the challenge)",
+            len(caught), n_conv, s.max_iter,
+        )
+
+    alpha = float(age.best_params_["alpha"])
+    c_value = float(site.best_params_["C"])
+    pred_in = age.predict(x_in).astype(float)
+    pred_ex = age.predict(x_ex).astype(float)
+    pred_tr_oof = cross_val_predict(Ridge(alpha=alpha), x_tr, y_tr, cv=int(s.cv)).astype(float)
+    site_in = site.predict(x_in)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        bacc = float(balanced_accuracy_score(s_in, site_in))
+    unseen = sorted(set(np.unique(s_in)) - set(train_sites))
+    if unseen:
+        log.warning("%s: site(s) %s absent from %s; the probe cannot predict them (recall 0)",
+                    n_int, unseen, n_train)
+    refit = site.best_estimator_
+    converged = bool(np.all(np.asarray(refit.n_iter_) < s.max_iter))
+
+    ext_mae = mae(y_ex, pred_ex)
+    return {
+        "int_mae": mae(y_in, pred_in),
+        "bacc": bacc,
+        "ext_mae": ext_mae,
+        "challenge_score": challenge_score(bacc, ext_mae),
+        "int_rmse": rmse(y_in, pred_in),
+        "ext_rmse": rmse(y_ex, pred_ex),
+        "int_r": pearson_r(y_in, pred_in),
+        "ext_r": pearson_r(y_ex, pred_ex),
+        "train_oof_mae": mae(y_tr, pred_tr_oof),
+        "int_per_site_mae": per_site_mae(y_in, pred_in, s_in),
+        "ext_per_site_mae": per_site_mae(y_ex, pred_ex, s_ex) if s_ex is not None else None,
+        "bacc_chance": 1.0 / train_sites.size,
+        "n_sites_train": int(train_sites.size),
+        "internal_sites_unseen_in_train": unseen,
+        "alpha": alpha,
+        "C": c_value,
+        "age_probe_cv_r2": float(age.best_score_),
+        "site_probe_cv_bacc": float(site.best_score_),
+        "site_probe_converged": converged,
+        "site_probe_convergence_warnings": int(n_conv),
+        "n_train": int(len(y_tr)),
+        "n_internal": int(len(y_in)),
+        "n_external": int(len(y_ex)),
+        "n_features": int(p),
+        "challenge_protocol": bool(s.is_challenge and not over),
+        "probe_settings": s.to_dict(),
+        "predictions": {
+            "train_oof": pred_tr_oof,
+            "internal": pred_in,
+            "external": pred_ex,
+            "internal_site": np.asarray(site_in).astype(str),
+        },
+    }
