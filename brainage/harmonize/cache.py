@@ -1,0 +1,257 @@
+"""Harmonise a whole training cache with ComBat, streaming voxel chunks from disk.
+
+Input: a cache written by :func:`brainage.data.preprocess.preprocess`. Output: a cache in the
+same format (``<split>.npy`` float16 (n, X, Y, Z), harmonised on the mask and 0 outside,
+``<split>.tsv``, ``mask.nii.gz``, ``cache.json``) plus ``model.npz``. The model is fitted on
+``train`` only; ``internal_test`` (sites seen in train) is harmonised with it; the unseen
+sites of ``external_test`` follow the external strategy (default: left unharmonised).
+
+Memory: one chunk of mask voxels for all subjects of a split is in memory at a time. A chunk
+of contiguous mask voxels covers a contiguous range of each volume, so it is read and
+written with one positioned read/write per subject (no memory map, whose touched pages
+would count towards the resident set).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from brainage import __version__
+from brainage.data.cache import TrainingCache
+from brainage.harmonize.combat import DEFAULT_CHUNK_SIZE, SITE, ComBatHarmonizer, covariate_frame
+from brainage.io import atomic_path, save_json
+
+__all__ = ["EXTERNAL_STRATEGIES", "harmonize_cache"]
+
+log = logging.getLogger(__name__)
+
+#: How subjects of the external (unseen) sites are treated.
+EXTERNAL_STRATEGIES: dict[str, str] = {
+    "none": (
+        "left unharmonised: ComBat has no parameters for unseen sites, and the challenge maps each "
+        "image to features on its own, without site labels or group statistics"
+    ),
+    "transductive": (
+        "TRANSDUCTIVE, not challenge-compliant: each external site's location/scale estimated from "
+        "its own external subjects (site labels and group statistics of the test set are used; "
+        "ages are not) against the training grand mean, sex coefficients and pooled variance"
+    ),
+}
+SPLITS = ("train", "internal_test", "external_test")
+
+
+class _NpyFile:
+    """A C-ordered ``.npy`` file read/written by flat ranges of each row via pread/pwrite."""
+
+    def __init__(self, path: Path, mode: str = "r") -> None:
+        self.path = path
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(fh)
+            self.offset = fh.tell()
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.fd = os.open(path, os.O_RDONLY if mode == "r" else os.O_RDWR)
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        """(n, hi - lo) values of flat positions [lo, hi) of every row."""
+        out = np.empty((self.shape[0], hi - lo), dtype=self.dtype)
+        size = self.dtype.itemsize
+        for i in range(self.shape[0]):
+            got = os.preadv(self.fd, [memoryview(out[i]).cast("B")], self.offset + (i * self.row + lo) * size)
+            if got != (hi - lo) * size:
+                raise OSError(f"{self.path}: short read ({got} of {(hi - lo) * size} bytes) at row {i}")
+        return out
+
+    def write(self, block: np.ndarray, lo: int) -> None:
+        """Write (n, w) ``block`` at flat positions [lo, lo + w) of every row."""
+        size = self.dtype.itemsize
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        for i in range(self.shape[0]):
+            os.pwrite(self.fd, memoryview(block[i]).cast("B"), self.offset + (i * self.row + lo) * size)
+
+    def close(self, sync: bool = False) -> None:
+        if sync:
+            os.fsync(self.fd)
+        os.close(self.fd)
+
+
+def _signature(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def harmonize_cache(
+    cache: str | os.PathLike,
+    out: str | os.PathLike,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    external: str = "none",
+    eb: bool = True,
+    covariates: Sequence[str] = ("sex",),
+    progress: bool = True,
+) -> dict:
+    """Fit ComBat on the cache's training split and write the harmonised cache to ``out``.
+
+    Args:
+        cache: training cache folder (``brainage preprocess`` output).
+        out: folder of the harmonised cache (must differ from ``cache``).
+        chunk_size: voxels per chunk (see :class:`ComBatHarmonizer`).
+        external: key of :data:`EXTERNAL_STRATEGIES`.
+        eb: empirical-Bayes site effects.
+        covariates: participants columns used as covariates besides SITE (never age).
+        progress: tqdm bar over chunks.
+
+    Returns:
+        The metadata written to ``out/cache.json`` (the source's keys plus ``harmonization``).
+
+    Raises:
+        ValueError: invalid strategy, ``out`` equal to ``cache``, internal-test sites absent
+            from train, and every error of :class:`ComBatHarmonizer` (one site, a one-subject
+            site, NaN, covariate without variance). Nothing is left in ``out`` on error.
+    """
+    if external not in EXTERNAL_STRATEGIES:
+        raise ValueError(f"unknown external strategy {external!r}; expected one of {list(EXTERNAL_STRATEGIES)}")
+    src = TrainingCache(cache)
+    out = Path(out)
+    if out.resolve() == src.path.resolve():
+        raise ValueError(f"--out {out} is the source cache itself; write the harmonised cache elsewhere")
+    splits = [s for s in SPLITS if s in src.meta.get("splits", {})]
+    if "train" not in splits:
+        raise ValueError(f"{src.path}: the cache has no train split; ComBat is fitted on train")
+    tables = {s: src.split(s).table for s in splits}
+    frames = {s: covariate_frame(tables[s], covariates) for s in splits}
+
+    train_sites = set(frames["train"][SITE])
+    if "internal_test" in frames:
+        unseen = sorted(set(frames["internal_test"][SITE]) - train_sites)
+        if unseen:
+            raise ValueError(f"internal_test has site(s) {unseen} that are not in train; ComBat cannot harmonise them")
+    if "external_test" in frames and external == "transductive":
+        seen = sorted(set(frames["external_test"][SITE]) & train_sites)
+        if seen:
+            raise ValueError(f"external_test has site(s) {seen} that are also in train; they are not external")
+
+    mask = src.mask
+    flat = np.flatnonzero(mask.ravel())
+    n_voxels = len(flat)
+    model = ComBatHarmonizer(covariates=tuple(covariates), eb=eb, chunk_size=chunk_size)
+    n_train = len(tables["train"])
+    readers: dict[str, _NpyFile] = {}
+    writers: dict[str, _NpyFile] = {}
+    # Validates sites and covariates now, before anything is written; reads lazily.
+    chunks = model.fit_chunks(lambda a, b: _read_chunk(readers["train"], flat, a, b), n_train, n_voxels, frames["train"])
+    out.mkdir(parents=True, exist_ok=True)
+    # A finished cache is recognised by cache.json: remove the old one before touching anything.
+    (out / "cache.json").unlink(missing_ok=True)
+
+    harmonised = ["train", "internal_test"] + (["external_test"] if external == "transductive" else [])
+    harmonised = [s for s in harmonised if s in splits]
+    partials = {s: out / f".{s}.npy.partial" for s in harmonised}
+    try:
+        for s in harmonised:
+            np.lib.format.open_memmap(partials[s], mode="w+", dtype=np.float16, shape=src.split(s).volumes.shape).flush()
+            readers[s] = _NpyFile(src.path / f"{s}.npy")
+            writers[s] = _NpyFile(partials[s], mode="r+")
+
+        bar = tqdm(total=len(model.chunk_bounds_) - 1, desc="harmonize", unit="chunk", disable=not progress)
+        try:
+            for start, stop, block in chunks:
+                _write_chunk(writers["train"], flat, start, stop, block)
+                del block
+                for s in harmonised[1:]:
+                    if len(tables[s]) == 0:
+                        continue
+                    values = _read_chunk(readers[s], flat, start, stop)
+                    if s == "external_test":
+                        result = model.transform_unseen_columns(values, frames[s], start, stop)
+                    else:
+                        result = model.transform_columns(values, frames[s], start, stop)
+                    _write_chunk(writers[s], flat, start, stop, result)
+                bar.update(1)
+        finally:
+            bar.close()
+        for s in harmonised:
+            writers.pop(s).close(sync=True)
+
+        model.save(out / "model.npz")
+        with atomic_path(out / "mask.nii.gz") as tmp:
+            shutil.copyfile(src.path / "mask.nii.gz", tmp)
+        for s in splits:
+            with atomic_path(out / f"{s}.tsv") as tmp:
+                shutil.copyfile(src.path / f"{s}.tsv", tmp)
+            if s not in harmonised:
+                with atomic_path(out / f"{s}.npy") as tmp:
+                    shutil.copyfile(src.path / f"{s}.npy", tmp)
+        for s in harmonised:
+            os.replace(partials[s], out / f"{s}.npy")
+    finally:
+        for f in list(readers.values()) + list(writers.values()):
+            f.close()
+        for path in partials.values():
+            path.unlink(missing_ok=True)
+
+    info = {
+        "method": "ComBat",
+        "implementation": f"neuroHarmonize {importlib.metadata.version('neuroHarmonize')}",
+        "fitted_on": "train",
+        "n_fit_subjects": n_train,
+        "site_label": "siteXacq" if "siteXacq" in tables["train"].columns else "site",
+        "sites": model.sites_.tolist(),
+        "covariates": list(model.covariates_),
+        "sex_coding": {"female": 0, "male": 1},
+        "age_used": False,
+        "eb": bool(eb),
+        "eb_priors": "estimated per voxel chunk" if eb else "none (eb off)",
+        "chunk_size": int(chunk_size),
+        "n_chunks": int(len(model.chunk_bounds_) - 1),
+        "n_passthrough_voxels": int(model.passthrough_.sum()),
+        "internal_test": "harmonised with the training model (missing training sites padded with filler rows, then dropped)",
+        "external_strategy": external,
+        "external_test": EXTERNAL_STRATEGIES[external],
+        "model": "model.npz",
+    }
+    meta = dict(src.meta)
+    params = {"source_signature": src.meta.get("signature"), "chunk_size": int(chunk_size), "external": external,
+              "eb": bool(eb), "covariates": list(model.covariates_)}
+    meta.update({
+        "source_cache": str(src.path.resolve()),
+        "source_signature": src.meta.get("signature"),
+        "signature": _signature(params),
+        "brainage_version": __version__,
+        "harmonization": info,
+    })
+    save_json(out / "cache.json", meta)
+    return meta
+
+
+def _span(flat: np.ndarray, start: int, stop: int) -> tuple[int, int]:
+    return int(flat[start]), int(flat[stop - 1]) + 1
+
+
+def _read_chunk(reader: _NpyFile, flat: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """(n, stop - start) float64 values of mask voxels [start, stop) of every subject."""
+    lo, hi = _span(flat, start, stop)
+    return reader.read(lo, hi)[:, flat[start:stop] - lo].astype(np.float64)
+
+
+def _write_chunk(writer: _NpyFile, flat: np.ndarray, start: int, stop: int, values: np.ndarray) -> None:
+    """Write (n, stop - start) values of mask voxels [start, stop) as float16, zeros off the mask."""
+    lo, hi = _span(flat, start, stop)
+    buf = np.zeros((values.shape[0], hi - lo), dtype=np.float16)
+    buf[:, flat[start:stop] - lo] = values
+    if not np.all(np.isfinite(buf)):
+        raise ValueError(f"harmonised values in voxels {start}..{stop - 1} do not fit float16 (overflow or NaN)")
+    writer.write(buf, lo)
