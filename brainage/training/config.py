@@ -1,0 +1,269 @@
+"""Training configuration: one validated dataclass shared by the CLI, the workflow and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CHOICES",
+    "CONTRASTIVE_METHODS",
+    "REGRESSION_METHODS",
+    "METHODS",
+    "TrainConfig",
+    "load_config_file",
+]
+
+REGRESSION_METHODS: tuple[str, ...] = ("l1", "combat_l1")
+"""L1 regression on the cache's images; ``combat_l1`` is the same model trained on the
+ComBat-harmonised cache (the cache is chosen by the caller, the training is identical)."""
+CONTRASTIVE_METHODS: tuple[str, ...] = ("yaware", "thr", "exp")
+"""Kernel contrastive losses of :class:`brainage.losses.KernelizedContrastiveLoss`."""
+METHODS: tuple[str, ...] = REGRESSION_METHODS + CONTRASTIVE_METHODS
+
+KERNELS: tuple[str, ...] = ("rbf", "gaussian", "cauchy")
+FORMULATIONS: tuple[str, ...] = ("paper", "reference")
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+FEATURE_KINDS: tuple[str, ...] = ("projection", "embedding")
+TRISTATE: tuple[str, ...] = ("auto", "on", "off")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
+    "kernel": KERNELS,
+    "formulation": FORMULATIONS,
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+    "precision": PRECISIONS,
+    "features": FEATURE_KINDS,
+    "channels_last": TRISTATE,
+    "data_on_device": TRISTATE,
+}
+"""The valid values of every option that takes a name."""
+
+
+def _choice(value: Any, valid: tuple[str, ...], name: str) -> None:
+    if value not in valid:
+        hint = difflib.get_close_matches(str(value), valid, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ValueError(f"unknown {name} {value!r}{extra}; valid choices are: {', '.join(map(repr, valid))}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (the cache and the output folder aside).
+
+    Defaults are the recipe of Barbano et al. (ISBI 2023) except ``epochs`` (300 there) and the
+    method, which has no default. Two runs with equal configs on the same cache and device
+    type produce the same weights on CPU.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        seed: seeds the initial weights, the batch order (per epoch) and the augmentations.
+        epochs: passes over the training split.
+        batch_size: subjects per optimisation step (over all processes under DDP).
+        views: views per subject for the contrastive losses (ignored by L1 methods, which see
+            each subject once per step).
+        augmentations: MONAI array transforms applied independently to each view, as
+            ``{"name": "RandFlip", **kwargs}`` dicts (e.g. ``{"name": "RandGaussianNoise",
+            "prob": 0.5, "std": 0.1}``). Empty (the reference) makes all views identical, and
+            the trainer then runs one forward pass per subject and repeats its output.
+        width: ``widen_factor`` of the ResNet-18 (1 = the published network).
+        projection_dim: size of the normalised projection (128 in the paper).
+        projection_hidden: hidden size of the projection head; ``None`` = the embedding size.
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum ``momentum``, Nesterov off).
+        lr: learning rate at the first epoch.
+        weight_decay: L2 penalty of the optimiser (coupled, as ``torch.optim.Adam``).
+        momentum: SGD momentum.
+        schedule: ``"step"`` (times ``step_gamma`` every ``step_size`` epochs: the reference
+            0.9 / 10), ``"cosine"`` (to 0 at the last epoch) or ``"constant"``.
+        kernel, sigma, temperature, formulation: of the contrastive loss; sigma in years.
+        standardize_ages: L1 methods regress ``(age - mean) / std`` of the training split and
+            map predictions back to years; the L1 loss is then in units of that std, which only
+            rescales the gradient, while the initial output already predicts the mean age.
+        features: what ``brainage features`` extracts for contrastive models by default
+            (``"projection"``, as the reference, or ``"embedding"``); L1 models always give
+            the embedding.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"auto"`` = bf16 autocast on CUDA and fp32 on CPU.
+        channels_last: ``channels_last_3d`` memory format; ``"auto"`` = on for CUDA.
+        data_on_device: keep the whole training split on the device; ``"auto"`` = when it fits
+            in half of the free device memory (host RAM for the CPU).
+        sync_batchnorm: synchronise BatchNorm statistics across processes (CUDA + DDP only);
+            off by default, so statistics are per process as with the reference's DataParallel.
+        num_threads: CPU threads of torch (``None`` leaves torch's default).
+        eval_batch_size: subjects per forward pass in feature extraction.
+        progress: show a progress bar.
+    """
+
+    method: str
+    seed: int = 0
+    epochs: int = 300
+    batch_size: int = 32
+    views: int = 2
+    augmentations: list[dict[str, Any]] = field(default_factory=list)
+    width: float = 1.0
+    projection_dim: int = 128
+    projection_hidden: int | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 5e-5
+    momentum: float = 0.9
+    schedule: str = "step"
+    step_size: int = 10
+    step_gamma: float = 0.9
+    kernel: str = "rbf"
+    sigma: float = 2.0
+    temperature: float = 0.1
+    formulation: str = "reference"
+    standardize_ages: bool = True
+    features: str = "projection"
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    data_on_device: str = "auto"
+    sync_batchnorm: bool = False
+    num_threads: int | None = None
+    eval_batch_size: int = 64
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, valid in CHOICES.items():
+            _choice(getattr(self, name), valid, name)
+        for name in ("seed",):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "views", "projection_dim", "step_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("width", "lr", "sigma", "temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if int(512 * self.width) < 1:
+            raise ValueError(f"width {self.width} leaves no channel in the last ResNet stage (512 * width < 1)")
+        for name in ("weight_decay", "momentum"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if not 0 < self.step_gamma <= 1:
+            raise ValueError(f"step_gamma must be in (0, 1], got {self.step_gamma!r}")
+        if self.projection_hidden is not None and (
+            not isinstance(self.projection_hidden, int) or self.projection_hidden < 1
+        ):
+            raise ValueError(f"projection_hidden must be a positive integer or null, got {self.projection_hidden!r}")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ValueError(f"num_threads must be a positive integer or null, got {self.num_threads!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"unknown device {self.device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
+        if not isinstance(self.augmentations, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("name"), str) for a in self.augmentations
+        ):
+            raise ValueError(
+                "augmentations must be a list of {'name': <MONAI transform>, **kwargs} mappings, "
+                f"got {self.augmentations!r}"
+            )
+
+    @property
+    def is_contrastive(self) -> bool:
+        return self.method in CONTRASTIVE_METHODS
+
+    @property
+    def head(self) -> str:
+        """The network head the method trains: ``"projection"`` or ``"regression"``."""
+        return "projection" if self.is_contrastive else "regression"
+
+    @property
+    def n_views(self) -> int:
+        """Views per subject actually used: ``views`` for contrastive methods, 1 for L1."""
+        return self.views if self.is_contrastive else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict (stored in checkpoints and ``config.json``)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def field_types(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a mapping; unknown keys are an error that lists the valid ones.
+
+        Raises:
+            ValueError: unknown keys, a missing ``method`` or an invalid value.
+        """
+        if not isinstance(values, dict):
+            raise ValueError(f"a training config must be a mapping, got {type(values).__name__}")
+        names = cls.field_names()
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+            described = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+            raise ValueError(f"unknown training option(s) {described}; valid options are: {', '.join(names)}")
+        if "method" not in values:
+            raise ValueError(f"the training config needs a method; valid methods are: {', '.join(METHODS)}")
+        types = cls.field_types()
+        coerced = {k: _coerce(k, v, types[k]) for k, v in values.items()}
+        return cls(**coerced)
+
+    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ: ``{name: (self's, other's)}``."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+# Fields that change how a run executes but not the weights it ends with on a given device:
+# a run may be resumed with different values.
+RUNTIME_FIELDS: tuple[str, ...] = ("device", "data_on_device", "num_threads", "eval_batch_size", "progress",
+                                   "features")
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Accept ints for float fields (YAML ``1`` for ``1.0``); everything else is checked later."""
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML (or JSON) mapping of training options.
+
+    A file with a top-level ``train:`` section (a workflow config) is read from that section,
+    ignoring the workflow-only keys ``methods``, ``seeds`` and ``threads``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} not found")
+    values = yaml.safe_load(path.read_text())
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a training config must be a mapping of options, got {type(values).__name__}")
+    if "train" in values and isinstance(values["train"], dict):
+        values = {k: v for k, v in values["train"].items() if k not in WORKFLOW_KEYS}
+    return values
+
+
+WORKFLOW_KEYS: tuple[str, ...] = ("methods", "seeds", "threads")
+"""Keys of the workflow's ``train:`` section that are not :class:`TrainConfig` options."""

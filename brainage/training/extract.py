@@ -1,0 +1,139 @@
+"""Frozen features of a trained model for every split of a cache, for the challenge probes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from brainage.io import save_npz
+from brainage.training.checkpoint import CheckpointError, load_model
+from brainage.training.data import SPLITS, VolumeStore, open_cache_split, read_cache_meta
+from brainage.training.trainer import autocast_context, resolve_device, use_channels_last
+
+__all__ = ["extract_features", "predict_split"]
+
+
+@torch.no_grad()
+def predict_split(
+    model: torch.nn.Module,
+    volumes: np.ndarray,
+    kind: str,
+    device: torch.device,
+    batch_size: int = 64,
+    amp=None,
+    channels_last: bool = False,
+    name: str = "split",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features (and, for a regression model, raw head outputs) of every row of a split.
+
+    Args:
+        model: a :class:`brainage.models.BrainAgeNet` in eval mode on ``device``.
+        volumes: ``(n, X, Y, Z)`` array.
+        kind: ``"projection"`` or ``"embedding"``.
+
+    Returns:
+        ``(n, p)`` float32 features and ``(n,)`` float32 head outputs (regression models) or ``None``.
+    """
+    store = VolumeStore(volumes, device, resident=False, name=name)
+    feats, outputs = [], []
+    regression = getattr(model, "head_name", "") == "regression"
+    for start in range(0, len(store), batch_size):
+        x = store.batch(torch.arange(start, min(start + batch_size, len(store))))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with amp or contextlib.nullcontext():
+            embedding = model.embed(x)
+            if kind == "projection":
+                feats.append(torch.nn.functional.normalize(model.head(embedding).float(), dim=1).cpu())
+            else:
+                feats.append(embedding.float().cpu())
+            if regression:
+                outputs.append(model.head(embedding)[:, 0].float().cpu())
+    dim = model.output_dim if kind == "projection" else model.embedding_dim
+    features = torch.cat(feats).numpy() if feats else np.zeros((0, dim), np.float32)
+    prediction = (torch.cat(outputs).numpy() if outputs else np.zeros(0, np.float32)) if regression else None
+    return features.astype(np.float32), prediction
+
+
+def extract_features(
+    run: str | os.PathLike,
+    cache: str | os.PathLike,
+    out: str | os.PathLike,
+    kind: str | None = None,
+    splits: Sequence[str] = SPLITS,
+    device: str | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Path]:
+    """Write ``<out>/<split>.npz`` for every split: features, ages, sites, participant ids.
+
+    Each file holds ``features`` (n, p) float32, ``age`` (n,) float32 years, ``site`` (n,)
+    unicode, ``participant_id`` (n,) unicode and, for L1 models, ``prediction`` (n,) float32
+    years. L1 models give the ``E``-d embedding; contrastive models the run's configured kind
+    unless ``kind`` is given. All splits are computed and checked before any file is written.
+
+    Args:
+        run: training output folder (``model.pt``) or a model file.
+        cache: cache folder whose splits are encoded (its grid must be the training grid).
+        out: folder for the ``.npz`` files.
+        kind: ``"projection"``, ``"embedding"`` or ``None`` (the run's ``features`` option).
+        device: ``None`` = the run's device option, resolved here.
+        batch_size: ``None`` = the run's ``eval_batch_size``.
+
+    Raises:
+        FileNotFoundError: no model in ``run``; missing cache files.
+        CheckpointError: unreadable or mismatched model; a cache on another grid.
+        ValueError: NaN/inf features (nothing written), unknown kind, projection of an L1 model.
+    """
+    run = Path(run)
+    model_path = run / "model.pt" if run.is_dir() else run
+    if run.is_dir() and not model_path.exists():
+        raise FileNotFoundError(f"{model_path} not found: the training run in {run} has not finished")
+    model, info = load_model(model_path, "cpu")
+    config = info["config"]
+    torch_device = resolve_device(device or config.device)
+    model.to(torch_device)
+    regression = not config.is_contrastive
+    if regression:
+        if kind == "projection":
+            raise ValueError(f"{model_path}: an L1 model has no projection head; its features are the embedding")
+        kind = "embedding"
+    else:
+        kind = kind or config.features
+    if kind not in ("projection", "embedding"):
+        raise ValueError(f"unknown feature kind {kind!r}; valid choices are: 'projection', 'embedding'")
+    grid = read_cache_meta(cache)["shape"]
+    trained = list(info.get("cache", {}).get("shape", []))
+    if trained and trained != list(grid):
+        raise CheckpointError(f"{model_path}: trained on a {tuple(trained)} grid, but the cache {cache} has {tuple(grid)}")
+    channels_last = use_channels_last(config, torch_device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    amp = autocast_context(config, torch_device)
+
+    results = {}
+    for split in splits:
+        arrays = open_cache_split(cache, split)
+        features, raw = predict_split(model, arrays.volumes, kind, torch_device, batch_size or config.eval_batch_size,
+                                      amp, channels_last, name=f"{cache}/{split}")
+        bad = ~np.isfinite(features).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{model_path}: {int(bad.sum())} of {len(bad)} {split} subject(s) have NaN/inf features "
+                f"(first: {arrays.participant_id[np.flatnonzero(bad)[0]]}); nothing was written"
+            )
+        entry = {
+            "features": features,
+            "age": arrays.ages.astype(np.float32),
+            "site": arrays.sites.astype(str),
+            "participant_id": arrays.participant_id.astype(str),
+        }
+        if raw is not None:
+            entry["prediction"] = (raw * float(info["age_std"]) + float(info["age_mean"])).astype(np.float32)
+        results[split] = entry
+    out = Path(out)
+    return {split: save_npz(out / f"{split}.npz", **arrays) for split, arrays in results.items()}

@@ -1,0 +1,461 @@
+"""The training loop: kernel contrastive losses or L1 regression, resumable epoch by epoch.
+
+One run writes into its output folder:
+
+- ``checkpoint.pt``: after every epoch, atomically: weights, optimiser, scheduler and RNG
+  states, the per-epoch metrics so far, the config and the cache it was trained on;
+- ``metrics.csv`` (and ``tensorboard/`` when TensorBoard is installed): one row per epoch;
+- ``model.pt`` and ``config.json`` when the last epoch is done.
+
+Starting the same command again resumes from ``checkpoint.pt``. The batch order of epoch ``e``
+is a function of ``(seed, e)`` only (DistributedSampler), augmentations are reseeded from
+``(seed, e, rank)`` at each epoch and the RNG states are restored, so on CPU a resumed run ends
+with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
+
+from brainage.io import atomic_open, save_json
+from brainage.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    MODEL_FORMAT,
+    VERSION,
+    CheckpointError,
+    build_model,
+    config_of,
+    load_file,
+    load_state_strict,
+    save_file,
+)
+from brainage.training.config import RUNTIME_FIELDS, TrainConfig
+from brainage.training.data import VolumeStore, build_augmentation, cache_identity, make_views, open_cache_split
+from brainage.training.distributed import (
+    DistContext,
+    all_mean,
+    barrier,
+    gather,
+    gather_with_grad,
+    wrap_model,
+)
+
+__all__ = [
+    "TrainingDivergedError",
+    "autocast_context",
+    "contrastive_loss",
+    "make_criterion",
+    "make_optimizer",
+    "make_scheduler",
+    "regression_loss",
+    "resolve_device",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(ValueError):
+    """The loss became NaN or infinite; the last checkpoint is left as it was."""
+
+
+def resolve_device(spec: str, ctx: DistContext | None = None) -> torch.device:
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a device.
+
+    ``auto`` picks CUDA when available (the process's ``local_rank`` GPU under torchrun).
+
+    Raises:
+        ValueError: CUDA requested but not available, or a GPU index out of range.
+    """
+    ctx = ctx or DistContext()
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {spec!r} requested but CUDA is not available here (torch {torch.__version__}, "
+            f"built with CUDA: {torch.version.cuda or 'no'}); use device 'cpu' or 'auto'"
+        )
+    index = int(spec.split(":")[1]) if ":" in spec else ctx.local_rank
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device cuda:{index} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return torch.device("cuda", index)
+
+
+def autocast_context(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA under ``precision="auto"``, or wherever ``precision="bf16"``."""
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    if bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def use_channels_last(config: TrainConfig, device: torch.device) -> bool:
+    return config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
+
+
+def make_criterion(config: TrainConfig) -> nn.Module | None:
+    """The kernel contrastive loss of a contrastive method; ``None`` for L1 methods."""
+    if not config.is_contrastive:
+        return None
+    from brainage.losses import KernelizedContrastiveLoss
+
+    return KernelizedContrastiveLoss(
+        method=config.method,
+        kernel=config.kernel,
+        sigma=config.sigma,
+        temperature=config.temperature,
+        formulation=config.formulation,
+    )
+
+
+def make_optimizer(config: TrainConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: the reference step decay, cosine annealing to 0, or constant."""
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.step_gamma)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def contrastive_loss(
+    model: nn.Module,
+    x: Tensor,
+    ages: Tensor,
+    criterion: nn.Module,
+    views: int,
+    augment: Callable | None = None,
+    ctx: DistContext | None = None,
+) -> Tensor:
+    """Kernel contrastive loss of one local batch, on the batch gathered from all processes.
+
+    Without augmentation the ``views`` views of a subject are identical, so the network runs
+    once on ``x`` and its output is repeated: the same loss and gradients as running it on the
+    ``V * B`` stacked copies (BatchNorm sees the same mean and biased variance), at ``1/V`` of
+    the cost. Only BatchNorm's running variance differs: PyTorch updates it with the unbiased
+    variance, ``n / (n - 1)`` with ``n = B`` here instead of ``V * B``.
+
+    Args:
+        model: maps ``(n, 1, X, Y, Z)`` to ``(n, D)`` unit-norm projections.
+        x: ``(B, 1, X, Y, Z)`` local volumes.
+        ages: ``(B,)`` local ages in years.
+        criterion: called as ``criterion(features (B', V, D), ages (B',))`` on the global batch.
+        views: ``V``.
+        augment: per-volume MONAI transform, or ``None`` for identical views.
+        ctx: distributed context (``None``: single process).
+
+    Returns:
+        Scalar loss.
+    """
+    ctx = ctx or DistContext()
+    batch = x.shape[0]
+    if augment is None:
+        z = model(x).unsqueeze(1).expand(-1, views, -1)
+    else:
+        z = model(make_views(x, views, augment)).view(views, batch, -1).transpose(0, 1)
+    z = gather_with_grad(z.contiguous(), ctx)
+    return criterion(z, gather(ages, ctx))
+
+
+def regression_loss(model: nn.Module, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """L1 loss on (standardised) age targets; returns the loss and the detached predictions ``(B,)``."""
+    prediction = model(x).float()
+    return F.l1_loss(prediction, targets), prediction.detach()
+
+
+def _set_determinism(device: torch.device) -> Callable[[], None]:
+    """Deterministic kernels on CPU (restored afterwards); cuDNN autotuning on CUDA."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = True
+
+    def restore() -> None:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+    return restore
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+METRIC_COLUMNS = ("epoch", "lr", "loss", "train_mae", "seconds", "samples_per_s")
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    with atomic_open(path, "w", newline="") as fh:
+        fh.write(buffer.getvalue())
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=0.5 if interactive else 10.0,
+                dynamic_ncols=interactive)
+
+
+def _augment_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % (2**32)
+
+
+def train(
+    config: TrainConfig,
+    cache: str | os.PathLike,
+    out: str | os.PathLike,
+    ctx: DistContext | None = None,
+    stop_after: int | None = None,
+) -> Path:
+    """Train (or resume) one run and write its folder (see the module docstring).
+
+    Args:
+        config: the run's options.
+        cache: training cache folder (its ``train`` split is used).
+        out: output folder; an existing ``checkpoint.pt`` there is resumed.
+        ctx: distributed context (from :func:`brainage.training.distributed.init_from_env`).
+        stop_after: return after this many epochs of this call (the run stays resumable).
+
+    Returns:
+        Path of ``model.pt`` (written when all epochs are done), or of ``checkpoint.pt``.
+
+    Raises:
+        ValueError: bad config or data, CUDA requested without CUDA, batch larger than the
+            training split, a checkpoint of another config or cache (:class:`CheckpointError`),
+            a diverging loss (:class:`TrainingDivergedError`).
+    """
+    ctx = ctx or DistContext()
+    out = Path(out)
+    device = resolve_device(config.device, ctx)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    if config.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
+    split = open_cache_split(cache, "train")
+    n_train = len(split)
+    if n_train < config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training split of {cache} "
+                         f"({n_train} subjects)")
+    identity = cache_identity(cache)
+    age_mean = float(split.ages.mean())
+    age_std = float(split.ages.std()) if config.standardize_ages else 1.0
+    if not config.standardize_ages:
+        age_mean = 0.0
+    if age_std <= 0:
+        age_std = 1.0
+
+    restore_determinism = _set_determinism(device)
+    writer = None
+    try:
+        torch.manual_seed(config.seed)
+        model = build_model(config).to(device)
+        channels_last = use_channels_last(config, device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        optimizer = make_optimizer(config, model.parameters())
+        scheduler = make_scheduler(config, optimizer)
+        metrics: list[dict[str, Any]] = []
+        start_epoch = 0
+
+        ckpt_path = out / "checkpoint.pt"
+        if ckpt_path.exists():
+            payload = load_file(ckpt_path, CHECKPOINT_FORMAT)
+            _check_resumable(payload, ckpt_path, config, identity)
+            load_state_strict(model, payload["model"], ckpt_path)
+            try:
+                optimizer.load_state_dict(payload["optimizer"])
+                scheduler.load_state_dict(payload["scheduler"])
+            except (KeyError, ValueError, RuntimeError) as err:
+                raise CheckpointError(f"{ckpt_path}: optimiser or scheduler state does not match ({err})") from err
+            _set_rng_state(payload["rng"], device)
+            start_epoch = int(payload["epoch"])
+            metrics = list(payload["metrics"])
+            if ctx.is_main:
+                log.info("resuming %s from epoch %d of %d", ckpt_path, start_epoch, config.epochs)
+
+        store = VolumeStore(split.volumes, device, resident=_resident(config.data_on_device), name=f"{cache}/train")
+        ages_all = torch.as_tensor(split.ages, dtype=torch.float32, device=device)
+        criterion = make_criterion(config)
+        augment = build_augmentation(config.augmentations) if config.is_contrastive else None
+        views = config.n_views
+        ddp_model = wrap_model(model, ctx, device, config.sync_batchnorm)
+        sampler = DistributedSampler(range(n_train), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=config.seed, drop_last=True)
+        local_batch = config.batch_size // ctx.world_size
+        steps = len(sampler) // local_batch
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            writer = _tensorboard(out)
+        bar = _progress(steps * config.epochs, steps * start_epoch, config.progress and ctx.is_main,
+                        f"train {config.method} seed {config.seed}")
+        amp = autocast_context(config, device)
+        end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
+
+        for epoch in range(start_epoch, end_epoch):
+            ddp_model.train()
+            sampler.set_epoch(epoch)
+            order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+            if augment is not None:
+                augment.set_random_state(seed=_augment_seed(config.seed, epoch, ctx.rank))
+            lr = optimizer.param_groups[0]["lr"]
+            start = time.perf_counter()
+            loss_sum, abs_err_sum, seen = 0.0, 0.0, 0
+            for step in range(steps):
+                index = order[step * local_batch:(step + 1) * local_batch]
+                x = store.batch(index)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
+                ages = ages_all[index.to(device)]
+                with amp:
+                    if criterion is not None:
+                        loss = contrastive_loss(ddp_model, x, ages, criterion, views, augment, ctx)
+                    else:
+                        loss, prediction = regression_loss(ddp_model, x, (ages - age_mean) / age_std)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"loss is {value} at epoch {epoch + 1} step {step + 1}; "
+                        f"{'the last checkpoint ' + str(ckpt_path) + ' is intact' if ckpt_path.exists() else 'nothing was saved'}"
+                        " (try a lower lr)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += value
+                if criterion is None:
+                    abs_err_sum += float((prediction * age_std + age_mean - ages).abs().sum())
+                seen += len(index)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", refresh=False)
+            scheduler.step()
+            seconds = time.perf_counter() - start
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "loss": all_mean(loss_sum / steps, ctx, device),
+                "train_mae": all_mean(abs_err_sum / seen, ctx, device) if criterion is None else None,
+                "seconds": round(seconds, 3),
+                "samples_per_s": round(seen * ctx.world_size / seconds, 2),
+            }
+            metrics.append(row)
+            if ctx.is_main:
+                payload = {
+                    "format": CHECKPOINT_FORMAT,
+                    "version": VERSION,
+                    "epoch": epoch + 1,
+                    "config": config.to_dict(),
+                    "cache": identity,
+                    "age_mean": age_mean,
+                    "age_std": age_std,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(device),
+                    "metrics": metrics,
+                }
+                save_file(ckpt_path, payload)
+                _write_metrics(out / "metrics.csv", metrics)
+                if writer is not None:
+                    for key in ("loss", "train_mae", "lr", "samples_per_s"):
+                        if row[key] is not None:
+                            writer.add_scalar(key, row[key], epoch + 1)
+                    writer.flush()
+                log.info("epoch %d/%d loss %.4f%s (%.1f s)", epoch + 1, config.epochs, row["loss"],
+                         f" train MAE {row['train_mae']:.2f} y" if row["train_mae"] is not None else "", seconds)
+            barrier(ctx)
+        if bar is not None:
+            bar.close()
+
+        done = len(metrics) >= config.epochs
+        if done and ctx.is_main:
+            save_file(out / "model.pt", {
+                "format": MODEL_FORMAT,
+                "version": VERSION,
+                "epoch": config.epochs,
+                "config": config.to_dict(),
+                "cache": identity,
+                "age_mean": age_mean,
+                "age_std": age_std,
+                "model": model.state_dict(),
+            })
+            save_json(out / "config.json", {"config": config.to_dict(), "cache": identity, "epochs_done": len(metrics),
+                                             "world_size": ctx.world_size, "device": str(device)})
+        barrier(ctx)
+        return out / ("model.pt" if done else "checkpoint.pt")
+    finally:
+        if writer is not None:
+            writer.close()
+        restore_determinism()
+
+
+def _resident(option: str) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[option]
+
+
+def _check_resumable(payload: dict[str, Any], path: Path, config: TrainConfig, identity: dict[str, Any]) -> None:
+    for key in ("epoch", "optimizer", "scheduler", "rng", "metrics", "cache"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: incomplete checkpoint, no {key!r} entry")
+    stored = config_of(payload, path)
+    diff = stored.differences(config, ignore=RUNTIME_FIELDS)
+    if diff:
+        described = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"{path}: was written by a run with other options ({described}); use the same options to resume, "
+            "or another --out folder (or delete the checkpoint) to start afresh"
+        )
+    cached = payload["cache"]
+    if list(cached.get("shape", [])) != list(identity["shape"]) or cached.get("signature") != identity["signature"]:
+        raise CheckpointError(
+            f"{path}: was trained on another cache (grid {cached.get('shape')}, signature {cached.get('signature')}) "
+            f"than {identity['path']} (grid {identity['shape']}, signature {identity['signature']})"
+        )
