@@ -199,9 +199,9 @@ def published_table() -> pd.DataFrame:
 def harmonization_note(meta_path: str | os.PathLike | None) -> str | None:
     """The ComBat external-site strategy recorded in the harmonised cache's ``cache.json``.
 
-    Looks for ``harmonization`` (a string, or a mapping with ``external_strategy`` /
-    ``external`` / ``note``), then ``external_strategy`` at the top level. Returns None when the
-    file or the entry is absent.
+    Reads ``harmonization``: a string, or a mapping whose ``external_strategy`` (a short key)
+    and ``external_test`` (its description) are joined; falls back to a top-level
+    ``external_strategy``. Returns None when the file or the entry is absent.
     """
     if meta_path is None or not Path(meta_path).is_file():
         return None
@@ -211,10 +211,13 @@ def harmonization_note(meta_path: str | os.PathLike | None) -> str | None:
         return None
     value = meta.get("harmonization", meta.get("external_strategy"))
     if isinstance(value, Mapping):
-        for key in ("external_strategy", "external", "note"):
-            if isinstance(value.get(key), str):
-                return value[key]
-        return json.dumps(value, sort_keys=True)
+        key, text = value.get("external_strategy"), value.get("external_test")
+        if isinstance(key, str) and isinstance(text, str):
+            return f"{key}: {text}"
+        for name in ("external_test", "external_strategy", "note"):
+            if isinstance(value.get(name), str):
+                return value[name]
+        return None
     return value if isinstance(value, str) else None
 
 

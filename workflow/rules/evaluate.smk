@@ -1,0 +1,108 @@
+# Evaluation stage: frozen features -> OpenBHB challenge scores per method and seed -> the
+# aggregated table (Table 3 layout of Barbano et al., ISBI 2023) with summary figures.
+
+
+EVAL = config["evaluation"]
+EVAL_METHODS = list(config.get("train", {}).get("methods", []))
+EVAL_SEEDS = list(config.get("train", {}).get("seeds", []))
+TABLE_DIR = f"{RESULTS}/tables"
+
+
+wildcard_constraints:
+    method="[A-Za-z0-9_]+",
+    seed="[0-9]+",
+
+
+# Probe options of `brainage evaluate`; keys left at null keep the challenge's values.
+EVAL_OPTIONS = " ".join(
+    [
+        f"--cv {EVAL['cv']} --max-iter {EVAL['max_iter']} --random-state {EVAL['random_state']}",
+        f"--n-jobs {EVAL['n_jobs']} --bias-cv {EVAL['bias_cv']} --model '{EVAL['model_label']}'",
+    ]
+    + (["--alphas " + ",".join(str(a) for a in EVAL["alphas"])] if EVAL.get("alphas") else [])
+    + (["--cs " + ",".join(str(c) for c in EVAL["cs"])] if EVAL.get("cs") else [])
+    + ([f"--folds {EVAL['folds']}"] if EVAL.get("folds") else [])
+    + ([f"--fold-ids {EVAL['fold_ids']}"] if EVAL.get("folds") and EVAL.get("fold_ids") else [])
+    + (["--tsne"] if EVAL["tsne"] else [])
+    + (["--allow-over-limit"] if EVAL["allow_over_limit"] else [])
+)
+
+
+rule evaluate:
+    input:
+        unpack(lambda wc: {s: features_path(wc.method, wc.seed, s) for s in CACHE_SPLITS}),
+    output:
+        scores=evaluation_path("{method}", "{seed}"),
+        predictions=f"{RESULTS}/evaluation/{{method}}/seed{{seed}}/predictions.csv",
+        predicted_vs_true=report(
+            f"{RESULTS}/evaluation/{{method}}/seed{{seed}}/figures/predicted_vs_true.png",
+            caption="../report/evaluation_run.rst",
+            category="OpenBHB evaluation",
+            subcategory="{method}",
+            labels={"method": "{method}", "seed": "{seed}", "figure": "predicted vs true age"},
+        ),
+        per_site=report(
+            f"{RESULTS}/evaluation/{{method}}/seed{{seed}}/figures/per_site_mae.png",
+            caption="../report/evaluation_run.rst",
+            category="OpenBHB evaluation",
+            subcategory="{method}",
+            labels={"method": "{method}", "seed": "{seed}", "figure": "MAE per site"},
+        ),
+        embedding=report(
+            f"{RESULTS}/evaluation/{{method}}/seed{{seed}}/figures/embedding_pca.png",
+            caption="../report/evaluation_run.rst",
+            category="OpenBHB evaluation",
+            subcategory="{method}",
+            labels={"method": "{method}", "seed": "{seed}", "figure": "PCA embedding by site"},
+        ),
+    params:
+        features=lambda wildcards, input: os.path.dirname(input.train),
+        out=lambda wildcards, output: os.path.dirname(output.scores),
+        options=EVAL_OPTIONS,
+    log:
+        f"{LOGS}/evaluate/{{method}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/{{method}}_seed{{seed}}.tsv"
+    threads: EVAL["n_jobs"]
+    shell:
+        "brainage evaluate --features {params.features} --out {params.out} "
+        "--method {wildcards.method} --seed {wildcards.seed} {params.options} > {log} 2>&1"
+
+
+if EVAL_METHODS and EVAL_SEEDS:
+
+    rule table:
+        input:
+            [evaluation_path(m, s) for m in EVAL_METHODS for s in EVAL_SEEDS],
+        output:
+            csv=report(
+                f"{TABLE_DIR}/openbhb_table.csv",
+                caption="../report/openbhb_table.rst",
+                category="OpenBHB evaluation",
+                subcategory="table",
+            ),
+            md=f"{TABLE_DIR}/openbhb_table.md",
+            summary=report(
+                f"{TABLE_DIR}/openbhb_table_summary.png",
+                caption="../report/openbhb_summary.rst",
+                category="OpenBHB evaluation",
+                subcategory="table",
+            ),
+            tradeoff=report(
+                f"{TABLE_DIR}/openbhb_table_tradeoff.png",
+                caption="../report/openbhb_tradeoff.rst",
+                category="OpenBHB evaluation",
+                subcategory="table",
+            ),
+        params:
+            out=TABLE_DIR,
+            harmonization=f"{harmonized_cache_dir()}/cache.json",
+        log:
+            f"{LOGS}/table.log",
+        benchmark:
+            f"{BENCH}/table.tsv"
+        shell:
+            "brainage table --scores {input} --out {params.out} "
+            "--harmonization-meta {params.harmonization} > {log} 2>&1"
+
+    TARGETS.extend([rules.table.output.csv, rules.table.output.md])
