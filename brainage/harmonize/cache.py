@@ -134,6 +134,16 @@ def harmonize_cache(
     tables = {s: src.split(s).table for s in splits}
     frames = {s: covariate_frame(tables[s], covariates) for s in splits}
 
+    mask = src.mask
+    flat = np.flatnonzero(mask.ravel())
+    n_voxels = len(flat)
+    model = ComBatHarmonizer(covariates=tuple(covariates), eb=eb, chunk_size=chunk_size)
+    n_train = len(tables["train"])
+    readers: dict[str, _NpyFile] = {}
+    writers: dict[str, _NpyFile] = {}
+    # Validates sites and covariates now, before anything is written; reads lazily.
+    chunks = model.fit_chunks(lambda a, b: _read_chunk(readers["train"], flat, a, b), n_train, n_voxels, frames["train"])
+
     train_sites = set(frames["train"][SITE])
     if "internal_test" in frames:
         unseen = sorted(set(frames["internal_test"][SITE]) - train_sites)
@@ -144,15 +154,6 @@ def harmonize_cache(
         if seen:
             raise ValueError(f"external_test has site(s) {seen} that are also in train; they are not external")
 
-    mask = src.mask
-    flat = np.flatnonzero(mask.ravel())
-    n_voxels = len(flat)
-    model = ComBatHarmonizer(covariates=tuple(covariates), eb=eb, chunk_size=chunk_size)
-    n_train = len(tables["train"])
-    readers: dict[str, _NpyFile] = {}
-    writers: dict[str, _NpyFile] = {}
-    # Validates sites and covariates now, before anything is written; reads lazily.
-    chunks = model.fit_chunks(lambda a, b: _read_chunk(readers["train"], flat, a, b), n_train, n_voxels, frames["train"])
     out.mkdir(parents=True, exist_ok=True)
     # A finished cache is recognised by cache.json: remove the old one before touching anything.
     (out / "cache.json").unlink(missing_ok=True)
