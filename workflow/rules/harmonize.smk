@@ -1,0 +1,30 @@
+# Harmonisation stage of the ComBat baseline: training cache -> ComBat-harmonised cache
+# (fitted on train with SITE and sex, never age; see docs/harmonization.md).
+
+
+if "combat_l1" in config.get("train", {}).get("methods", ["l1", "combat_l1", "yaware", "thr", "exp"]):
+
+    rule harmonize:
+        input:
+            f"{cache_dir()}/cache.json",
+        output:
+            arrays=expand(f"{harmonized_cache_dir()}/{{split}}.npy", split=CACHE_SPLITS),
+            index=expand(f"{harmonized_cache_dir()}/{{split}}.tsv", split=CACHE_SPLITS),
+            mask=f"{harmonized_cache_dir()}/mask.nii.gz",
+            model=f"{harmonized_cache_dir()}/model.npz",
+            meta=f"{harmonized_cache_dir()}/cache.json",
+        params:
+            cache=lambda wildcards, input: os.path.dirname(input[0]),
+            out=lambda wildcards, output: os.path.dirname(output.meta),
+            chunk=config["harmonize"]["chunk_size"],
+            external=config["harmonize"]["external"],
+            eb="" if config["harmonize"]["eb"] else "--no-eb",
+        log:
+            f"{LOGS}/harmonize.log",
+        benchmark:
+            f"{BENCH}/harmonize.tsv"
+        shell:
+            "brainage harmonize --cache {params.cache} --out {params.out} "
+            "--chunk-size {params.chunk} --external {params.external} {params.eb} > {log} 2>&1"
+
+    TARGETS.append(rules.harmonize.output.meta)
