@@ -73,10 +73,22 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
-def _command_line() -> str:
+def _command_line(args: argparse.Namespace) -> str:
+    """The effective command, every option spelled out (defaults included)."""
     import shlex
 
-    return " ".join(shlex.quote(a) for a in ["brainage", *sys.argv[1:]])
+    words = ["brainage", args.command]
+    for key, value in vars(args).items():
+        if key in ("func", "command", "verbose") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            words += [flag, *(str(v) for v in value)] if key == "scores" else [flag, ",".join(map(str, value))]
+        else:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 @command
@@ -129,7 +141,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(
         args.features, args.out, method=args.method, seed=args.seed, model=args.model,
         settings=settings, folds=folds, bias_cv=args.bias_cv, tsne=args.tsne,
-        allow_over_limit=args.allow_over_limit, provenance={"command": _command_line()},
+        allow_over_limit=args.allow_over_limit, provenance={"command": _command_line(args)},
     )
     return 0
 
@@ -160,7 +172,7 @@ def _run_table(args: argparse.Namespace) -> int:
     reps = load_scores(paths)
     written = write_table(
         reps, args.out, name=args.name, harmonization=harmonization_note(args.harmonization_meta),
-        figures=not args.no_figures, provenance=_command_line(),
+        figures=not args.no_figures, provenance=_command_line(args),
     )
     logging.getLogger("brainage").info("table of %d replicate(s) from %d file(s): %s",
                                        len(reps), len(paths), ", ".join(str(p) for p in written.values()))

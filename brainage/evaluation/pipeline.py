@@ -221,8 +221,9 @@ def run_evaluation(
                   "std": float(np.std([f[key] for f in fold_scores], ddof=1)) if len(fold_scores) > 1 else None}
             for key in ("int_mae", "bacc", "ext_mae", "challenge_score")
         }
-    if provenance:
-        scores["provenance"] = dict(provenance)
+    from brainage import __version__
+
+    scores["provenance"] = {"brainage_version": __version__, **dict(provenance or {})}
 
     rows = []
     for split in SPLITS:
