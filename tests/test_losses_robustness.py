@@ -39,8 +39,8 @@ def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, 
     if name == "fairkl-reference":
         return lambda x, a, y, b: FairKL("reference")(x, y, b)
     assert name == "end"
-    return lambda x, a, y, b: EnDRegularizer(1.0, 1.0)(x.transpose(0, 1).reshape(-1, x.shape[-1]),
-                                                       y.repeat(x.shape[1]), b.repeat(x.shape[1]))
+    return lambda x, a, y, b: EnDRegularizer(1.0, 1.0)(x.reshape(-1, x.shape[-1]), y.repeat_interleave(x.shape[1]),
+                                                       b.repeat_interleave(x.shape[1]))
 
 
 def random_batch(batch: int, views: int, dim: int, seed: int, dtype: torch.dtype = torch.float64) -> Batch:
@@ -69,6 +69,20 @@ def test_batch_permutation_invariance(name: str) -> None:
     value = fn(feats, ages, labels, bias)
     permuted = fn(feats[perm], ages[perm], labels[perm], bias[perm])
     assert permuted.item() == pytest.approx(value.item(), rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_sent_back_to_features_is_contiguous(name: str) -> None:
+    """The gradient that leaves the loss must be contiguous: the backward of
+    torch.distributed.nn.functional.all_gather on gloo mis-orders a non-contiguous one (found while
+    checking the DDP recipe of docs/losses.md), and view-major stacking transposes (B, V, D)."""
+    feats, ages, labels, bias = random_batch(6, 3, 4, seed=2)
+    leaf = feats.clone().requires_grad_(True)
+    seen = []
+    x = leaf * 1.0
+    x.register_hook(lambda g: seen.append(g.is_contiguous()))
+    make_loss(name)(x, ages, labels, bias).backward()
+    assert seen == [True]
 
 
 def test_view_major_stacking_pairs_views_of_the_same_sample() -> None:

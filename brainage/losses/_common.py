@@ -22,6 +22,7 @@ __all__ = [
     "class_equality",
     "class_similarities",
     "compute_dtype",
+    "contiguous_grad",
     "full_precision",
     "masked_logsumexp",
     "stack_views",
@@ -124,6 +125,27 @@ def full_precision(device: torch.device) -> Iterator[None]:
         yield
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
+def contiguous_grad(features: Tensor) -> Tensor:
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    Stacking the views view-major transposes ``(B, V, D)``, so the gradient reaching the caller's
+    tensor would otherwise be a non-contiguous view. The backward of
+    ``torch.distributed.nn.functional.all_gather`` on gloo (an all-to-all in torch 2.13) reads such a
+    gradient in the wrong order, which silently corrupts DDP training with gathered features.
+    """
+    return _ContiguousGrad.apply(features) if features.requires_grad else features
+
+
 def stack_views(features: Tensor) -> Tensor:
     """Stack ``(B, V, D)`` view-major into ``(V*B, D)``: row ``r`` belongs to sample ``r mod B``."""
     batch, views, dim = features.shape
@@ -193,7 +215,7 @@ def class_similarities(features: Tensor, labels: Tensor | None, temperature: flo
         check_class_labels(labels, batch, "labels", features.shape)
     check_unit_norm(features)
     with full_precision(features.device):
-        z = stack_views(features.to(compute_dtype(features)))
+        z = stack_views(contiguous_grad(features).to(compute_dtype(features)))
         s = (z @ z.T) / temperature
     off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
     return s, off, class_equality(labels, batch, views, s.device)

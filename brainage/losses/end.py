@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import check_class_labels, compute_dtype, full_precision
+from ._common import check_class_labels, compute_dtype, contiguous_grad, full_precision
 
 __all__ = ["EnDRegularizer"]
 
@@ -74,7 +74,8 @@ class EnDRegularizer(nn.Module):
         check_class_labels(labels, n, "labels", features.shape)
         check_class_labels(bias, n, "bias", features.shape)
         with full_precision(features.device):
-            z = F.normalize(features.reshape(n, -1).to(compute_dtype(features)), p=2, dim=1, eps=1e-12)
+            flat = contiguous_grad(features).reshape(n, -1).to(compute_dtype(features))
+            z = F.normalize(flat, p=2, dim=1, eps=1e-12)
             gram = z @ z.T
             lower = torch.ones(n, n, dtype=torch.bool, device=gram.device).tril(diagonal=-1)
             bias = bias.to(gram.device)

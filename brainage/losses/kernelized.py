@@ -14,6 +14,7 @@ from ._common import (
     check_positive,
     check_unit_norm,
     compute_dtype,
+    contiguous_grad,
     full_precision,
     masked_logsumexp,
     stack_views,
@@ -186,7 +187,7 @@ class KernelizedContrastiveLoss(nn.Module):
         check_unit_norm(features)
         dtype = compute_dtype(features)
         with full_precision(features.device):
-            z = stack_views(features.to(dtype))
+            z = stack_views(contiguous_grad(features).to(dtype))
             ages_c = ages.to(device=features.device, dtype=dtype)
             if not bool(torch.isfinite(ages_c).all()):
                 raise ValueError("ages must be finite (years)")
