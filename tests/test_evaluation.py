@@ -261,7 +261,7 @@ def test_aggregation_mean_and_std_by_hand_and_table_layout(tmp_path):
         write_scores(ev / "l1/seed0/scores.json", "l1", 0, 2.0, 0.10, 4.0),
         write_scores(ev / "l1/seed1/scores.json", "l1", 1, 3.0, 0.20, 4.0),
         write_scores(ev / "l1/seed2/scores.json", "l1", 2, 4.0, 0.30, 4.0),
-        write_scores(ev / "exp/seed0/scores.json", "exp", 0, 2.5, 0.05, 3.0),
+        write_scores(ev / "exp/seed0/scores.json", "exp", 0, 2.5, 0.05, 3.0, details="rbf, sigma 2"),
         write_scores(ev / "combat_l1/seed0/scores.json", "combat_l1", 0, 4.0, 0.04, 5.0),
     ]
     meta = tmp_path / "cache.json"
@@ -285,7 +285,7 @@ def test_aggregation_mean_and_std_by_hand_and_table_layout(tmp_path):
     assert l1["challenge_score_std"] == pytest.approx(math.sqrt(sum((v - m) ** 2 for v in lcs) / 2))
     assert l1["Int. MAE"] == "3.00 ± 1.00" and l1["BAcc %"] == "20.0 ± 10.0"
     assert ours.loc["exp", "Int. MAE"] == "2.50"  # one replicate: no ±
-    assert ours.loc["exp", "method"] == "L^exp"
+    assert ours.loc["exp", "method"] == "L^exp (rbf, sigma 2)"
     assert "left unharmonised on purpose" in ours.loc["combat_l1", "harmonization"]
     published = csv[csv["source"].str.startswith("published")]
     assert len(published) == 8

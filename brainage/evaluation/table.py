@@ -90,10 +90,11 @@ def _replicate(rec: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """One row per replicate: method, seed, fold, model, path and the scores.
+    """One row per replicate: method_id, label, seed, fold, model, path and the scores.
 
     ``method`` and ``seed`` come from the JSON, else from a ``.../<method>/seed<N>/scores.json``
-    path.
+    path; ``label`` (the table's method column) from the JSON, else :data:`METHOD_LABELS`, with
+    the JSON's ``details`` (e.g. the kernel) in brackets.
     """
     rows: list[dict[str, Any]] = []
     for path in paths:
@@ -112,7 +113,10 @@ def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
                 f"{path}: no method recorded (pass --method to `brainage evaluate`, or keep the "
                 "<method>/seed<N>/scores.json layout)"
             )
-        base = dict(method_id=method, seed=seed, model=rec.get("model") or "", path=str(path))
+        label = rec.get("label") or METHOD_LABELS.get(method, method)
+        if rec.get("details"):
+            label = f"{label} ({rec['details']})"
+        base = dict(method_id=method, label=label, seed=seed, model=rec.get("model") or "", path=str(path))
         if rec.get("folds"):
             rows.extend(_replicate(f, fold=f.get("fold"), **base) for f in rec["folds"])
         else:
@@ -137,7 +141,7 @@ def aggregate(replicates: pd.DataFrame, order: Sequence[str] | None = None) -> p
     for (method, model), grp in replicates.groupby(["method_id", "model"], sort=False):
         row: dict[str, Any] = {
             "method_id": method,
-            "method": METHOD_LABELS.get(method, method),
+            "method": str(grp["label"].iloc[0]),
             "model": model,
             "n_replicates": int(len(grp)),
             "seeds": ",".join(str(s) for s in sorted({int(s) for s in grp["seed"] if pd.notna(s)})),

@@ -6,6 +6,18 @@ EVAL = config["evaluation"]
 EVAL_METHODS = list(config.get("train", {}).get("methods", []))
 EVAL_SEEDS = list(config.get("train", {}).get("seeds", []))
 TABLE_DIR = f"{RESULTS}/tables"
+TRAIN_CFG = config.get("train", {})
+# Table labels: the kernel of the contrastive losses, the width of the network.
+EVAL_DETAILS = (
+    f"{TRAIN_CFG['kernel']}, sigma {TRAIN_CFG['sigma']:g}"
+    if "kernel" in TRAIN_CFG and "sigma" in TRAIN_CFG
+    else ""
+)
+EVAL_MODEL = EVAL.get("model_label") or (
+    "ResNet-18"
+    if float(TRAIN_CFG.get("width", 1.0)) == 1.0
+    else f"ResNet-18 (width {float(TRAIN_CFG['width']):g})"
+)
 
 
 wildcard_constraints:
@@ -17,7 +29,7 @@ wildcard_constraints:
 EVAL_OPTIONS = " ".join(
     [
         f"--cv {EVAL['cv']} --max-iter {EVAL['max_iter']} --random-state {EVAL['random_state']}",
-        f"--n-jobs {EVAL['n_jobs']} --bias-cv {EVAL['bias_cv']} --model '{EVAL['model_label']}'",
+        f"--n-jobs {EVAL['n_jobs']} --bias-cv {EVAL['bias_cv']} --model '{EVAL_MODEL}'",
     ]
     + (["--alphas " + ",".join(str(a) for a in EVAL["alphas"])] if EVAL.get("alphas") else [])
     + (["--cs " + ",".join(str(c) for c in EVAL["cs"])] if EVAL.get("cs") else [])
@@ -59,6 +71,11 @@ rule evaluate:
         features=lambda wildcards, input: os.path.dirname(input.train),
         out=lambda wildcards, output: os.path.dirname(output.scores),
         options=EVAL_OPTIONS,
+        details=lambda wc: (
+            f"--details '{EVAL_DETAILS}'"
+            if EVAL_DETAILS and wc.method in ("yaware", "thr", "exp")
+            else ""
+        ),
     log:
         f"{LOGS}/evaluate/{{method}}_seed{{seed}}.log",
     benchmark:
@@ -66,7 +83,8 @@ rule evaluate:
     threads: EVAL["n_jobs"]
     shell:
         "brainage evaluate --features {params.features} --out {params.out} "
-        "--method {wildcards.method} --seed {wildcards.seed} {params.options} > {log} 2>&1"
+        "--method {wildcards.method} --seed {wildcards.seed} {params.options} {params.details} "
+        "> {log} 2>&1"
 
 
 if EVAL_METHODS and EVAL_SEEDS:
