@@ -460,3 +460,18 @@ def test_evaluate_rule_dry_run_on_hand_made_features(tmp_path):
     assert "rule evaluate:" in res.stdout
     assert "brainage evaluate --features results/default/features/exp/seed1" in res.stdout
     assert "--method exp --seed 1" in res.stdout
+
+
+def test_embedding_figures_pca_and_tsne(tmp_path):
+    from brainage.evaluation.figures import plot_embedding
+
+    train, internal, external = three_splits(seed=8, n=(60, 30, 20))
+    feats = {"train": train[0], "internal_test": internal[0], "external_test": external[0]}
+    sites = {"train": train[2], "internal_test": internal[2], "external_test": None}
+    for method in ("pca", "tsne"):
+        path = plot_embedding(feats, sites, tmp_path / f"{method}.png", method=method)
+        data = path.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+    with pytest.raises(ValueError, match="umap"):
+        plot_embedding(feats, sites, tmp_path / "x.png", method="umap")
+    assert not (tmp_path / "x.png").exists()

@@ -296,6 +296,8 @@ def evaluate_features(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         bacc = float(balanced_accuracy_score(s_in, site_in))
+    if np.unique(s_in).size == 1:
+        log.warning("%s: one site only; BAcc is then that site's recall, not a balanced accuracy", n_int)
     unseen = sorted(set(np.unique(s_in)) - set(train_sites))
     if unseen:
         log.warning("%s: site(s) %s absent from %s; the probe cannot predict them (recall 0)",
