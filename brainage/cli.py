@@ -237,12 +237,15 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from brainage.training import TrainConfig, load_config_file, train
-    from brainage.training.distributed import cleanup, init_from_env
+    from brainage.training.config import TrainConfig, load_config_file
 
     values = load_config_file(args.config) if args.config else {}
     values.update({k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None})
     config = TrainConfig.from_dict(values)
+
+    from brainage.training.distributed import cleanup, init_from_env
+    from brainage.training.trainer import train
+
     ctx = init_from_env()
     try:
         path = train(config, args.cache, args.out, ctx)

@@ -42,6 +42,10 @@ def resnet18_encoder(widen_factor: float = 1.0, in_channels: int = 1) -> nn.Modu
     )
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class BrainAgeNet(nn.Module):
     """3D ResNet-18 encoder with one head: a contrastive projection or an age regressor.
 
@@ -129,12 +133,12 @@ class BrainAgeNet(nn.Module):
             x: ``(B, 1, X, Y, Z)`` volumes.
 
         Returns:
-            ``(B, P)`` L2-normalised projection (computed in float32, also under autocast), or
+            ``(B, P)`` L2-normalised projection (in float32 at least, also under autocast), or
             ``(B,)`` regression output (standardised age units for the trainer's L1 models).
         """
         out = self.head(self.embed(x))
         if self.head_name == "projection":
-            return F.normalize(out.float(), dim=1)
+            return F.normalize(_at_least_float32(out), dim=1)
         return out[:, 0]
 
     @torch.no_grad()

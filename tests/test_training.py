@@ -1,0 +1,303 @@
+"""Training: config validation, identical-view shortcut, determinism, checkpoints, features."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainage.losses import KernelizedContrastiveLoss
+from brainage.models import BrainAgeNet
+from brainage.training import CheckpointError, TrainConfig, extract_features, load_config_file, load_model, train
+from brainage.training.data import build_augmentation, make_views
+from brainage.training.trainer import contrastive_loss
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = (16, 16, 16)
+
+
+def write_cache(root: Path, n=(24, 8, 6), grid=GRID, seed: int = 0, nan_row: int | None = None) -> Path:
+    """A cache folder in the preprocessing format, written by hand: ages drive a smooth gradient."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    ramp = np.linspace(-1.0, 1.0, grid[0])[:, None, None]
+    for split, k in zip(("train", "internal_test", "external_test"), n):
+        ages = np.round(rng.uniform(6, 80, k), 1)
+        vol = rng.normal(0, 1, (k, *grid)) + ((ages - 40) / 20)[:, None, None, None] * ramp
+        vol = vol.astype(np.float16)
+        if nan_row is not None and split == "train":
+            vol[nan_row, 3, 3, 3] = np.nan
+        np.save(root / f"{split}.npy", vol)
+        sites = [f"s{i % 3}" if split != "external_test" else "ext" for i in range(k)]
+        lines = ["row\tparticipant_id\tage\tsite\tsiteXacq"]
+        lines += [f"{i}\t{split[:3]}{i:03d}\t{ages[i]}\t{sites[i]}\t{sites[i]}x1" for i in range(k)]
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    (root / "cache.json").write_text(json.dumps({"shape": list(grid), "signature": f"test{seed}"}))
+    return root
+
+
+def tiny(method: str, **kw) -> TrainConfig:
+    values = dict(method=method, epochs=2, batch_size=8, width=0.125, lr=1e-3, progress=False, device="cpu",
+                  num_threads=1)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return write_cache(tmp_path_factory.mktemp("cache"))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_rejects_unknown_names_and_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown method 'expo'.*did you mean 'exp'.*'l1', 'combat_l1', 'yaware', 'thr', 'exp'"):
+        TrainConfig(method="expo")
+    with pytest.raises(ValueError, match="unknown kernel 'gauss'.*'rbf', 'gaussian', 'cauchy'"):
+        TrainConfig(method="exp", kernel="gauss")
+    with pytest.raises(ValueError, match="unknown formulation"):
+        TrainConfig(method="exp", formulation="ref")
+    with pytest.raises(ValueError, match="unknown training option.*'lr_rate'.*valid options are: method, seed"):
+        TrainConfig.from_dict({"method": "l1", "lr_rate": 0.1})
+    with pytest.raises(ValueError, match="needs a method"):
+        TrainConfig.from_dict({"lr": 0.1})
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        TrainConfig(method="l1", batch_size=0)
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        TrainConfig(method="l1", device="gpu")
+    assert TrainConfig.from_dict({"method": "thr", "lr": 1}).lr == 1.0
+
+
+def test_config_file_reads_workflow_train_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run: x\ntrain:\n  methods: [l1]\n  seeds: [0]\n  threads: 1\n  epochs: 7\n  width: 0.25\n")
+    values = load_config_file(path)
+    assert values == {"epochs": 7, "width": 0.25}
+    assert TrainConfig.from_dict({"method": "l1", **values}).epochs == 7
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(cache, tmp_path):
+    with pytest.raises(ValueError, match="'cuda' requested but CUDA is not available"):
+        train(tiny("l1", device="cuda"), cache, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_larger_than_split(cache, tmp_path):
+    with pytest.raises(ValueError, match="batch_size 64 is larger than the training split"):
+        train(tiny("l1", batch_size=64), cache, tmp_path / "run")
+
+
+def test_nan_volume_named(tmp_path):
+    bad = write_cache(tmp_path / "bad", nan_row=5)
+    with pytest.raises(ValueError, match=r"non-finite voxel values.*row\(s\) \[5\]"):
+        train(tiny("l1"), bad, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_unknown_augmentation():
+    with pytest.raises(ValueError, match="unknown augmentation 'RandFlipd'"):
+        build_augmentation([{"name": "RandFlipd", "keys": ["x"]}])
+    with pytest.raises(ValueError, match="unknown augmentation 'RandFlp'.*RandFlip"):
+        build_augmentation([{"name": "RandFlp"}])
+
+
+# ----------------------------------------------------------------------------- identical views
+
+
+def test_one_forward_equals_stacked_views_with_batchnorm():
+    """Running the network once and repeating equals running it on the V stacked copies.
+
+    In float64, so that agreement to 1e-10 shows an identity rather than rounding luck.
+    """
+    torch.manual_seed(0)
+    b, v = 6, 2
+    x = torch.randn(b, 1, 16, 16, 16, dtype=torch.float64)
+    ages = torch.tensor([10.0, 12.0, 30.0, 31.0, 60.0, 75.0], dtype=torch.float64)
+    criterion = KernelizedContrastiveLoss(method="exp", formulation="reference")
+    net_a = BrainAgeNet(0.125).double().train()
+    net_b = BrainAgeNet(0.125).double().train()
+    net_b.load_state_dict(net_a.state_dict())
+
+    loss_a = contrastive_loss(net_a, x, ages, criterion, views=v, augment=None)
+    loss_a.backward()
+    z = net_b(torch.cat([x] * v)).view(v, b, -1).transpose(0, 1)
+    loss_b = criterion(z, ages)
+    loss_b.backward()
+
+    assert loss_a.dtype == torch.float64
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-12, atol=0)
+    grads_a = dict(net_a.named_parameters())
+    # one absolute scale: biases followed by BatchNorm have an exactly zero gradient (rounding noise)
+    scale = max(float(p.grad.abs().max()) for p in net_b.parameters())
+    for name, p in net_b.named_parameters():
+        torch.testing.assert_close(grads_a[name].grad, p.grad, rtol=0, atol=1e-11 * scale, msg=name)
+    # BatchNorm: same running mean; running variance from the unbiased estimate over n rows,
+    # n = B for the shortcut and V*B for the stacked copies (momentum 0.1, initial variance 1).
+    bn_a, bn_b = net_a.encoder.bn1, net_b.encoder.bn1
+    torch.testing.assert_close(bn_a.running_mean, bn_b.running_mean, rtol=1e-12, atol=1e-14)
+    n_a, n_b = b * 16**3 // 8, v * b * 16**3 // 8  # the stem halves each axis: 8^3 voxels per volume
+    ratio = (bn_a.running_var - 0.9) / (bn_b.running_var - 0.9)
+    expected = (n_a / (n_a - 1)) / (n_b / (n_b - 1))
+    torch.testing.assert_close(ratio, torch.full_like(ratio, expected), rtol=1e-9, atol=0)
+
+
+def test_augmented_views_differ():
+    augment = build_augmentation([{"name": "RandGaussianNoise", "prob": 1.0, "std": 0.5, "sample_std": False}])
+    augment.set_random_state(seed=0)
+    x = torch.zeros(3, 1, 8, 8, 8)
+    stacked = make_views(x, 2, augment)
+    assert stacked.shape == (6, 1, 8, 8, 8)
+    assert not torch.equal(stacked[:3], stacked[3:])
+    assert 0.45 < float(stacked.std()) < 0.55
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_deterministic_on_cpu(cache, tmp_path):
+    a = train(tiny("yaware"), cache, tmp_path / "a")
+    b = train(tiny("yaware"), cache, tmp_path / "b")
+    c = train(tiny("yaware", seed=1), cache, tmp_path / "c")
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    rows = (tmp_path / "a" / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0] == "epoch,lr,loss,train_mae,seconds,samples_per_s" and len(rows) == 3
+
+
+def test_in_process_resume_matches(cache, tmp_path):
+    full = train(tiny("thr", epochs=3), cache, tmp_path / "full")
+    part = train(tiny("thr", epochs=3), cache, tmp_path / "part", stop_after=1)
+    assert part.name == "checkpoint.pt" and not (tmp_path / "part" / "model.pt").exists()
+    resumed = train(tiny("thr", epochs=3), cache, tmp_path / "part")
+    wf, wr = weights(full), weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_step_schedule_and_l1_learns(cache, tmp_path):
+    cfg = tiny("l1", epochs=12, lr=3e-3, step_size=4, step_gamma=0.5, batch_size=6)
+    train(cfg, cache, tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()[1:]
+    lrs = [float(line.split(",")[1]) for line in lines]
+    assert lrs == pytest.approx([3e-3] * 4 + [1.5e-3] * 4 + [7.5e-4] * 4)
+    maes = [float(line.split(",")[3]) for line in lines]
+    ages = np.array([float(r.split("\t")[2]) for r in (cache / "train.tsv").read_text().splitlines()[1:]])
+    assert maes[-1] < 0.8 * np.abs(ages - ages.mean()).mean()  # better than predicting the mean age
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_corrupted_checkpoint(cache, tmp_path):
+    out = tmp_path / "run"
+    train(tiny("l1", epochs=1), cache, out)
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: cannot be read as a brainage"):
+        train(tiny("l1", epochs=2), cache, out)
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: cannot be read"):
+        train(tiny("l1", epochs=2), cache, out)
+
+
+def test_mismatched_checkpoint(cache, tmp_path):
+    out = tmp_path / "run"
+    train(tiny("exp", epochs=1), cache, out)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: was written by a run with other options \(method: "
+                       r"checkpoint 'exp' vs now 'thr'"):
+        train(tiny("thr", epochs=1), cache, out)
+    other = write_cache(tmp_path / "other", seed=3)
+    with pytest.raises(CheckpointError, match="was trained on another cache"):
+        train(tiny("exp", epochs=1), other, out)
+    # weights of another width under this run's config
+    payload = torch.load(out / "model.pt", weights_only=True)
+    payload["model"] = BrainAgeNet(0.25).state_dict()
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: weights do not match the network: .*shape mismatch"):
+        load_model(tmp_path / "bad.pt")
+    torch.save({"format": "something-else", "version": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: expected a 'brainage-model' file"):
+        load_model(tmp_path / "foreign.pt")
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def test_features_files(cache, tmp_path):
+    run_l1 = tmp_path / "l1"
+    train(tiny("l1", epochs=1), cache, run_l1)
+    written = extract_features(run_l1, cache, tmp_path / "f_l1")
+    assert set(written) == {"train", "internal_test", "external_test"}
+    table = [r.split("\t") for r in (cache / "internal_test.tsv").read_text().splitlines()[1:]]
+    with np.load(written["internal_test"], allow_pickle=False) as f:
+        assert f["features"].shape == (8, 64) and f["features"].dtype == np.float32
+        assert f["age"].tolist() == pytest.approx([float(r[2]) for r in table])
+        assert f["site"].dtype.kind == "U" and f["site"].tolist() == [r[4] for r in table]
+        assert f["participant_id"].tolist() == [r[1] for r in table]
+        prediction = f["prediction"]
+    # prediction in years, recomputed from the weights and the training ages' mean/std
+    train_ages = np.array([float(r.split("\t")[2]) for r in (cache / "train.tsv").read_text().splitlines()[1:]])
+    net = BrainAgeNet(0.125, head="regression")
+    net.load_state_dict(weights(run_l1 / "model.pt"))
+    net.eval()
+    x = torch.from_numpy(np.load(cache / "internal_test.npy").astype(np.float32))[:, None]
+    with torch.no_grad():
+        expected = net(x).numpy() * train_ages.std() + train_ages.mean()
+    np.testing.assert_allclose(prediction, expected, rtol=1e-4, atol=1e-3)
+
+    run_c = tmp_path / "exp"
+    train(tiny("exp", epochs=1), cache, run_c)
+    with np.load(extract_features(run_c, cache, tmp_path / "f_exp")["train"]) as f:
+        assert f["features"].shape == (24, 128) and "prediction" not in f.files
+        np.testing.assert_allclose(np.linalg.norm(f["features"], axis=1), 1.0, atol=1e-5)
+    with np.load(extract_features(run_c, cache, tmp_path / "f_emb", kind="embedding")["train"]) as f:
+        assert f["features"].shape == (24, 64)
+    with pytest.raises(ValueError, match="no projection head"):
+        extract_features(run_l1, cache, tmp_path / "x", kind="projection")
+
+
+def test_nan_features_write_nothing(cache, tmp_path):
+    run = tmp_path / "run"
+    train(tiny("exp", epochs=1), cache, run)
+    payload = torch.load(run / "model.pt", weights_only=True)
+    payload["model"]["head.2.bias"][0] = float("nan")
+    torch.save(payload, run / "model.pt")
+    with pytest.raises(ValueError, match=r"24 of 24 train subject\(s\) have NaN/inf features.*nothing was written"):
+        extract_features(run, cache, tmp_path / "feat")
+    assert not (tmp_path / "feat").exists() or not list((tmp_path / "feat").iterdir())
+
+
+def test_features_on_another_grid(cache, tmp_path):
+    run = tmp_path / "run"
+    train(tiny("l1", epochs=1), cache, run)
+    other = write_cache(tmp_path / "other", grid=(16, 18, 16))
+    with pytest.raises(CheckpointError, match=r"trained on a \(16, 16, 16\) grid, but the cache .* has \(16, 18, 16\)"):
+        extract_features(run, other, tmp_path / "feat")
+
+
+def test_training_path_imports_without_imaging_stack(tmp_path, cache):
+    """GPU machines have torch, monai and numpy but not nibabel/nilearn/sklearn."""
+    code = (
+        "import sys\n"
+        "for name in ('nibabel', 'nilearn', 'sklearn', 'neuroHarmonize', 'snakemake', 'scipy'):\n"
+        "    sys.modules[name] = None\n"
+        "from brainage.training import TrainConfig, train, extract_features\n"
+        f"cfg = TrainConfig(method='exp', epochs=1, batch_size=8, width=0.125, progress=False, device='cpu')\n"
+        f"train(cfg, {str(cache)!r}, {str(tmp_path / 'run')!r})\n"
+        f"extract_features({str(tmp_path / 'run')!r}, {str(cache)!r}, {str(tmp_path / 'f')!r})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "f" / "external_test.npz").is_file()
