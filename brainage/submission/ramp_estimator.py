@@ -239,6 +239,20 @@ def normalise(volume: np.ndarray, mask: np.ndarray, method: str) -> np.ndarray:
     return out
 
 
+def _state_mismatch(network: nn.Module, state: dict) -> list[str]:
+    """Missing, unexpected and mis-shaped state-dict entries, summarised (empty when they match)."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the network"
+              for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("size mismatch", shapes)):
+        if items:
+            problems.append(f"{len(items)} {label} entr{'y' if len(items) == 1 else 'ies'} (first: {items[0]})")
+    return problems
+
+
 def _row_indices(indices: Any, n_rows: int) -> np.ndarray:
     if indices is None:
         return np.arange(n_rows)
@@ -317,13 +331,13 @@ class BrainAgeFeatures(BaseEstimator, TransformerMixin):
             raise SubmissionError(f"{weights_path}: not a readable torch state-dict file ({err})") from err
         if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
             raise SubmissionError(f"{weights_path}: expected a dict with the state dict under the key 'model'")
-        try:
-            network.load_state_dict(payload["model"], strict=True)
-        except RuntimeError as err:
+        problems = _state_mismatch(network, payload["model"])
+        if problems:
             raise SubmissionError(
-                f"{weights_path} does not match the network described by metadata.pkl "
-                f"({meta['network']}): {err}"
-            ) from err
+                f"{weights_path} does not match the network described by metadata.pkl ({meta['network']}): "
+                + "; ".join(problems)
+            )
+        network.load_state_dict(payload["model"], strict=True)
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
         self.network_ = network.to(device).eval()
         self.device_ = device
