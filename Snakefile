@@ -30,6 +30,7 @@ container: config["container"]
 include: "workflow/rules/data.smk"
 include: "workflow/rules/harmonize.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/submission.smk"
 
 
 rule all:

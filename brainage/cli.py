@@ -223,6 +223,8 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, metrics.csv, model.pt")
     p.add_argument("--config", type=Path, help="YAML mapping of TrainConfig options (or a workflow config "
                    "with a train: section)")
+    p.add_argument("--restart-on-mismatch", action="store_true",
+                   help="set aside a checkpoint of other options or another cache and start afresh (default: error)")
     types = TrainConfig.field_types()
     for name in TrainConfig.field_names():
         flag = "--" + name.replace("_", "-")
@@ -248,7 +250,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     ctx = init_from_env()
     try:
-        path = train(config, args.cache, args.out, ctx)
+        path = train(config, args.cache, args.out, ctx, restart_on_mismatch=args.restart_on_mismatch)
     finally:
         cleanup(ctx)
     if ctx.is_main:
@@ -378,6 +380,7 @@ def _register_submission_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-state", type=int, default=0,
                    help="saga seed of the site probe; -1 = NumPy's global state (ignored with --scores)")
     p.add_argument("--n-jobs", type=int, default=1, help="grid-search jobs")
+    p.add_argument("--workdir", type=Path, help="where the temporary RAMP rows go (default: next to --out)")
     p.set_defaults(func=_run_submission_check)
 
 
@@ -387,7 +390,7 @@ def _run_submission_check(args: argparse.Namespace) -> int:
 
     settings = ProbeSettings(random_state=None if args.random_state < 0 else args.random_state, n_jobs=args.n_jobs)
     check_submission(args.submission, args.data, args.features, args.out, project_scores=args.scores,
-                     settings=settings, rtol=args.rtol, atol=args.atol, layout=args.layout)
+                     settings=settings, rtol=args.rtol, atol=args.atol, layout=args.layout, workdir=args.workdir)
     return 0
 
 
