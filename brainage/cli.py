@@ -223,8 +223,6 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, metrics.csv, model.pt")
     p.add_argument("--config", type=Path, help="YAML mapping of TrainConfig options (or a workflow config "
                    "with a train: section)")
-    p.add_argument("--restart-on-mismatch", action="store_true",
-                   help="set aside a checkpoint of other options or another cache and start afresh (default: error)")
     types = TrainConfig.field_types()
     for name in TrainConfig.field_names():
         flag = "--" + name.replace("_", "-")
@@ -250,7 +248,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     ctx = init_from_env()
     try:
-        path = train(config, args.cache, args.out, ctx, restart_on_mismatch=args.restart_on_mismatch)
+        path = train(config, args.cache, args.out, ctx)
     finally:
         cleanup(ctx)
     if ctx.is_main:
