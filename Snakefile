@@ -28,6 +28,7 @@ container: config["container"]
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/harmonize.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/submission.smk"

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 GRID = (16, 16, 16)
 
 
-def write_cache(root: Path, n=(24, 8, 6), grid=GRID, seed: int = 0, nan_row: int | None = None) -> Path:
+def write_cache(root: Path, n=(24, 8, 6), grid=GRID, seed: int = 0, nan_row: int | None = None,
+                signature: str = "test") -> Path:
     """A cache folder in the preprocessing format, written by hand: ages drive a smooth gradient."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -37,7 +38,7 @@ def write_cache(root: Path, n=(24, 8, 6), grid=GRID, seed: int = 0, nan_row: int
         lines = ["row\tparticipant_id\tage\tsite\tsiteXacq"]
         lines += [f"{i}\t{split[:3]}{i:03d}\t{ages[i]}\t{sites[i]}\t{sites[i]}x1" for i in range(k)]
         (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    (root / "cache.json").write_text(json.dumps({"shape": list(grid), "signature": f"test{seed}"}))
+    (root / "cache.json").write_text(json.dumps({"shape": list(grid), "signature": signature}))
     return root
 
 
@@ -217,9 +218,14 @@ def test_mismatched_checkpoint(cache, tmp_path):
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt: was written by a run with other options \(method: "
                        r"checkpoint 'exp' vs now 'thr'"):
         train(tiny("thr", epochs=1), cache, out)
+    # same preprocessing signature, other data (a rebuilt cache): caught by the fingerprint
     other = write_cache(tmp_path / "other", seed=3)
     with pytest.raises(CheckpointError, match="was trained on another cache"):
         train(tiny("exp", epochs=1), other, out)
+    # workflows: set the stale checkpoint aside and retrain
+    train(tiny("exp", epochs=1), other, out, restart_on_mismatch=True)
+    assert (out / "checkpoint.pt.stale").is_file()
+    assert torch.load(out / "model.pt", weights_only=True)["cache"]["path"] == str(other.resolve())
     # weights of another width under this run's config
     payload = torch.load(out / "model.pt", weights_only=True)
     payload["model"] = BrainAgeNet(0.25).state_dict()

@@ -135,6 +135,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("channels_last", "data_on_device"):
+            value = getattr(self, name)
+            if isinstance(value, bool):  # YAML 1.1 reads an unquoted on/off as a boolean
+                setattr(self, name, "on" if value else "off")
         for name, valid in CHOICES.items():
             _choice(getattr(self, name), valid, name)
         for name in ("seed",):

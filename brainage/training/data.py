@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -77,10 +78,32 @@ def read_cache_meta(cache: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def cache_identity(cache: str | os.PathLike) -> dict[str, Any]:
-    """What a checkpoint records about the cache it was trained on: path, grid and signature."""
+def cache_identity(cache: str | os.PathLike, split: str = "train", sample_rows: int = 32) -> dict[str, Any]:
+    """What a checkpoint records about the cache it was trained on.
+
+    ``fingerprint`` is a SHA-256 of ``cache.json``, the split's table and ``sample_rows`` evenly
+    spaced volumes of the split: it changes when the data are rebuilt differently even if the
+    preprocessing parameters (and so the cache's ``signature``) are the same, and costs a few
+    reads even for the full OpenBHB set.
+    """
+    cache = Path(cache)
     meta = read_cache_meta(cache)
-    return {"path": str(Path(cache).resolve()), "shape": meta["shape"], "signature": meta.get("signature")}
+    digest = hashlib.sha256((cache / "cache.json").read_bytes())
+    table = cache / f"{split}.tsv"
+    if table.is_file():
+        digest.update(table.read_bytes())
+    array = cache / f"{split}.npy"
+    if array.is_file():
+        volumes = np.load(array, mmap_mode="r", allow_pickle=False)
+        n = int(volumes.shape[0])
+        for row in sorted({int(i) for i in np.linspace(0, n - 1, min(n, sample_rows))} if n else set()):
+            digest.update(np.ascontiguousarray(volumes[row]).tobytes())
+    return {
+        "path": str(cache.resolve()),
+        "shape": meta["shape"],
+        "signature": meta.get("signature"),
+        "fingerprint": digest.hexdigest()[:32],
+    }
 
 
 def _read_table(path: Path) -> dict[str, list[str]]:

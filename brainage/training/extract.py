@@ -13,7 +13,7 @@ import torch
 from brainage.io import save_npz
 from brainage.training.checkpoint import CheckpointError, load_model
 from brainage.training.data import SPLITS, VolumeStore, open_cache_split, read_cache_meta
-from brainage.training.trainer import autocast_context, resolve_device, use_channels_last
+from brainage.training.trainer import resolve_device, use_channels_last
 
 __all__ = ["extract_features", "predict_split"]
 
@@ -68,6 +68,7 @@ def extract_features(
     splits: Sequence[str] = SPLITS,
     device: str | None = None,
     batch_size: int | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Path]:
     """Write ``<out>/<split>.npz`` for every split: features, ages, sites, participant ids.
 
@@ -83,6 +84,8 @@ def extract_features(
         kind: ``"projection"``, ``"embedding"`` or ``None`` (the run's ``features`` option).
         device: ``None`` = the run's device option, resolved here.
         batch_size: ``None`` = the run's ``eval_batch_size``.
+        precision: ``"fp32"`` (default: the features are the deliverable, and inference is cheap)
+            or ``"bf16"`` (autocast, as in training on CUDA; features then differ by ~1e-2).
 
     Raises:
         FileNotFoundError: no model in ``run``; missing cache files.
@@ -113,7 +116,9 @@ def extract_features(
     channels_last = use_channels_last(config, torch_device)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
-    amp = autocast_context(config, torch_device)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; valid choices are: 'fp32', 'bf16'")
+    amp = torch.autocast(torch_device.type, dtype=torch.bfloat16) if precision == "bf16" else None
 
     results = {}
     for split in splits:

@@ -254,6 +254,7 @@ def train(
     out: str | os.PathLike,
     ctx: DistContext | None = None,
     stop_after: int | None = None,
+    restart_on_mismatch: bool = False,
 ) -> Path:
     """Train (or resume) one run and write its folder (see the module docstring).
 
@@ -263,6 +264,9 @@ def train(
         out: output folder; an existing ``checkpoint.pt`` there is resumed.
         ctx: distributed context (from :func:`brainage.training.distributed.init_from_env`).
         stop_after: return after this many epochs of this call (the run stays resumable).
+        restart_on_mismatch: a checkpoint of other options or another cache is set aside as
+            ``checkpoint.pt.stale`` (with a warning) and training starts afresh, instead of
+            raising. For workflows, where a changed config or cache must retrain.
 
     Returns:
         Path of ``model.pt`` (written when all epochs are done), or of ``checkpoint.pt``.
@@ -306,9 +310,8 @@ def train(
         start_epoch = 0
 
         ckpt_path = out / "checkpoint.pt"
-        if ckpt_path.exists():
-            payload = load_file(ckpt_path, CHECKPOINT_FORMAT)
-            _check_resumable(payload, ckpt_path, config, identity)
+        payload = _resumable_checkpoint(ckpt_path, config, identity, restart_on_mismatch, ctx)
+        if payload is not None:
             load_state_strict(model, payload["model"], ckpt_path)
             try:
                 optimizer.load_state_dict(payload["optimizer"])
@@ -441,6 +444,27 @@ def _resident(option: str) -> bool | None:
     return {"auto": None, "on": True, "off": False}[option]
 
 
+def _resumable_checkpoint(
+    path: Path, config: TrainConfig, identity: dict[str, Any], restart_on_mismatch: bool, ctx: DistContext
+) -> dict[str, Any] | None:
+    """The checkpoint to resume from, ``None`` to start afresh; raises on a mismatch unless told to restart."""
+    if not path.exists():
+        return None
+    try:
+        payload = load_file(path, CHECKPOINT_FORMAT)
+        _check_resumable(payload, path, config, identity)
+        return payload
+    except CheckpointError as err:
+        if not restart_on_mismatch:
+            raise
+        barrier(ctx)
+        if ctx.is_main:
+            log.warning("%s; starting afresh (the old checkpoint is kept as %s.stale)", err, path.name)
+            os.replace(path, path.with_name(path.name + ".stale"))
+        barrier(ctx)
+        return None
+
+
 def _check_resumable(payload: dict[str, Any], path: Path, config: TrainConfig, identity: dict[str, Any]) -> None:
     for key in ("epoch", "optimizer", "scheduler", "rng", "metrics", "cache"):
         if key not in payload:
@@ -454,8 +478,9 @@ def _check_resumable(payload: dict[str, Any], path: Path, config: TrainConfig, i
             "or another --out folder (or delete the checkpoint) to start afresh"
         )
     cached = payload["cache"]
-    if list(cached.get("shape", [])) != list(identity["shape"]) or cached.get("signature") != identity["signature"]:
+    if any(cached.get(k) != identity[k] for k in ("shape", "signature", "fingerprint")):
         raise CheckpointError(
-            f"{path}: was trained on another cache (grid {cached.get('shape')}, signature {cached.get('signature')}) "
-            f"than {identity['path']} (grid {identity['shape']}, signature {identity['signature']})"
+            f"{path}: was trained on another cache ({cached.get('path')}: grid {cached.get('shape')}, fingerprint "
+            f"{cached.get('fingerprint')}) than {identity['path']} (grid {identity['shape']}, fingerprint "
+            f"{identity['fingerprint']}); use another --out folder (or delete the checkpoint) to start afresh"
         )
