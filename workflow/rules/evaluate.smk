@@ -113,7 +113,7 @@ if EVAL_METHODS and EVAL_SEEDS:
                 subcategory="table",
             ),
         params:
-            out=TABLE_DIR,
+            out=lambda wildcards, output: os.path.dirname(output.csv),
             harmonization=f"{harmonized_cache_dir()}/cache.json",
         log:
             f"{LOGS}/table.log",
