@@ -152,7 +152,7 @@ def test_chunk_bounds_are_balanced():
 
 
 def test_missing_site_workaround():
-    X, covars, truth = simulate(p=120, seed=4)
+    X, covars, _ = simulate(p=120, seed=4)
     train = np.arange(len(X)) % 4 != 0
     test = ~train
     cov_train = covars[train].reset_index(drop=True)

@@ -326,23 +326,30 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
             cols = slice(start, stop)
             const = np.ptp(block, axis=0) == 0
             keep = ~const
-            out = block.copy()
             # A feature constant over the training set has zero pooled variance, which
             # neuroHarmonize turns into 0/0; such features are left unchanged instead.
             self.passthrough_[cols] = const
             self.grand_mean_[cols] = np.where(const, block[0], 0.0)
+            out = block
             if keep.any():
+                data = block if keep.all() else block[:, keep]
                 with _quiet():
                     # neuroHarmonize skips EB (and prints) for a single feature; do it quietly.
-                    model, harmonised = learn(block[:, keep], frame, eb=bool(self.eb) and keep.sum() > 1)
+                    model, harmonised = learn(data, frame, eb=bool(self.eb) and keep.sum() > 1)
+                del data
                 idx = np.flatnonzero(keep) + start
                 self.grand_mean_[idx] = model["stand_mean"][:, 0]
                 self.coef_[:, idx] = model["B_hat"][k:]
                 self.var_pooled_[idx] = model["var_pooled"][:, 0]
                 self.gamma_star_[:, idx] = model["gamma_star"]
                 self.delta_star_[:, idx] = model["delta_star"]
-                out[:, keep] = harmonised
-                del model, harmonised
+                del model
+                if keep.all():
+                    out = harmonised
+                else:
+                    out = block.copy()  # block may be a view of the caller's array
+                    out[:, keep] = harmonised
+                del harmonised
             bad = ~np.isfinite(out)
             if bad.any() or not np.all(np.isfinite(self.delta_star_[:, cols])):
                 raise ValueError(
