@@ -475,3 +475,18 @@ def test_embedding_figures_pca_and_tsne(tmp_path):
     with pytest.raises(ValueError, match="umap"):
         plot_embedding(feats, sites, tmp_path / "x.png", method="umap")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_leaves_the_corrected_gap_empty_when_predictions_ignore_age(tmp_path):
+    rng = np.random.default_rng(9)
+    feats = tmp_path / "f"
+    feats.mkdir()
+    for split, n, sites in (("train", 80, SITES), ("internal_test", 40, SITES), ("external_test", 20, ["z"])):
+        np.savez(feats / f"{split}.npz", features=rng.normal(0, 1, (n, 6)).astype(np.float32),
+                 age=rng.uniform(10, 70, n), site=rng.choice(sites, n))
+    with pytest.warns(UserWarning, match="age-bias correction skipped"):
+        assert main(["evaluate", "--features", str(feats), "--out", str(tmp_path / "out")]) == 0
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert "hardly follows true age" in scores["brain_age_gap"]["error"]
+    pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert pred["corrected_gap"].isna().all() and pred["gap"].notna().all()
