@@ -403,3 +403,69 @@ def test_builder_replaces_a_submission_but_not_other_folders(setup, tmp_path):
     with pytest.raises(FileExistsError, match="other files"):
         build_submission(setup["root"] / "run", other)
     assert (other / "todo.txt").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------- local RAMP kit
+
+
+def test_kit_problem_enforces_the_feature_limit_and_the_indices_attribute():
+    from brainage.data.openbhb import MODALITIES
+    from brainage.submission import ramp_problem
+
+    assert set(ramp_problem.MASK_FILES.values()) == {m.mask_file for m in MODALITIES.values()}
+
+    class Step:
+        def __init__(self, width: int, with_indices: bool = True) -> None:
+            self.width = width
+            if with_indices:
+                self.indices = None
+            self.seen = None
+
+        def predict(self, X):
+            self.seen = list(self.indices)
+            return np.zeros((len(self.indices), self.width), np.float32)
+
+    class Pipe(list):
+        def predict(self, X):
+            return self[-1].predict(X)
+
+    X = np.zeros((6, 3), np.float32)
+    ok = Pipe([Step(10_000)])
+    assert ramp_problem.FrozenFeatures.features(ok, X, [4, 1]).shape == (2, 10_000)
+    assert ok[0].seen == [4, 1] and ok[0].indices is None
+    with pytest.raises(ValueError, match="10001 features per subject; at most 10000"):
+        ramp_problem.FrozenFeatures.features(Pipe([Step(10_001)]), X, [0])
+    with pytest.raises(ValueError, match="no step .* has an `indices` attribute"):
+        ramp_problem.FrozenFeatures.features(Pipe([Step(3, with_indices=False)]), X, [0])
+
+
+def test_kit_scores_by_hand():
+    from brainage.submission.ramp_problem import split_scores
+
+    # ages, site codes, external flag; internal rows 0-3, external rows 4-5
+    y_true = np.array([[10, 0, 0], [20, 1, 0], [30, 1, 0], [40, 2, 0], [50, -1, 1], [60, -1, 1]], float)
+    y_pred = np.array([[12, 0], [20, 1], [27, 0], [40, 2], [55, 1], [58, 2]], float)
+    s = split_scores(y_true, y_pred)
+    assert s["int_mae"] == pytest.approx((2 + 0 + 3 + 0) / 4)
+    assert s["bacc"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert s["ext_mae"] == pytest.approx((5 + 2) / 2)
+    assert s["challenge_score"] == pytest.approx(((2.5 / 3) ** 0.3) * 3.5)
+    internal_only = split_scores(y_true[:4], y_pred[:4])
+    assert np.isnan(internal_only["ext_mae"]) and np.isnan(internal_only["challenge_score"])
+
+
+def test_ramp_kit_command_lays_out_a_kit(setup, tmp_path):
+    from brainage.cli import main
+
+    assert main(["ramp-kit", "--submission", str(setup["root"] / "sub"), "--data", str(setup["root"] / "data"),
+                 "--out", str(tmp_path / "kit"), "--name", "mine"]) == 0
+    kit = tmp_path / "kit"
+    assert (kit / "problem.py").read_text().startswith('"""Local RAMP kit')
+    assert sorted(p.name for p in (kit / "submissions" / "mine").iterdir()) == ["estimator.py", "metadata.pkl",
+                                                                               "weights.pth"]
+    assert (kit / VBM_MASK_NAME).is_file() and (kit / QR_MASK_NAME).is_file()
+    train = np.load(kit / "data" / "train.npy", mmap_mode="r")
+    table = (kit / "data" / "train.tsv").read_text().splitlines()
+    assert train.shape == (len(table) - 1, est.TAIL_LENGTH + int(setup["truth"]["vbm_mask"].sum())
+                           + int(setup["truth"]["quasiraw_mask"].sum()))
+    assert not (kit / "folds.json").exists()
