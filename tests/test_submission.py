@@ -389,6 +389,15 @@ def test_builder_refuses_more_than_10000_features_and_harmonised_runs(setup, tmp
         build_submission(setup["root"] / "run", tmp_path / "h_sub", cache=harmonised)
     assert not (tmp_path / "h_sub").exists()
 
+    rebuilt = tmp_path / "cache_rebuilt"
+    shutil.copytree(setup["root"] / "cache", rebuilt)
+    volumes = np.load(rebuilt / "train.npy", mmap_mode="r+")
+    volumes[0] = -volumes[0]
+    volumes.flush()
+    del volumes
+    with pytest.raises(SubmissionBuildError, match="not the cache the run was trained on"):
+        build_submission(setup["root"] / "run", tmp_path / "r_sub", cache=rebuilt)
+
 
 def test_builder_replaces_a_submission_but_not_other_folders(setup, tmp_path):
     target = tmp_path / "sub"

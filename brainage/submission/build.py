@@ -47,18 +47,26 @@ def _cache_of(info: dict[str, Any], cache: str | os.PathLike | None, model_path:
             "with the cache the run was trained on (its grid, mask and normalisation go into the submission)"
         )
     meta = json.loads((path / "cache.json").read_text())
-    signature = identity.get("signature")
-    if signature and meta.get("signature") and signature != meta["signature"]:
-        raise SubmissionBuildError(
-            f"{path}: cache signature {meta['signature']} differs from the one the run was trained on ({signature})"
-        )
-    if list(meta.get("shape", [])) != list(identity.get("shape", meta.get("shape", []))):
-        raise SubmissionBuildError(f"{path}: grid {meta.get('shape')} but the run was trained on {identity.get('shape')}")
     if "harmonization" in meta:
         raise SubmissionBuildError(
             f"{path} is a ComBat-harmonised cache: harmonisation needs each subject's site, which the challenge "
             "server does not give to a submission, so this run cannot be submitted"
         )
+    signature = identity.get("signature")
+    if signature and meta.get("signature") and signature != meta["signature"]:
+        raise SubmissionBuildError(
+            f"{path}: cache signature {meta['signature']} differs from the one the run was trained on ({signature})"
+        )
+    if identity.get("fingerprint"):
+        from brainage.training.data import cache_identity
+
+        if cache_identity(path)["fingerprint"] != identity["fingerprint"]:
+            raise SubmissionBuildError(
+                f"{path}: not the cache the run was trained on (its content fingerprint differs from the one "
+                f"recorded in {model_path}); the submission must carry that cache's preprocessing"
+            )
+    if list(meta.get("shape", [])) != list(identity.get("shape", meta.get("shape", []))):
+        raise SubmissionBuildError(f"{path}: grid {meta.get('shape')} but the run was trained on {identity.get('shape')}")
     return path, meta
 
 
