@@ -32,6 +32,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/harmonize.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/submission.smk"
+include: "workflow/rules/debias.smk"
 
 
 rule all:

@@ -564,6 +564,16 @@ def _run_debias_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, float(value) if "." in value or "e" in value.lower() else int(value)
+    except ValueError:
+        return key, value
+
+
 @command
 def _register_debias_train(sub: argparse._SubParsersAction) -> None:
     from brainage.debias.methods import METHODS
@@ -608,7 +618,9 @@ def _register_debias_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--std", type=_float_list, default=[0.5, 0.5, 0.5])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--tag", action="append", type=_key_value, default=[],
+                   help="KEY=VALUE stored in the checkpoint and copied into its evaluation (e.g. rho=0.99)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_debias_train)
 
@@ -632,18 +644,8 @@ def _run_debias_train(args: argparse.Namespace) -> int:
                   augment=args.augment, mean=args.mean, std=args.std, seed=args.seed, threads=args.threads,
                   device=args.device)
     steps.train_step(args.train, args.val, args.out, method, config, args.history, args.monitor,
-                     progress=not args.quiet)
+                     progress=not args.quiet, tags=dict(args.tag))
     return 0
-
-
-def _key_value(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, float(value) if "." in value or "e" in value.lower() else int(value)
-    except ValueError:
-        return key, value
 
 
 @command
@@ -661,7 +663,7 @@ def _register_debias_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-biased", type=Path, help="fully biased test split (.npz)")
     p.add_argument("--attacker-train", required=True, type=Path, help="split the attacker is fitted on")
     p.add_argument("--label", action="append", type=_key_value, default=[],
-                   help="KEY=VALUE copied into every record (e.g. rho=0.99); repeatable")
+                   help="KEY=VALUE copied into every record (after the checkpoint's --tag values); repeatable")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--out", required=True, type=Path, help="JSON file, one record per model")
     p.set_defaults(func=_run_debias_eval)

@@ -283,10 +283,12 @@ def train_step(
     history: str | os.PathLike | None = None,
     monitor: str | os.PathLike | None = None,
     progress: bool = True,
+    tags: dict | None = None,
 ) -> dict:
-    """Train one model and save ``{"state_dict", "method", "train", "n_classes", "best_epoch", "history"}``.
+    """Train one model and save ``{"state_dict", "method", "train", "n_classes", "best_epoch", "history", "tags"}``.
 
-    The checkpoint holds tensors and plain Python values only, so it loads with
+    ``tags`` (e.g. ``{"rho": 0.99}``) are stored as given and copied into every evaluation
+    record. The checkpoint holds tensors and plain Python values only, so it loads with
     ``torch.load(out, weights_only=True)``.
     """
     from brainage.io import save_json, save_torch
@@ -294,6 +296,11 @@ def train_step(
     from .methods import MethodConfig
     from .train import TrainConfig, train_model
 
+    config = dict(config)
+    if config.get("device", "cpu") == "auto":
+        import torch
+
+        config["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     method_cfg = MethodConfig(**method)
     train_cfg = TrainConfig(**config)
     train_set, val_set = load_array_set(train), load_array_set(val)
@@ -310,6 +317,8 @@ def train_step(
         "seconds": result.seconds,
         "n_train": len(train_set),
         "n_conflicting": train_set.n_conflicting,
+        "tags": dict(tags or {}),
+        "train_file": str(train),
     }
     save_torch(out, record)
     if history is not None:
@@ -359,7 +368,7 @@ def evaluate_step(
         attacker_train: split on which the privacy attacker is fitted (the validation split).
         out: JSON file with one record per model.
         test_biased: optional fully biased test split (rho = 1).
-        labels: extra fields copied into every record (e.g. ``{"rho": 0.99}``).
+        labels: extra fields copied into every record, after the checkpoint's own tags.
     """
     import torch
 
@@ -383,6 +392,7 @@ def evaluate_step(
         history = record.get("history") or []
         best = record.get("best_epoch", 0)
         rec = {
+            **record.get("tags", {}),
             **(labels or {}),
             "model": str(path),
             "method": record["method"]["name"],

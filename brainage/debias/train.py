@@ -249,10 +249,10 @@ def train_model(
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             correct += int((logits.argmax(1) == y).sum())
             seen += int(y.shape[0])
-        scheduler.step()
         record = {k: v / steps for k, v in sums.items()}
         record["epoch"] = epoch
         record["lr"] = optimizer.param_groups[0]["lr"]
+        scheduler.step()
         record["train_acc"] = correct / max(seen, 1)
         record["val_acc"] = _accuracy(model, val_set, normalizer, device)
         if monitor is not None:

@@ -1,0 +1,146 @@
+"""The debias subcommands end to end on tiny data, their errors on bad input, and the workflow
+rules on a tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainage.cli import main
+from brainage.debias.data import load_array_set
+
+from test_debias_data import _mnist_folder, _png
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_biased_mnist_train_eval_table(tmp_path, capsys):
+    data = tmp_path / "data"
+    code, _ = _run(["debias-data", "biased-mnist", "--out", str(data), "--rho", "0.99", "0.9",
+                    "--train", "20", "--val", "5", "--test", "6", "--figure", str(data / "ex.png")], capsys)
+    assert code == 0
+    summary = json.loads((data / "summary.json").read_text())
+    # int(20 * 0.99) = 19 aligned per class -> 1 conflicting each; int(20 * 0.9) = 18 -> 2 each
+    assert summary["train"]["0.99"]["n_conflicting"] == 10 and summary["train"]["0.9"]["n_conflicting"] == 20
+    assert summary["sizes"] == {"train": 200, "val": 50, "test": 60, "test_biased": 60}
+    biased = load_array_set(data / "test_biased.npz")
+    assert np.array_equal(biased.bias, biased.labels)
+    assert (data / "ex.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    for method in ("ce", "ce-end"):
+        code, _ = _run(["debias-train", "--train", str(data / "train_rho0.99.npz"), "--val", str(data / "val.npz"),
+                        "--monitor", str(data / "test.npz"), "--method", method, "--width", "0.125", "--epochs", "2",
+                        "--batch-size", "25", "--milestones", "1", "--threads", "1", "--device", "cpu",
+                        "--tag", "rho=0.99", "--out", str(tmp_path / f"{method}.pt"),
+                        "--history", str(tmp_path / f"{method}.json"), "--quiet"], capsys)
+        assert code == 0
+    history = json.loads((tmp_path / "ce.json").read_text())
+    # default lr 1e-3, x0.1 after epoch 1; the history records the rate each epoch used
+    assert history["train"]["milestones"] == [1]
+    assert [h["lr"] for h in history["history"]] == pytest.approx([1e-3, 1e-4])
+    code, _ = _run(["debias-eval", "--model", str(tmp_path / "ce.pt"), str(tmp_path / "ce-end.pt"),
+                    "--test", str(data / "test.npz"), "--test-biased", str(data / "test_biased.npz"),
+                    "--attacker-train", str(data / "val.npz"), "--threads", "1", "--out", str(tmp_path / "eval.json")],
+                   capsys)
+    assert code == 0
+    records = json.loads((tmp_path / "eval.json").read_text())
+    assert [r["method"] for r in records] == ["ce", "ce-end"] and all(r["rho"] == 0.99 for r in records)
+    for r in records:
+        assert 0 <= r["test_acc"] <= 1 and 0 <= r["attacker_acc"] <= 1 and r["n_conflicting_train"] == 10
+        # the reference protocol takes the best test epoch, so it can only be higher
+        assert r["ref_protocol_acc"] >= r["test_acc"] - 1e-12
+    code, _ = _run(["debias-table", "--eval", str(tmp_path / "eval.json"), "--out-dir", str(tmp_path / "t")], capsys)
+    assert code == 0 and "CE + EnD" in (tmp_path / "t" / "table2.md").read_text()
+
+
+def test_rho_outside_unit_interval_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["debias-data", "biased-mnist", "--out", str(tmp_path), "--rho", "1.5", "--val", "1"])
+    assert err.value.code == 2 and "rho must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_idx_and_fashion_sources(tmp_path, capsys):
+    _mnist_folder(tmp_path / "fm", n_train=40, n_test=20, compress=True)
+    code, _ = _run(["debias-data", "biased-mnist", "--source", f"fashion:{tmp_path / 'fm'}", "--out",
+                    str(tmp_path / "d"), "--rho", "0.5", "--val", "1"], capsys)
+    assert code == 0
+    # the 40 training digits: 1 per class held out for validation, the other 30 train
+    assert len(load_array_set(tmp_path / "d" / "train_rho0.5.npz")) == 30
+    assert len(load_array_set(tmp_path / "d" / "val.npz")) == 10
+    assert len(load_array_set(tmp_path / "d" / "test.npz")) == 20
+    code, err = _run(["debias-data", "biased-mnist", "--source", f"idx:{tmp_path / 'nowhere'}", "--out",
+                      str(tmp_path / "e"), "--rho", "0.5", "--val", "1"], capsys)
+    assert code == 2 and "nowhere" in err
+
+
+def test_bad_dfa_name_and_missing_cifar_batch(tmp_path, capsys):
+    _png(tmp_path / "c" / "1pct" / "align" / "0" / "x_0_0.png", 1)
+    _png(tmp_path / "c" / "1pct" / "conflict" / "0" / "x_0_zero.png", 1)
+    code, err = _run(["debias-data", "folder", "--kind", "dfa", "--root", str(tmp_path / "c"), "--percent", "1pct",
+                      "--out", str(tmp_path / "c.npz")], capsys)
+    assert code == 2 and "x_0_zero.png" in err
+    (tmp_path / "cifar").mkdir()
+    code, err = _run(["debias-data", "cifar", "--which", "cifar10", "--root", str(tmp_path / "cifar"),
+                      "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "data_batch_1" in err
+    code, err = _run(["debias-train", "--train", str(tmp_path / "none.npz"), "--val", str(tmp_path / "none.npz"),
+                      "--method", "ce", "--out", str(tmp_path / "m.pt")], capsys)
+    assert code == 2 and "none.npz" in err
+
+
+def test_corrupted_digits_to_dfa_and_back(tmp_path, capsys):
+    _mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
+    code, _ = _run(["debias-data", "corrupted", "--source", f"idx:{tmp_path / 'mnist'}", "--out",
+                    str(tmp_path / "cc"), "--percent", "50", "--protocol", "type1", "--severity", "1",
+                    "--val-per-class", "1", "--quiet"], capsys)
+    assert code == 0
+    summary = json.loads((tmp_path / "cc" / "summary.json").read_text())
+    assert summary["splits"]["train_50pct"]["n"] == 50 and summary["splits"]["test"]["n"] == 20
+    code, _ = _run(["debias-data", "folder", "--kind", "dfa", "--root", str(tmp_path / "cc"), "--percent", "50pct",
+                    "--out", str(tmp_path / "cc.npz")], capsys)
+    assert code == 0
+    data = load_array_set(tmp_path / "cc.npz")
+    assert data.images.shape == (50, 3, 32, 32)
+    assert data.n_conflicting == summary["splits"]["train_50pct"]["n_conflicting"]
+
+
+@pytest.mark.slow
+def test_workflow_rules_on_a_tiny_config(tmp_path):
+    config = {
+        "run": "tiny",
+        "debias": {
+            "enabled": True, "rhos": [0.99], "methods": ["ce", "eps-supinfonce-fairkl"], "seeds": [0],
+            "split": {"train": 12, "val": 4, "test": 4}, "width": 0.125, "epochs": 1, "batch_size": 20,
+            "milestones": [], "device": "cpu", "note": "tiny test recipe",
+        },
+    }
+    (tmp_path / "tiny.yaml").write_text(json.dumps(config))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    snakemake = shutil.which("snakemake", path=env["PATH"])
+    proc = subprocess.run(
+        [snakemake, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2", "--configfile",
+         str(tmp_path / "tiny.yaml"), "--quiet", "all", "--", "debias_all"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = tmp_path / "results" / "tiny" / "debias" / "tables"
+    md = (tables / "table2.md").read_text()
+    assert "CE (vanilla)" in md and "eps-SupInfoNCE + FairKL" in md and "tiny test recipe" in md
+    assert (tmp_path / "results" / "tiny" / "benchmarks" / "debias" / "data.tsv").exists()
+    assert (tmp_path / "results" / "tiny" / "logs" / "debias" / "eval" / "ce.log").exists()
+    ckpt = torch.load(tmp_path / "results" / "tiny" / "debias" / "models" / "ce" / "rho0.99" / "seed0.pt",
+                      weights_only=True)
+    assert ckpt["tags"] == {"rho": 0.99}

@@ -1,0 +1,157 @@
+# Debiasing track (docs/debiasing.md): Biased-MNIST -> one model per method, rho and seed ->
+# accuracy + privacy attacker per method -> the seed's Table 2 layout and the privacy
+# table. Every rule calls the `brainage` command line; see the `debias:` section of
+# workflow/schemas/config.schema.yaml.
+
+DEBIAS = config["debias"]
+DEBIAS_DIR = f"{RESULTS}/debias"
+DEBIAS_DATA = f"{DEBIAS_DIR}/data/biased_mnist"
+DEBIAS_WILDCARDS = {"method": "[a-z-]+", "rho": "[0-9.]+", "seed": "[0-9]+"}
+DEBIAS_METHOD_KEYS = ("temperature", "epsilon", "alpha", "lambd", "fairkl_formulation", "end_alpha", "end_beta")
+DEBIAS_TRAIN_KEYS = ("model", "width", "epochs", "batch_size", "lr", "weight_decay", "gamma", "probe_lr", "device")
+
+
+def debias_rho(value):
+    """rho as spelled in file names (same as brainage.debias.steps.format_rho)."""
+    return f"{float(value):g}"
+
+
+DEBIAS_RHOS = [debias_rho(r) for r in DEBIAS["rhos"]]
+
+
+def debias_split_flags():
+    split = DEBIAS["split"]
+    flags = [f"--val {split['val']}"]
+    flags += [f"--{k} {split[k]}" for k in ("train", "test") if split.get(k) is not None]
+    return " ".join(flags)
+
+
+def debias_train_flags(method):
+    """`brainage debias-train` flags: the `debias:` keys, then `debias.overrides[method]`."""
+    values = {k: DEBIAS[k] for k in DEBIAS_METHOD_KEYS + DEBIAS_TRAIN_KEYS + ("milestones",)}
+    values.update(DEBIAS["overrides"].get(method, {}))
+    flags = []
+    for key, value in values.items():
+        if key == "milestones":
+            value = ",".join(str(m) for m in value) or "''"
+        flags.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(flags)
+
+
+def debias_eval_path(method):
+    return f"{DEBIAS_DIR}/eval/{method}.json"
+
+
+def debias_targets():
+    """Final files of the debiasing track (empty when `debias.enabled` is false)."""
+    if not DEBIAS["enabled"]:
+        return []
+    return [
+        f"{DEBIAS_DIR}/tables/table2.md",
+        f"{DEBIAS_DIR}/tables/privacy.md",
+        f"{DEBIAS_DATA}/examples.png",
+    ]
+
+
+rule debias_data:
+    output:
+        train=expand(f"{DEBIAS_DATA}/train_rho{{rho}}.npz", rho=DEBIAS_RHOS),
+        val=f"{DEBIAS_DATA}/val.npz",
+        test=f"{DEBIAS_DATA}/test.npz",
+        test_biased=f"{DEBIAS_DATA}/test_biased.npz",
+        summary=f"{DEBIAS_DATA}/summary.json",
+        figure=f"{DEBIAS_DATA}/examples.png",
+    params:
+        source=DEBIAS["source"],
+        rhos=" ".join(DEBIAS_RHOS),
+        split=debias_split_flags(),
+        seed=DEBIAS["data_seed"],
+        palette=DEBIAS["palette"],
+        out=DEBIAS_DATA,
+    log:
+        f"{LOGS}/debias/data.log",
+    benchmark:
+        f"{BENCH}/debias/data.tsv"
+    shell:
+        "brainage debias-data biased-mnist --source {params.source} --out {params.out} "
+        "--rho {params.rhos} {params.split} --seed {params.seed} --palette {params.palette} "
+        "--figure {output.figure} > {log} 2>&1"
+
+
+rule debias_train:
+    wildcard_constraints:
+        **DEBIAS_WILDCARDS,
+    input:
+        train=f"{DEBIAS_DATA}/train_rho{{rho}}.npz",
+        val=rules.debias_data.output.val,
+        monitor=rules.debias_data.output.test,
+    output:
+        model=f"{DEBIAS_DIR}/models/{{method}}/rho{{rho}}/seed{{seed}}.pt",
+        history=f"{DEBIAS_DIR}/models/{{method}}/rho{{rho}}/seed{{seed}}.json",
+    params:
+        options=lambda wildcards: debias_train_flags(wildcards.method),
+    log:
+        f"{LOGS}/debias/train/{{method}}_rho{{rho}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/debias/train/{{method}}_rho{{rho}}_seed{{seed}}.tsv"
+    threads: DEBIAS["threads"]
+    shell:
+        "brainage debias-train --train {input.train} --val {input.val} --monitor {input.monitor} "
+        "--method {wildcards.method} --seed {wildcards.seed} --tag rho={wildcards.rho} {params.options} "
+        "--threads {threads} --out {output.model} --history {output.history} --quiet > {log} 2>&1"
+
+
+# One evaluation job per method (every rho and seed): the work per model is small next to the
+# start-up of a process.
+rule debias_eval:
+    wildcard_constraints:
+        **DEBIAS_WILDCARDS,
+    input:
+        models=expand(
+            f"{DEBIAS_DIR}/models/{{{{method}}}}/rho{{rho}}/seed{{seed}}.pt",
+            rho=DEBIAS_RHOS,
+            seed=DEBIAS["seeds"],
+        ),
+        test=rules.debias_data.output.test,
+        test_biased=rules.debias_data.output.test_biased,
+        attacker=rules.debias_data.output.val,
+    output:
+        debias_eval_path("{method}"),
+    log:
+        f"{LOGS}/debias/eval/{{method}}.log",
+    benchmark:
+        f"{BENCH}/debias/eval/{{method}}.tsv"
+    threads: DEBIAS["threads"]
+    shell:
+        "brainage debias-eval --model {input.models} --test {input.test} "
+        "--test-biased {input.test_biased} --attacker-train {input.attacker} "
+        "--threads {threads} --out {output} > {log} 2>&1"
+
+
+rule debias_table:
+    input:
+        [debias_eval_path(m) for m in DEBIAS["methods"]],
+    output:
+        table2=f"{DEBIAS_DIR}/tables/table2.md",
+        table2_csv=f"{DEBIAS_DIR}/tables/table2.csv",
+        privacy=f"{DEBIAS_DIR}/tables/privacy.md",
+        privacy_csv=f"{DEBIAS_DIR}/tables/privacy.csv",
+        runs=f"{DEBIAS_DIR}/tables/runs.csv",
+    params:
+        out=f"{DEBIAS_DIR}/tables",
+        note=DEBIAS["note"],
+    log:
+        f"{LOGS}/debias/table.log",
+    benchmark:
+        f"{BENCH}/debias/table.tsv"
+    shell:
+        "brainage debias-table --eval {input} --out-dir {params.out} --note {params.note:q} > {log} 2>&1"
+
+
+rule debias_all:
+    localrule: True
+    input:
+        debias_targets(),
+
+
+TARGETS.extend(debias_targets())
