@@ -8,21 +8,20 @@ SUBMISSION_DIR = f"{RESULTS}/submission/{SUBMISSION_RUN}"
 SUBMISSION_FILES = ["estimator.py", "weights.pth", "metadata.pkl"]
 
 
-def submission_enabled():
-    """On when asked for and the run's method and seed are trained by this workflow."""
-    if not SUBMISSION["enabled"] or "train" not in config:
-        return False
-    trained = config["train"].get("methods", [])
-    seeds = config["train"].get("seeds", [])
-    if SUBMISSION["method"] not in trained or SUBMISSION["seed"] not in seeds:
-        raise ValueError(
-            f"submission: method {SUBMISSION['method']!r} seed {SUBMISSION['seed']} is not trained by this "
-            f"config (train.methods {trained}, train.seeds {seeds}); change `submission:` or set enabled: false"
-        )
-    return True
+SUBMISSION_TRAINED = (
+    "train" in config
+    and SUBMISSION["method"] in config["train"].get("methods", [])
+    and SUBMISSION["seed"] in config["train"].get("seeds", [])
+)
+if SUBMISSION["enabled"] and "train" in config and not SUBMISSION_TRAINED:
+    raise ValueError(
+        f"submission: method {SUBMISSION['method']!r} seed {SUBMISSION['seed']} is not trained by this config "
+        f"(train.methods {config['train'].get('methods')}, train.seeds {config['train'].get('seeds')}); "
+        "change `submission:` or set enabled: false"
+    )
 
 
-if submission_enabled():
+if SUBMISSION["enabled"] and SUBMISSION_TRAINED:
 
     rule submission:
         input:
@@ -33,7 +32,7 @@ if submission_enabled():
         params:
             run=lambda wildcards, input: os.path.dirname(input.model),
             cache=lambda wildcards, input: os.path.dirname(input.cache),
-            out=SUBMISSION_DIR,
+            out=lambda wildcards, output: os.path.dirname(output[0]),
             kind=f"--kind {SUBMISSION['kind']}" if SUBMISSION["kind"] else "",
         log:
             f"{LOGS}/submission/build_{SUBMISSION_RUN}.log",
@@ -60,8 +59,8 @@ if submission_enabled():
                 category="OpenBHB submission",
             ),
         params:
-            submission=SUBMISSION_DIR,
-            data=data_root(),
+            submission=lambda wildcards, input: os.path.dirname(input.submission[0]),
+            data=lambda wildcards, input: input.data if len(input.data) else data_root(),
             layout=config["data"]["layout"],
             features=lambda wildcards, input: os.path.dirname(input.features[0]),
             out=lambda wildcards, output: os.path.dirname(output.json),
