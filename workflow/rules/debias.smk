@@ -11,46 +11,35 @@ DEBIAS_METHOD_KEYS = ("temperature", "epsilon", "alpha", "lambd", "fairkl_formul
 DEBIAS_TRAIN_KEYS = ("model", "width", "epochs", "batch_size", "lr", "weight_decay", "gamma", "probe_lr", "device")
 
 
-def debias_rho(value):
-    """rho as spelled in file names (same as brainage.debias.steps.format_rho)."""
-    return f"{float(value):g}"
-
-
-DEBIAS_RHOS = [debias_rho(r) for r in DEBIAS["rhos"]]
-
-
-def debias_split_flags():
-    split = DEBIAS["split"]
-    flags = [f"--val {split['val']}"]
-    flags += [f"--{k} {split[k]}" for k in ("train", "test") if split.get(k) is not None]
-    return " ".join(flags)
-
-
-def debias_train_flags(method):
-    """`brainage debias-train` flags: the `debias:` keys, then `debias.overrides[method]`."""
-    values = {k: DEBIAS[k] for k in DEBIAS_METHOD_KEYS + DEBIAS_TRAIN_KEYS + ("milestones",)}
-    values.update(DEBIAS["overrides"].get(method, {}))
-    flags = []
-    for key, value in values.items():
-        if key == "milestones":
-            value = ",".join(str(m) for m in value) or "''"
-        flags.append(f"--{key.replace('_', '-')} {value}")
-    return " ".join(flags)
-
-
-def debias_eval_path(method):
-    return f"{DEBIAS_DIR}/eval/{method}.json"
-
-
-def debias_targets():
-    """Final files of the debiasing track (empty when `debias.enabled` is false)."""
-    if not DEBIAS["enabled"]:
-        return []
-    return [
+# rho as spelled in file names (the same as brainage.debias.steps.format_rho)
+DEBIAS_RHOS = [f"{float(r):g}" for r in DEBIAS["rhos"]]
+DEBIAS_SPLIT_FLAGS = " ".join(
+    f"--{part} {DEBIAS['split'][part]}"
+    for part in ("train", "val", "test")
+    if DEBIAS["split"].get(part) is not None
+)
+# `brainage debias-train` flags per method: the `debias:` keys, then `debias.overrides[method]`
+DEBIAS_TRAIN_FLAGS = {
+    method: " ".join(
+        f"--{key.replace('_', '-')} "
+        + ((",".join(str(m) for m in value) or "''") if key == "milestones" else str(value))
+        for key, value in {
+            **{k: DEBIAS[k] for k in DEBIAS_METHOD_KEYS + DEBIAS_TRAIN_KEYS + ("milestones",)},
+            **DEBIAS["overrides"].get(method, {}),
+        }.items()
+    )
+    for method in DEBIAS["methods"]
+}
+# final files of the track (none when `debias.enabled` is false)
+DEBIAS_TARGETS = (
+    [
         f"{DEBIAS_DIR}/tables/table2.md",
         f"{DEBIAS_DIR}/tables/privacy.md",
         f"{DEBIAS_DATA}/examples.png",
     ]
+    if DEBIAS["enabled"]
+    else []
+)
 
 
 rule debias_data:
@@ -64,10 +53,10 @@ rule debias_data:
     params:
         source=DEBIAS["source"],
         rhos=" ".join(DEBIAS_RHOS),
-        split=debias_split_flags(),
+        split=DEBIAS_SPLIT_FLAGS,
         seed=DEBIAS["data_seed"],
         palette=DEBIAS["palette"],
-        out=DEBIAS_DATA,
+        out=lambda wildcards, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/debias/data.log",
     benchmark:
@@ -89,7 +78,7 @@ rule debias_train:
         model=f"{DEBIAS_DIR}/models/{{method}}/rho{{rho}}/seed{{seed}}.pt",
         history=f"{DEBIAS_DIR}/models/{{method}}/rho{{rho}}/seed{{seed}}.json",
     params:
-        options=lambda wildcards: debias_train_flags(wildcards.method),
+        options=lambda wildcards: DEBIAS_TRAIN_FLAGS[wildcards.method],
     log:
         f"{LOGS}/debias/train/{{method}}_rho{{rho}}_seed{{seed}}.log",
     benchmark:
@@ -116,7 +105,7 @@ rule debias_eval:
         test_biased=rules.debias_data.output.test_biased,
         attacker=rules.debias_data.output.val,
     output:
-        debias_eval_path("{method}"),
+        f"{DEBIAS_DIR}/eval/{{method}}.json",
     log:
         f"{LOGS}/debias/eval/{{method}}.log",
     benchmark:
@@ -130,7 +119,7 @@ rule debias_eval:
 
 rule debias_table:
     input:
-        [debias_eval_path(m) for m in DEBIAS["methods"]],
+        [f"{DEBIAS_DIR}/eval/{m}.json" for m in DEBIAS["methods"]],
     output:
         table2=f"{DEBIAS_DIR}/tables/table2.md",
         table2_csv=f"{DEBIAS_DIR}/tables/table2.csv",
@@ -138,7 +127,7 @@ rule debias_table:
         privacy_csv=f"{DEBIAS_DIR}/tables/privacy.csv",
         runs=f"{DEBIAS_DIR}/tables/runs.csv",
     params:
-        out=f"{DEBIAS_DIR}/tables",
+        out=lambda wildcards, output: os.path.dirname(output.table2),
         note=DEBIAS["note"],
     log:
         f"{LOGS}/debias/table.log",
@@ -151,7 +140,7 @@ rule debias_table:
 rule debias_all:
     localrule: True
     input:
-        debias_targets(),
+        DEBIAS_TARGETS,
 
 
-TARGETS.extend(debias_targets())
+TARGETS.extend(DEBIAS_TARGETS)
