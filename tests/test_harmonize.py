@@ -365,18 +365,20 @@ def test_cli_outputs_do_not_depend_on_ages(tiny_cache):
 
 @pytest.mark.parametrize("edit, message", [
     ("one_site", "single site"),
-    ("lonely", r"\['lonely'\] have a single training subject"),
+    ("lonely", "site(s) ['lonely'] have a single training subject"),
+    ("external_lonely", "external site(s) ['lonely'] have a single subject"),
 ])
 def test_cli_bad_cache_fails_cleanly(tiny_cache, tmp_path, capsys, edit, message):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache / "cache", cache)
-    table = pd.read_csv(cache / "train.tsv", sep="\t", dtype=str)
+    split = "external_test" if edit == "external_lonely" else "train"
+    table = pd.read_csv(cache / f"{split}.tsv", sep="\t", dtype=str)
     if edit == "one_site":
         table["siteXacq"] = "0"
     else:
         table.loc[0, "siteXacq"] = "lonely"
-    table.to_csv(cache / "train.tsv", sep="\t", index=False)
+    table.to_csv(cache / f"{split}.tsv", sep="\t", index=False)
     out = tmp_path / "out"
-    assert main(["harmonize", "--cache", str(cache), "--out", str(out), "--quiet"]) == 2
-    assert message.replace("\\", "") in capsys.readouterr().err
+    assert main(["harmonize", "--cache", str(cache), "--out", str(out), "--quiet", "--external", "transductive"]) == 2
+    assert message in capsys.readouterr().err
     assert not out.exists() or list(out.iterdir()) == []

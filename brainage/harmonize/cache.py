@@ -132,7 +132,8 @@ def harmonize_cache(
     if "train" not in splits:
         raise ValueError(f"{src.path}: the cache has no train split; ComBat is fitted on train")
     tables = {s: src.split(s).table for s in splits}
-    frames = {s: covariate_frame(tables[s], covariates) for s in splits}
+    used = [s for s in splits if s != "external_test" or external == "transductive"]
+    frames = {s: covariate_frame(tables[s], covariates) for s in used}
 
     mask = src.mask
     flat = np.flatnonzero(mask.ravel())
@@ -153,6 +154,12 @@ def harmonize_cache(
         seen = sorted(set(frames["external_test"][SITE]) & train_sites)
         if seen:
             raise ValueError(f"external_test has site(s) {seen} that are also in train; they are not external")
+        sizes = frames["external_test"][SITE].value_counts()
+        if (sizes < 2).any():
+            raise ValueError(
+                f"external site(s) {sorted(sizes.index[sizes < 2])} have a single subject: the transductive "
+                "strategy estimates each external site from its own subjects and needs >= 2"
+            )
 
     out.mkdir(parents=True, exist_ok=True)
     # A finished cache is recognised by cache.json: remove the old one before touching anything.
