@@ -22,8 +22,9 @@ neuroHarmonize is run on each block separately. Everything per feature (alpha, b
 the site means/variances) is unchanged by this; only the EB hyper-parameters, which are
 estimated across the features neuroHarmonize sees, now come from the block's voxels
 instead of the whole brain: each block gets its own (regional) prior. With ``eb=False``
-chunked and unchunked outputs are identical; with EB they differ slightly (see
-``docs/harmonization.md`` for the measured difference).
+chunked and unchunked outputs are equal up to rounding; with EB they differ slightly, most
+for small sites (which lean on the prior) where site effects vary across the brain (see
+``docs/harmonization.md`` for the measured differences).
 """
 
 from __future__ import annotations
