@@ -14,8 +14,9 @@ Mechanisms (see ``docs/simulator.md`` for the resulting volumes):
 * myelination: the grey/white boundary moves outwards, saturating in mid-adulthood;
 * diffuse white-matter loss late in life (white matter becomes CSF-like);
 * subcortical grey-matter loss (basal ganglia, thalamus) in adulthood;
-* ventricles: their boundary moves outwards with age, accelerating after ~60, compressing
-  the surrounding tissue;
+* ventricles: their boundary moves outwards with age, accelerating after ~60, half by a
+  deformation that compresses the surrounding tissue, half by loss of periventricular
+  tissue (the ventricle wall recedes);
 * head size: total intracranial volume (TIV) by sex, still growing a little in childhood.
 """
 
@@ -60,6 +61,8 @@ class AgeingModel:
     vent_accel: float = 0.0035
     vent_onset: float = 55.0
     vent_individual_sd: float = 0.5
+    # share of the ventricle shift done by deformation (the rest: periventricular tissue loss)
+    vent_deformation_fraction: float = 0.5
     # individual variation
     gap_sd_child: float = 1.0
     gap_sd_adult: float = 3.5

@@ -349,7 +349,7 @@ def _write_tables(root: Path, ctx: _Context, records: list[dict], info: dict, n_
         "split_counts": {k: int(v) for k, v in table["split"].value_counts().items()},
         "ageing_model": ctx.model.to_dict(),
         "deformation_rms_mm": DEFORMATION_RMS_MM, "residual_registration_fraction": RESIDUAL_REGISTRATION,
-        "ventricle_shift_limits_mm": [-shrink, growth],
+        "ventricle_deformation_limits_mm": [-shrink, growth],
         "grids": {m: {k: info[m][k] for k in ("shape", "affine", "n_voxels")} for m in MODALITIES},
         "ramp_row_length": ramp_row_slices(info["vbm"]["n_voxels"], info["quasiraw"]["n_voxels"])["destrieux_roi"].stop,
         "not_simulated": list(NOT_SIMULATED),

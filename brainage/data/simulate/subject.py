@@ -71,7 +71,9 @@ class SubjectDraw:
         deform: (3, K, K, K) DCT coefficients of the deformation (mm).
         rate_log: global log multiplier of the ageing rate; rate_coef: its regional field.
         density_coef: DCT coefficients of the log GM density field (VBM).
-        ventricle_shift: ventricle boundary shift (mm) after individual variation.
+        ventricle_shift: ventricle boundary shift (mm) after individual variation, made of
+            ventricle_deformation (mm, by deformation, within the invertible range) and
+            ventricle_erosion (mm, periventricular tissue turned into CSF).
         jitter_shift_mm, jitter_rotation_deg: per-scan positioning error added to the site's.
         bias_coef: subject part of the bias field pattern.
         noise_seeds: seeds of the VBM and quasi-raw noise.
@@ -88,6 +90,8 @@ class SubjectDraw:
     rate_coef: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     density_coef: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     ventricle_shift: float = 0.0
+    ventricle_deformation: float = 0.0
+    ventricle_erosion: float = 0.0
     jitter_shift_mm: np.ndarray = field(default_factory=lambda: np.zeros(3))
     jitter_rotation_deg: np.ndarray = field(default_factory=lambda: np.zeros(3))
     bias_coef: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
@@ -97,12 +101,14 @@ class SubjectDraw:
     def average(cls, age: float, model: AgeingModel, sex: str = "male") -> "SubjectDraw":
         """The noise-free average subject of an age: no gap, no deformation, mean TIV."""
         tiv = float(model.tiv_mean(age, sex == "male"))
+        vent = float(model.ventricle_shift(age))
+        deform, erosion = _split_ventricle(vent, model)
         return cls(
             age=age, sex=sex, gap=0.0, bio_age=age, tiv=tiv, tiv_scale=tiv / template().icv_cm3,
             deform=np.zeros((3,) + (DCT_ORDER,) * 3, dtype=np.float32),
             rate_coef=np.zeros((RATE_ORDER,) * 3, dtype=np.float32),
             density_coef=np.zeros((DENSITY_ORDER,) * 3, dtype=np.float32),
-            ventricle_shift=_clamp_ventricle(float(model.ventricle_shift(age))),
+            ventricle_shift=vent, ventricle_deformation=deform, ventricle_erosion=erosion,
             bias_coef=np.zeros((BIAS_ORDER,) * 3, dtype=np.float32),
         )
 
@@ -113,6 +119,8 @@ class SubjectDraw:
             "tiv_target_cm3": round(self.tiv, 3), "tiv_scale": round(self.tiv_scale, 6),
             "ageing_rate_multiplier": round(float(np.exp(self.rate_log)), 6),
             "ventricle_shift_mm": round(self.ventricle_shift, 6),
+            "ventricle_deformation_mm": round(self.ventricle_deformation, 6),
+            "ventricle_erosion_mm": round(self.ventricle_erosion, 6),
             "deformation_rms_mm": round(_dct_rms(self.deform), 4),
         }
 
@@ -125,9 +133,11 @@ def _dct_rms(coef: np.ndarray) -> float:
     return float(np.sqrt(total))
 
 
-def _clamp_ventricle(shift: float) -> float:
+def _split_ventricle(shift: float, model: AgeingModel) -> tuple[float, float]:
+    """(deformation, erosion) in mm: the deformation's share, kept invertible, and the rest."""
     shrink, growth = ventricle_limits()
-    return float(np.clip(shift, -shrink, growth))
+    deform = float(np.clip(model.vent_deformation_fraction * shift, -shrink, growth))
+    return deform, float(shift - deform)
 
 
 def draw_subject(seed: int, index: int, age: float, sex: str, model: AgeingModel) -> SubjectDraw:
@@ -144,11 +154,12 @@ def draw_subject(seed: int, index: int, age: float, sex: str, model: AgeingModel
     rate_coef = rng.standard_normal(_RATE_SD.shape) * _RATE_SD * model.rate_sd_regional
     density_coef = rng.standard_normal(_DENSITY_SD.shape) * _DENSITY_SD * DENSITY_RMS
     vent = float(model.ventricle_shift(bio) + rng.normal(0.0, model.vent_individual_sd))
+    deform_v, erosion_v = _split_ventricle(vent, model)
     return SubjectDraw(
         age=float(age), sex=sex, gap=float(bio - age), bio_age=float(bio), tiv=tiv,
         tiv_scale=tiv / template().icv_cm3, deform=deform.astype(np.float32), rate_log=rate_log,
         rate_coef=rate_coef.astype(np.float32), density_coef=density_coef.astype(np.float32),
-        ventricle_shift=_clamp_ventricle(vent),
+        ventricle_shift=vent, ventricle_deformation=deform_v, ventricle_erosion=erosion_v,
         jitter_shift_mm=rng.normal(0.0, 0.5, 3), jitter_rotation_deg=rng.normal(0.0, 0.5, 3),
         bias_coef=(rng.standard_normal((BIAS_ORDER,) * 3) * bias_spectrum()).astype(np.float32),
         noise_seeds=(vbm_noise, qr_noise),
@@ -234,20 +245,23 @@ class Tissue:
     icv: np.ndarray
 
 
-def tissue(fields: np.ndarray, bio_age: float, model: AgeingModel, rate: np.ndarray, regional: np.ndarray,
-           deep: np.ndarray, boundary_bias_mm: float = 0.0) -> Tissue:
+def tissue(fields: np.ndarray, draw: SubjectDraw, model: AgeingModel, rate: np.ndarray, gf: GridFields,
+           boundary_bias_mm: float = 0.0) -> Tissue:
     """Aged tissue composition from sampled template fields (see :data:`anatomy.FIELD_NAMES`).
 
-    ``rate`` (individual) and ``regional`` (template) scale the cortical thinning locally,
-    ``deep`` weighs the subcortical grey-matter loss; ``boundary_bias_mm`` moves the
-    grey/white boundary as a segmentation bias would (VBM only).
+    ``rate`` (individual) and the grid's ``regional`` weight scale the cortical thinning
+    locally, ``deep_gm`` weighs the subcortical grey-matter loss and ``ventricle_wall`` the
+    periventricular loss; ``boundary_bias_mm`` moves the grey/white boundary as a
+    segmentation bias would (VBM only).
     """
-    t0, w0, icv, pial_edge, wm_edge = fields
+    bio_age = draw.bio_age
+    t0, w0, icv, edge, wm_edge = fields
     pial = np.float32(model.pial_shift(bio_age))
-    t = np.clip(t0 + pial * rate * pial_edge, 0.0, icv)
+    shift = pial * rate * gf.regional - np.float32(draw.ventricle_erosion) * gf.ventricle_wall
+    t = np.clip(t0 + shift * edge, 0.0, icv)
     w = np.clip(w0 + np.float32(model.wm_shift(bio_age) + boundary_bias_mm) * wm_edge, 0.0, t)
-    g = (t - w) * (np.float32(1.0) + np.float32(model.gm_density_per_mm) * pial * rate * regional)
-    g *= np.float32(1.0) - deep * np.float32(1.0 - model.deep_gm_density(bio_age))
+    g = (t - w) * (np.float32(1.0) + np.float32(model.gm_density_per_mm) * pial * rate * gf.regional)
+    g *= np.float32(1.0) - gf.deep_gm * np.float32(1.0 - model.deep_gm_density(bio_age))
     g = np.clip(g, 0.0, icv - w)
     w = w * np.float32(model.wm_density(bio_age))
     c = np.clip(icv - g - w, 0.0, None)
@@ -278,7 +292,7 @@ def jacobian(draw: SubjectDraw, gf: GridFields) -> np.ndarray:
         for b in range(3):
             bases = tuple(gf.dbases[i] if i == b else gf.bases[i] for i in range(3))
             du[a][b] = _on_support(dct_eval(draw.deform[a], bases), gf)
-    s = np.float32(draw.ventricle_shift)
+    s = np.float32(draw.ventricle_deformation)
     h = gf.vent_hessian
     hidx = {(0, 0): 0, (1, 1): 1, (2, 2): 2, (0, 1): 3, (1, 0): 3, (0, 2): 4, (2, 0): 4, (1, 2): 5, (2, 1): 5}
     m = [[du[a][b] + s * h[hidx[a, b]] + (np.float32(1.0) if a == b else np.float32(0.0)) for b in range(3)] for a in range(3)]
@@ -303,8 +317,8 @@ def render_vbm(draw: SubjectDraw, acq: Acquisition, gf: GridFields, model: Agein
     fields = _sample_fields(gf, coords)
     del coords, disp
     rate = rate_field(draw, gf)
-    tis = tissue(fields, draw.bio_age, model, rate, gf.regional, gf.deep_gm, acq.vbm_boundary_shift_mm)
-    true = tissue(fields, draw.bio_age, model, rate, gf.regional, gf.deep_gm)
+    tis = tissue(fields, draw, model, rate, gf, acq.vbm_boundary_shift_mm)
+    true = tissue(fields, draw, model, rate, gf)
     jac = _normalise_jacobian(jacobian(draw, gf), tis.icv) * np.float32(draw.tiv_scale)
     density = np.exp(_on_support(dct_eval(draw.density_coef, gf.bases), gf))
     gm = tis.gm * jac * density * np.float32(acq.vbm_gm_scale)
@@ -339,13 +353,13 @@ def render_vbm(draw: SubjectDraw, acq: Acquisition, gf: GridFields, model: Agein
 def render_quasiraw(draw: SubjectDraw, acq: Acquisition, gf: GridFields, model: AgeingModel) -> np.ndarray:
     """Skull-stripped, affinely normalised T1 (X, Y, Z) float32 of a subject on a quasi-raw grid."""
     disp = np.stack([_on_support(dct_eval(draw.deform[a], gf.bases), gf) for a in range(3)])
-    disp += np.float32(draw.ventricle_shift) * gf.vent_gradient
+    disp += np.float32(draw.ventricle_deformation) * gf.vent_gradient
     rot = np.asarray(acq.rotation_deg) + draw.jitter_rotation_deg
     shift = np.asarray(acq.shift_mm) + draw.jitter_shift_mm
     coords = _sample_positions(gf, rot, shift, disp)
     fields = _sample_fields(gf, coords)
     del coords, disp
-    tis = tissue(fields, draw.bio_age, model, rate_field(draw, gf), gf.regional, gf.deep_gm)
+    tis = tissue(fields, draw, model, rate_field(draw, gf), gf)
     signal = _scatter(np.float32(acq.csf_wm_ratio) * tis.csf + np.float32(acq.gm_wm_ratio) * tis.gm + tis.wm, gf)
     strip = _scatter((tis.icv > 0.3).astype(np.float32), gf) > 0.5
     if acq.bias_sd > 0:
