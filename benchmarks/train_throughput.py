@@ -120,8 +120,8 @@ def loader_rate(grid: tuple[int, int, int], n: int, batch: int, batches: int, de
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", type=int, nargs=3, default=[21, 25, 21], metavar=("X", "Y", "Z"),
-                        help="volume grid (default: the workflow default, OpenBHB VBM / 6)")
+    parser.add_argument("--grid", type=int, nargs=3, default=[41, 49, 41], metavar=("X", "Y", "Z"),
+                        help="volume grid (default: the workflow default, OpenBHB VBM / 3)")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=32, help="subjects per step")
     parser.add_argument("--views", type=int, default=2)

@@ -307,3 +307,17 @@ def test_training_path_imports_without_imaging_stack(tmp_path, cache):
                             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "f" / "external_test.npz").is_file()
+
+
+def test_cuda_code_paths_run_on_cpu(cache, tmp_path):
+    """channels_last_3d and bf16 autocast (the CUDA defaults) forced on CPU: finite loss, features close to fp32."""
+    run = tmp_path / "run"
+    train(tiny("exp", channels_last="on", precision="bf16", epochs=1), cache, run)
+    loss = float((run / "metrics.csv").read_text().splitlines()[1].split(",")[2])
+    assert np.isfinite(loss)
+    with np.load(extract_features(run, cache, tmp_path / "f32")["train"]) as f:
+        fp32 = f["features"]
+    with np.load(extract_features(run, cache, tmp_path / "bf16", precision="bf16")["train"]) as f:
+        bf16 = f["features"]
+    assert not np.array_equal(fp32, bf16)
+    np.testing.assert_allclose(bf16, fp32, atol=0.05)
