@@ -49,15 +49,15 @@ def test_ce_on_biased_colours_learns_the_colour(digits):
     train = _coloured(digits, "train", 0.999, 0)
     val, test = _coloured(digits, "val", 0.1, 1), _coloured(digits, "test", 0.1, 2)
     biased = _coloured(digits, "test", 1.0, 3)
-    result = train_model(MethodConfig("ce"), _config(epochs=2), train, val, monitor=test, progress=False)
+    result = train_model(MethodConfig("ce"), _config(lr=1e-2), train, val, monitor=test, progress=False)
     norm = Normalizer([0.5] * 3, [0.5] * 3)
     test_logits, test_feats = predict(result.model, test, norm)
     biased_logits, _ = predict(result.model, biased, norm)
     _, val_feats = predict(result.model, val, norm)
     groups = group_accuracies(test_logits, test.labels, test.bias)
-    # the shortcut: right when the colour agrees with the digit, wrong otherwise
-    assert accuracy(biased_logits, biased.labels) > 0.9
-    assert groups["aligned"] > 0.9 and groups["conflicting"] < 0.3
+    # the shortcut: right when the colour agrees with the digit, wrong otherwise (chance 0.1)
+    assert accuracy(biased_logits, biased.labels) > 0.7
+    assert groups["aligned"] > 0.7 and groups["conflicting"] < 0.2
     attack = attacker_accuracy(val_feats, val, test_feats, test, seed=0)
     assert attack > 0.8  # chance is 0.1
     assert "monitor_acc" in result.history[0]
