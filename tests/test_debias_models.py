@@ -3,7 +3,6 @@ each method back-propagates into the encoder."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
