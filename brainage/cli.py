@@ -664,6 +664,8 @@ def _register_debias_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attacker-train", required=True, type=Path, help="split the attacker is fitted on")
     p.add_argument("--label", action="append", type=_key_value, default=[],
                    help="KEY=VALUE copied into every record (after the checkpoint's --tag values); repeatable")
+    p.add_argument("--linear-eval", action="store_true",
+                   help="also fit a linear classifier on the frozen features of each model's training split")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--out", required=True, type=Path, help="JSON file, one record per model")
     p.set_defaults(func=_run_debias_eval)
@@ -677,7 +679,7 @@ def _run_debias_eval(args: argparse.Namespace) -> int:
     from brainage.debias import steps
 
     records = steps.evaluate_step(args.model, args.test, args.attacker_train, args.out, args.test_biased,
-                                  dict(args.label))
+                                  dict(args.label), linear_eval=args.linear_eval)
     for r in records:
         logging.getLogger("brainage").info("%s seed %s: test %.3f, attacker %.3f", r["method"], r["seed"],
                                            r["test_acc"], r["attacker_acc"])

@@ -53,13 +53,15 @@ def test_biased_mnist_train_eval_table(tmp_path, capsys):
     assert [h["lr"] for h in history["history"]] == pytest.approx([1e-3, 1e-4])
     code, _ = _run(["debias-eval", "--model", str(tmp_path / "ce.pt"), str(tmp_path / "ce-end.pt"),
                     "--test", str(data / "test.npz"), "--test-biased", str(data / "test_biased.npz"),
-                    "--attacker-train", str(data / "val.npz"), "--threads", "1", "--out", str(tmp_path / "eval.json")],
+                    "--attacker-train", str(data / "val.npz"), "--linear-eval", "--threads", "1",
+                    "--out", str(tmp_path / "eval.json")],
                    capsys)
     assert code == 0
     records = json.loads((tmp_path / "eval.json").read_text())
     assert [r["method"] for r in records] == ["ce", "ce-end"] and all(r["rho"] == 0.99 for r in records)
     for r in records:
         assert 0 <= r["test_acc"] <= 1 and 0 <= r["attacker_acc"] <= 1 and r["n_conflicting_train"] == 10
+        assert 0 <= r["linear_eval_acc"] <= 1 and 0 <= r["test_biased_acc"] <= 1
         # the reference protocol takes the best test epoch, so it can only be higher
         assert r["ref_protocol_acc"] >= r["test_acc"] - 1e-12
     code, _ = _run(["debias-table", "--eval", str(tmp_path / "eval.json"), "--out-dir", str(tmp_path / "t")], capsys)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .data.arrays import ArraySet
 
-__all__ = ["accuracy", "group_accuracies", "fit_attacker", "attacker_accuracy"]
+__all__ = ["accuracy", "group_accuracies", "fit_linear", "fit_attacker", "attacker_accuracy"]
 
 
 def accuracy(logits_or_pred: np.ndarray, labels: np.ndarray) -> float:
@@ -47,27 +47,32 @@ def group_accuracies(pred: np.ndarray, labels: np.ndarray, bias: np.ndarray) -> 
     return out
 
 
-def fit_attacker(features: np.ndarray, private: np.ndarray, seed: int = 0, max_iter: int = 2000):
-    """Fit the linear attacker ``features (n, D) -> private attribute (n,)``.
+def fit_linear(features: np.ndarray, targets: np.ndarray, seed: int = 0, max_iter: int = 2000):
+    """Fit a linear classifier ``features (n, D) -> targets (n,)`` on frozen features.
 
     Returns:
-        a fitted scikit-learn pipeline (StandardScaler + LogisticRegression).
+        a fitted scikit-learn pipeline (StandardScaler + multinomial LogisticRegression).
 
     Raises:
-        ValueError: fewer than two attribute values, or unknown (negative) attribute labels.
+        ValueError: fewer than two target values, or unknown (negative) targets.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    private = np.asarray(private)
-    if np.any(private < 0):
-        raise ValueError("the private attribute is unknown (-1) for some samples; the attacker needs it")
-    if np.unique(private).size < 2:
-        raise ValueError("the attacker needs at least two values of the private attribute")
+    targets = np.asarray(targets)
+    if np.any(targets < 0):
+        raise ValueError("the attribute is unknown (-1) for some samples; a linear probe needs it")
+    if np.unique(targets).size < 2:
+        raise ValueError("a linear probe needs at least two values of the attribute")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
-    clf.fit(np.asarray(features, dtype=np.float64), private)
+    clf.fit(np.asarray(features, dtype=np.float64), targets)
     return clf
+
+
+def fit_attacker(features: np.ndarray, private: np.ndarray, seed: int = 0, max_iter: int = 2000):
+    """The privacy attacker: :func:`fit_linear` on the private (bias) attribute."""
+    return fit_linear(features, private, seed, max_iter)
 
 
 def attacker_accuracy(

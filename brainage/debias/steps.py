@@ -359,6 +359,7 @@ def evaluate_step(
     out: str | os.PathLike,
     test_biased: str | os.PathLike | None = None,
     labels: dict | None = None,
+    linear_eval: bool = False,
 ) -> list[dict]:
     """Evaluate checkpoints: target accuracy (unbiased/biased test, aligned/conflicting) and privacy.
 
@@ -369,12 +370,16 @@ def evaluate_step(
         out: JSON file with one record per model.
         test_biased: optional fully biased test split (rho = 1).
         labels: extra fields copied into every record, after the checkpoint's own tags.
+        linear_eval: also fit a logistic regression on the frozen features of the model's
+            training split (the file recorded in the checkpoint) and report its unbiased-test
+            accuracy as ``linear_eval_acc`` (an offline linear evaluation, next to the
+            classifier trained with the network).
     """
     import torch
 
     from brainage.io import save_json
 
-    from .evaluate import accuracy, attacker_accuracy, group_accuracies
+    from .evaluate import accuracy, attacker_accuracy, fit_linear, group_accuracies
     from .train import Normalizer, predict
 
     test_set = load_array_set(test)
@@ -415,6 +420,11 @@ def evaluate_step(
         if biased_set is not None:
             b_logits, _ = predict(model, biased_set, normalizer)
             rec["test_biased_acc"] = accuracy(b_logits, biased_set.labels)
+        if linear_eval:
+            train_set = load_array_set(record["train_file"])
+            _, train_feats = predict(model, train_set, normalizer)
+            probe = fit_linear(train_feats, train_set.labels, seed=cfg["seed"])
+            rec["linear_eval_acc"] = float(probe.score(np.asarray(feats, dtype=np.float64), test_set.labels))
         records.append(rec)
     save_json(out, records)
     return records

@@ -104,8 +104,11 @@ rule debias_eval:
         test=rules.debias_data.output.test,
         test_biased=rules.debias_data.output.test_biased,
         attacker=rules.debias_data.output.val,
+        train=expand(f"{DEBIAS_DATA}/train_rho{{rho}}.npz", rho=DEBIAS_RHOS),
     output:
         f"{DEBIAS_DIR}/eval/{{method}}.json",
+    params:
+        linear="--linear-eval" if DEBIAS["linear_eval"] else "",
     log:
         f"{LOGS}/debias/eval/{{method}}.log",
     benchmark:
@@ -114,7 +117,7 @@ rule debias_eval:
     shell:
         "brainage debias-eval --model {input.models} --test {input.test} "
         "--test-biased {input.test_biased} --attacker-train {input.attacker} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "{params.linear} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule debias_table:
