@@ -20,7 +20,7 @@ from brainage.data.simulate.anatomy import REGIONS, grid_fields
 from brainage.data.simulate.sites import Acquisition
 from brainage.data.simulate.subject import SubjectDraw, render_vbm
 
-__all__ = ["trajectories", "regional_change", "summary"]
+__all__ = ["trajectories", "regional_change", "summary", "cohort_summary"]
 
 AGES: tuple[float, ...] = (6, 8, 10, 12, 15, 18, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80, 85, 88)
 
@@ -71,6 +71,30 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def cohort_summary(n_subjects: int = 1000, seed: int = 0, n_sites: int | None = None) -> pd.DataFrame:
+    """Sites, subjects and ages per site profile of the default design (the age confounding)."""
+    from brainage.data.simulate.sites import default_n_sites, design_cohort
+
+    cohort = design_cohort(n_subjects, n_sites or default_n_sites(n_subjects), seed)
+    t = cohort.participants.assign(profile=[cohort.acquisitions[i].profile for i in cohort.participants["acq"]])
+    rows = []
+    for profile, g in t.groupby("profile", sort=False):
+        rows.append({
+            "profile": profile, "sites": g["site"].nunique(), "siteXacq": g["siteXacq"].nunique(),
+            "subjects": len(g), "external subjects": int((g["split"] == "external_test").sum()),
+            "age mean": g["age"].mean(), "age min": g["age"].min(), "age max": g["age"].max(),
+            "1.5 T share": (g["magnetic_field_strength"] < 2).mean(),
+        })
+    rows.append({"profile": "all", "sites": t["site"].nunique(), "siteXacq": t["siteXacq"].nunique(),
+                 "subjects": len(t), "external subjects": int((t["split"] == "external_test").sum()),
+                 "age mean": t["age"].mean(), "age min": t["age"].min(), "age max": t["age"].max(),
+                 "1.5 T share": (t["magnetic_field_strength"] < 2).mean()})
+    out = pd.DataFrame(rows).round(2)
+    out.attrs["median_age"] = float(t["age"].median())
+    out.attrs["sd_age"] = float(t["age"].std())
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--downsample", type=int, default=3)
@@ -83,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for k, v in summary(table).items():
         print(f"{k}: {v:.2f}")
+    print()
+    cohort = cohort_summary()
+    print(cohort.to_string(index=False))
+    print(f"median age {cohort.attrs['median_age']:.1f}, SD {cohort.attrs['sd_age']:.1f}")
 
 
 if __name__ == "__main__":

@@ -301,7 +301,6 @@ def design_cohort(
         acqs.extend(_site_acquisitions(seed, i, str(int(numbers[i])), study, PROFILES[p], i in external, n_acq))
 
     is_ext = np.array([a.external for a in acqs])
-    site_of = [profiles.index(a.profile) for a in acqs]
     site_index = {str(int(numbers[i])): i for i in range(n_sites)}
     acq_weight = np.array([site_weight[site_index[a.site]] for a in acqs]) * rng.dirichlet(np.full(len(acqs), 4.0)) * len(acqs)
     need_min = minimum_subjects(int((~is_ext).sum()), int(is_ext.sum()))
@@ -312,7 +311,6 @@ def design_cohort(
             f"{need_min} (2 per training acquisition for train + internal_test, 1 per external one); "
             "pass more subjects or fewer sites"
         )
-    del site_of
     n_external = int(np.clip(round(external_fraction * n_subjects), is_ext.sum(), n_subjects - 2 * (~is_ext).sum()))
     per_acq = np.zeros(len(acqs), dtype=np.int64)
     per_acq[is_ext] = _apportion(acq_weight[is_ext], n_external, 1)
