@@ -181,7 +181,10 @@ def test_in_process_resume_matches(cache, tmp_path):
     full = train(tiny("thr", epochs=3), cache, tmp_path / "full")
     part = train(tiny("thr", epochs=3), cache, tmp_path / "part", stop_after=1)
     assert part.name == "checkpoint.pt" and not (tmp_path / "part" / "model.pt").exists()
+    leftover = tmp_path / "part" / ".checkpoint.pt.k1ll3d.tmp.pt"  # what a kill during a write leaves
+    leftover.write_bytes(b"partial")
     resumed = train(tiny("thr", epochs=3), cache, tmp_path / "part")
+    assert not leftover.exists()
     wf, wr = weights(full), weights(resumed)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
 

@@ -71,7 +71,7 @@ def test_cli_train_and_features(cache, tmp_path):
 
 
 def test_sigkill_then_resume_gives_identical_weights(cache, tmp_path):
-    args = ["train", "--cache", str(cache), "--method", "thr", "--seed", "1", "--epochs", "12", *TINY]
+    args = ["train", "--cache", str(cache), "--method", "thr", "--seed", "1", "--epochs", "24", *TINY]
     reference = brainage(*args, "--out", str(tmp_path / "full"))
     assert reference.returncode == 0, reference.stderr
 
@@ -88,7 +88,7 @@ def test_sigkill_then_resume_gives_identical_weights(cache, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "model.pt").exists(), "the run finished before it was killed: nothing was tested"
     done_before = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
-    assert 1 <= done_before < 12
+    assert 1 <= done_before < 24
 
     resumed = brainage(*args, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
@@ -97,4 +97,5 @@ def test_sigkill_then_resume_gives_identical_weights(cache, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 13))
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 25))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"

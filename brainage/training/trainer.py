@@ -310,6 +310,8 @@ def train(
         start_epoch = 0
 
         ckpt_path = out / "checkpoint.pt"
+        if ctx.is_main:
+            _remove_partial_files(out)
         payload = _resumable_checkpoint(ckpt_path, config, identity, restart_on_mismatch, ctx)
         if payload is not None:
             load_state_strict(model, payload["model"], ckpt_path)
@@ -442,6 +444,13 @@ def train(
 
 def _resident(option: str) -> bool | None:
     return {"auto": None, "on": True, "off": False}[option]
+
+
+def _remove_partial_files(out: Path) -> None:
+    """Delete temporary files a killed run left behind (see :func:`brainage.io.atomic_path`)."""
+    for name in ("checkpoint.pt", "model.pt", "metrics.csv", "config.json"):
+        for partial in out.glob(f".{name}.*.tmp*"):
+            partial.unlink(missing_ok=True)
 
 
 def _resumable_checkpoint(
