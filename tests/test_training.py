@@ -324,3 +324,57 @@ def test_cuda_code_paths_run_on_cpu(cache, tmp_path):
         bf16 = f["features"]
     assert not np.array_equal(fp32, bf16)
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
+
+
+def test_cosine_schedule_and_sgd(cache, tmp_path):
+    train(tiny("exp", optimizer="sgd", lr=0.01, schedule="cosine", epochs=4), cache, tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()[1:]
+    lrs = [float(line.split(",")[1]) for line in lines]
+    expected = [0.005 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["optimizer"]
+    assert state["param_groups"][0]["momentum"] == 0.9 and "momentum_buffer" in next(iter(state["state"].values()))
+
+
+def test_augmented_training_is_deterministic(cache, tmp_path):
+    augment = [{"name": "RandFlip", "prob": 0.5, "spatial_axis": 0},
+               {"name": "RandGaussianNoise", "prob": 1.0, "std": 0.2}]
+    a = train(tiny("exp", augmentations=augment), cache, tmp_path / "a")
+    b = train(tiny("exp", augmentations=augment), cache, tmp_path / "b")
+    plain = train(tiny("exp"), cache, tmp_path / "plain")
+    wa, wb, wp = weights(a), weights(b), weights(plain)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wp[k]) for k in wa)
+
+
+def test_json_config_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"epochs": 3, "kernel": "cauchy"}))
+    assert load_config_file(path) == {"epochs": 3, "kernel": "cauchy"}
+
+
+def test_tensorboard_scalars_when_installed(cache, tmp_path, monkeypatch):
+    """TensorBoard is optional; a stand-in SummaryWriter records what the trainer logs."""
+    import types
+
+    logged: list[tuple[str, float, int]] = []
+
+    class Writer:
+        def __init__(self, log_dir: str) -> None:
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            logged.append((tag, value, step))
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            logged.append(("closed", 0.0, 0))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    train(tiny("l1", epochs=2), cache, tmp_path / "run")
+    losses = [(step, value) for tag, value, step in logged if tag == "loss"]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert losses == [(i + 1, pytest.approx(float(r.split(",")[2]))) for i, r in enumerate(rows)]
+    assert {tag for tag, _, _ in logged} == {"loss", "train_mae", "lr", "samples_per_s", "closed"}

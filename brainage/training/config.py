@@ -245,7 +245,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML (or JSON) mapping of training options.
+    """Read a YAML (or, by the ``.json`` suffix, JSON) mapping of training options.
 
     A file with a top-level ``train:`` section (a workflow config) is read from that section,
     ignoring the workflow-only keys ``methods``, ``seeds`` and ``threads``.
@@ -254,12 +254,17 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: no such file.
         ValueError: not a mapping.
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} not found")
-    values = yaml.safe_load(path.read_text())
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+    else:
+        try:
+            import yaml
+        except ImportError as err:
+            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or pass a .json file") from err
+        values = yaml.safe_load(path.read_text())
     if values is None:
         return {}
     if not isinstance(values, dict):
