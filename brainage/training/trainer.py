@@ -289,12 +289,10 @@ def train(
         raise ValueError(f"batch_size {config.batch_size} is larger than the training split of {cache} "
                          f"({n_train} subjects)")
     identity = cache_identity(cache)
-    age_mean = float(split.ages.mean())
-    age_std = float(split.ages.std()) if config.standardize_ages else 1.0
-    if not config.standardize_ages:
-        age_mean = 0.0
-    if age_std <= 0:
-        age_std = 1.0
+    if config.standardize_ages:
+        age_mean, age_std = float(split.ages.mean()), float(split.ages.std()) or 1.0
+    else:
+        age_mean, age_std = 0.0, 1.0
 
     restore_determinism = _set_determinism(device)
     writer = None
