@@ -1,6 +1,8 @@
 # Shared state of the workflow: the validated config, the run's folders, the target list,
 # and every helper function (the .smk files of the stages hold only their rules).
+import json
 import os
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -62,3 +64,36 @@ def features_path(method, seed, split):
 
 def evaluation_path(method, seed):
     return f"{RESULTS}/evaluation/{method}/seed{seed}/scores.json"
+
+
+# ---- training options (train.smk)
+TRAIN = config["train"]
+TRAIN_WORKFLOW_KEYS = ("methods", "seeds", "threads")
+TRAIN_WILDCARDS = {"method": "[a-z_0-9]+", "seed": "[0-9]+"}
+
+
+def train_cache(wildcards):
+    """The cache a training job reads: ComBat-harmonised for combat_l1."""
+    if wildcards.method == "combat_l1":
+        return harmonized_cache_dir()
+    return cache_dir()
+
+
+TRAIN_TRISTATE = ("channels_last", "data_on_device")  # auto/on/off; YAML may read on/off as booleans
+
+
+def _flag(key, value):
+    name = f"--{key.replace('_', '-')}"
+    if key in TRAIN_TRISTATE and isinstance(value, bool):
+        value = "on" if value else "off"
+    if isinstance(value, bool):
+        return name if value else f"--no-{key.replace('_', '-')}"
+    if isinstance(value, (list, dict)):
+        return f"{name} {shlex.quote(json.dumps(value))}"
+    return f"{name} {shlex.quote(str(value))}"
+
+
+def train_options(method):
+    """`brainage train` flags from the `train:` section."""
+    options = {k: v for k, v in TRAIN.items() if k not in TRAIN_WORKFLOW_KEYS}
+    return " ".join(_flag(k, v) for k, v in options.items() if v is not None)

@@ -2,47 +2,14 @@
 # `combat_l1` trains the L1 model on the ComBat-harmonised cache (harmonize.smk); the other
 # methods on the preprocessed cache. Every key of `train:` except the workflow keys below is a
 # `brainage train` option (docs/training.md); see workflow/schemas/config.schema.yaml.
-
-import json
-import shlex
-
-
-TRAIN = config["train"]
-TRAIN_WORKFLOW_KEYS = ("methods", "seeds", "threads")
-TRAIN_WILDCARDS = {"method": "[a-z_0-9]+", "seed": "[0-9]+"}
-
-
-def _train_cache(wildcards):
-    if wildcards.method == "combat_l1":
-        return harmonized_cache_dir()
-    return cache_dir()
-
-
-TRAIN_TRISTATE = ("channels_last", "data_on_device")  # auto/on/off; YAML may read on/off as booleans
-
-
-def _flag(key, value):
-    name = "--" + key.replace("_", "-")
-    if key in TRAIN_TRISTATE and isinstance(value, bool):
-        value = "on" if value else "off"
-    if isinstance(value, bool):
-        return name if value else "--no-" + key.replace("_", "-")
-    if isinstance(value, (list, dict)):
-        return f"{name} {shlex.quote(json.dumps(value))}"
-    return f"{name} {shlex.quote(str(value))}"
-
-
-def train_options(method):
-    """`brainage train` flags from the `train:` section."""
-    options = {k: v for k, v in TRAIN.items() if k not in TRAIN_WORKFLOW_KEYS}
-    return " ".join(_flag(k, v) for k, v in options.items() if v is not None)
+# The helpers (train_cache, train_options) live in common.smk.
 
 
 rule train:
     wildcard_constraints:
         **TRAIN_WILDCARDS,
     input:
-        cache=lambda wc: f"{_train_cache(wc)}/cache.json",
+        cache=lambda wc: f"{train_cache(wc)}/cache.json",
     output:
         model=f"{train_dir('{method}', '{seed}')}/model.pt",
         metrics=f"{train_dir('{method}', '{seed}')}/metrics.csv",
@@ -68,7 +35,7 @@ rule features:
         **TRAIN_WILDCARDS,
     input:
         model=rules.train.output.model,
-        cache=lambda wc: f"{_train_cache(wc)}/cache.json",
+        cache=lambda wc: f"{train_cache(wc)}/cache.json",
     output:
         [features_path("{method}", "{seed}", split) for split in CACHE_SPLITS],
     params:
