@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "check_choice",
@@ -219,3 +219,24 @@ def class_similarities(features: Tensor, labels: Tensor | None, temperature: flo
         s = (z @ z.T) / temperature
     off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
     return s, off, class_equality(labels, batch, views, s.device)
+
+
+class TemperatureScaledLoss(nn.Module):
+    """Base of the classification contrastive losses: a temperature and an optional
+    ``temperature / base_temperature`` factor (the reference implementations' 0.07)."""
+
+    def __init__(self, temperature: float = 0.1, base_temperature: float | None = None) -> None:
+        super().__init__()
+        check_positive(temperature, "temperature")
+        if base_temperature is not None:
+            check_positive(base_temperature, "base_temperature")
+        self.temperature = temperature
+        self.base_temperature = base_temperature
+
+    @property
+    def scale(self) -> float:
+        """``temperature / base_temperature``, or 1 without a base temperature."""
+        return 1.0 if self.base_temperature is None else self.temperature / self.base_temperature
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, scale={self.scale:.4g}"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._common import check_positive, class_similarities, full_precision, masked_logsumexp
+from ._common import TemperatureScaledLoss, class_similarities, full_precision, masked_logsumexp
 
 __all__ = ["EpsilonSupInfoNCE"]
 
 
-class EpsilonSupInfoNCE(nn.Module):
+class EpsilonSupInfoNCE(TemperatureScaledLoss):
     """epsilon-SupInfoNCE.
 
     Barbano, Dufumier, Tartaglione, Grangetto, Gori, "Unbiased Supervised Contrastive Learning",
@@ -40,21 +40,11 @@ class EpsilonSupInfoNCE(nn.Module):
     """
 
     def __init__(self, epsilon: float = 0.25, temperature: float = 0.1, base_temperature: float | None = None) -> None:
-        super().__init__()
+        super().__init__(temperature, base_temperature)
         if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon)
                                              and epsilon >= 0):
             raise ValueError(f"epsilon must be a finite number >= 0 (logit units), got {epsilon!r}")
-        check_positive(temperature, "temperature")
-        if base_temperature is not None:
-            check_positive(base_temperature, "base_temperature")
         self.epsilon = float(epsilon)
-        self.temperature = temperature
-        self.base_temperature = base_temperature
-
-    @property
-    def scale(self) -> float:
-        """``temperature / base_temperature``, or 1 without a base temperature."""
-        return 1.0 if self.base_temperature is None else self.temperature / self.base_temperature
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}, temperature={self.temperature}, scale={self.scale:.4g}"

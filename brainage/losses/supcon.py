@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._common import check_positive, class_similarities, full_precision, masked_logsumexp
+from ._common import TemperatureScaledLoss, class_similarities, full_precision, masked_logsumexp
 
 __all__ = ["SupConLoss"]
 
 
-class SupConLoss(nn.Module):
+class SupConLoss(TemperatureScaledLoss):
     """Supervised contrastive loss, the "L_out" form.
 
     Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu, Krishnan, "Supervised Contrastive
@@ -31,22 +31,6 @@ class SupConLoss(nn.Module):
     Raises:
         ValueError: for a non-positive temperature.
     """
-
-    def __init__(self, temperature: float = 0.1, base_temperature: float | None = None) -> None:
-        super().__init__()
-        check_positive(temperature, "temperature")
-        if base_temperature is not None:
-            check_positive(base_temperature, "base_temperature")
-        self.temperature = temperature
-        self.base_temperature = base_temperature
-
-    @property
-    def scale(self) -> float:
-        """``temperature / base_temperature``, or 1 without a base temperature."""
-        return 1.0 if self.base_temperature is None else self.temperature / self.base_temperature
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, scale={self.scale:.4g}"
 
     def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """Compute the loss.
