@@ -124,3 +124,9 @@ def test_cli_preprocess_and_errors(openbhb_dir, tmp_path, capsys):
 def test_missing_cache_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a finished training cache"):
         TrainingCache(tmp_path)
+
+
+def test_cache_reader_splits_are_the_openbhb_splits():
+    from brainage.data import cache, openbhb
+
+    assert cache.SPLITS == openbhb.SPLITS

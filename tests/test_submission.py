@@ -366,7 +366,7 @@ def test_metadata_must_be_plain_and_within_the_feature_limit(masks_env, tmp_path
 def test_builder_refuses_more_than_10000_features_and_harmonised_runs(setup, tmp_path):
     from brainage.io import save_json
     from brainage.training.checkpoint import MODEL_FORMAT, VERSION, save_file
-    from brainage.training.data import cache_identity
+    from brainage.data.cache import cache_identity
 
     config = TrainConfig(method="exp", projection_dim=10_001, width=0.125, epochs=1)
     save_file(tmp_path / "big" / "model.pt", {

@@ -1,91 +1,204 @@
-"""Read the training cache written by :func:`brainage.data.preprocess.preprocess`."""
+"""Read the training cache written by :func:`brainage.data.preprocess.preprocess`.
+
+A cache folder holds ``cache.json`` (how it was made, the grid), ``mask.nii.gz`` and, per
+split, ``<split>.npy`` (n, X, Y, Z) float16 and ``<split>.tsv``. The harmonisation step writes
+the same format. This is the project's one reader of it; it needs numpy only (pandas for
+:attr:`CacheSplit.table`, nibabel for :attr:`TrainingCache.mask`, both imported on use), so the
+training path runs on machines that have only torch, monai and numpy.
+"""
 
 from __future__ import annotations
 
+import csv
+import difflib
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
-import pandas as pd
 
-from brainage.data.openbhb import SPLITS, OpenBHBError, open_npy
+if TYPE_CHECKING:
+    import pandas as pd
 
-__all__ = ["CacheSplit", "TrainingCache", "site_labels"]
+__all__ = [
+    "SPLITS",
+    "CacheSplit",
+    "TrainingCache",
+    "cache_identity",
+    "open_split",
+    "read_cache_meta",
+    "site_labels",
+]
+
+#: The OpenBHB splits (the same as ``brainage.data.openbhb.SPLITS``, written out so that this
+#: module does not import nibabel; a test keeps the two equal).
+SPLITS: tuple[str, ...] = ("train", "internal_test", "external_test")
 
 
 @dataclass
 class CacheSplit:
-    """One split of the cache.
+    """One split of a cache: memory-mapped volumes and the per-row labels.
 
     Attributes:
-        volumes: memory-mapped (n, X, Y, Z) float16 array.
-        table: participants of the rows, in row order (``age`` in years, ``site``, ...).
+        name: split name.
+        volumes: ``(n, X, Y, Z)`` memory-mapped float16 volumes.
+        ages: ``(n,)`` float32 ages in years.
+        sites: ``(n,)`` unicode site labels (``siteXacq`` when the table has it, else ``site``).
+        participant_id: ``(n,)`` unicode participant identifiers.
+        table_path: the split's ``<split>.tsv``.
     """
 
     name: str
     volumes: np.ndarray
-    table: pd.DataFrame
+    ages: np.ndarray
+    sites: np.ndarray
+    participant_id: np.ndarray
+    table_path: Path
 
     def __len__(self) -> int:
-        return len(self.table)
+        return int(self.volumes.shape[0])
 
     @property
-    def ages(self) -> np.ndarray:
-        """(n,) float32 ages in years."""
-        return self.table["age"].to_numpy(dtype=np.float32)
+    def table(self) -> "pd.DataFrame":
+        """The split's participants (every column of ``<split>.tsv``) in row order; needs pandas."""
+        import pandas as pd
 
-    @property
-    def sites(self) -> np.ndarray:
-        """(n,) site labels as strings (``siteXacq`` when present, the challenge's classes)."""
-        return site_labels(self.table)
+        return pd.read_csv(self.table_path, sep="\t", dtype={"participant_id": str, "site": str, "siteXacq": str})
 
 
-def site_labels(table: pd.DataFrame) -> np.ndarray:
-    """Site labels the OpenBHB site probe classifies: ``siteXacq`` if present, else ``site``."""
-    column = "siteXacq" if "siteXacq" in table.columns else "site"
-    return table[column].astype(str).to_numpy()
+def read_cache_meta(cache: str | os.PathLike) -> dict[str, Any]:
+    """Read ``cache.json``.
+
+    Raises:
+        FileNotFoundError: the folder is not a finished cache.
+        ValueError: ``cache.json`` is unreadable or has no grid ``shape``.
+    """
+    path = Path(cache) / "cache.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {cache} is not a finished training cache (run `brainage preprocess`)")
+    try:
+        meta = json.loads(path.read_text())
+        shape = tuple(int(s) for s in meta["shape"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid cache description ({err})") from err
+    if len(shape) != 3:
+        raise ValueError(f"{path}: grid shape {shape} is not 3-D")
+    meta["shape"] = list(shape)
+    return meta
+
+
+def cache_identity(cache: str | os.PathLike, split: str = "train", sample_rows: int = 32) -> dict[str, Any]:
+    """What a checkpoint records about the cache it was trained on.
+
+    ``fingerprint`` is a SHA-256 of ``cache.json``, the split's table and ``sample_rows`` evenly
+    spaced volumes of the split: it changes when the data are rebuilt differently even if the
+    preprocessing parameters (and so the cache's ``signature``) are the same, and costs a few
+    reads even for the full OpenBHB set.
+    """
+    cache = Path(cache)
+    meta = read_cache_meta(cache)
+    digest = hashlib.sha256((cache / "cache.json").read_bytes())
+    table = cache / f"{split}.tsv"
+    if table.is_file():
+        digest.update(table.read_bytes())
+    array = cache / f"{split}.npy"
+    if array.is_file():
+        volumes = np.load(array, mmap_mode="r", allow_pickle=False)
+        n = int(volumes.shape[0])
+        for row in sorted({int(i) for i in np.linspace(0, n - 1, min(n, sample_rows))} if n else set()):
+            digest.update(np.ascontiguousarray(volumes[row]).tobytes())
+    return {
+        "path": str(cache.resolve()),
+        "shape": meta["shape"],
+        "signature": meta.get("signature"),
+        "fingerprint": digest.hexdigest()[:32],
+    }
+
+
+def _read_table(path: Path) -> dict[str, list[str]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows:
+        return {}
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def open_split(cache: str | os.PathLike, split: str) -> CacheSplit:
+    """Memory-map one split of a cache and read its labels.
+
+    Raises:
+        ValueError: unknown split, table and array disagree, missing columns, bad ages.
+        FileNotFoundError: missing files.
+    """
+    if split not in SPLITS:
+        hint = difflib.get_close_matches(split, SPLITS, n=1)
+        raise ValueError(f"unknown split {split!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + f"; valid splits are: {', '.join(SPLITS)}")
+    cache = Path(cache)
+    meta = read_cache_meta(cache)
+    array_path, table_path = cache / f"{split}.npy", cache / f"{split}.tsv"
+    for path in (array_path, table_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the cache {cache} has no {split!r} split")
+    try:
+        volumes = np.load(array_path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{array_path}: not a readable numeric .npy array ({err})") from err
+    table = _read_table(table_path)
+    n = len(next(iter(table.values()))) if table else 0
+    if volumes.ndim != 4 or volumes.shape != (n, *meta["shape"]):
+        raise ValueError(
+            f"{array_path}: shape {tuple(volumes.shape)} does not match {table_path} ({n} rows) and the cache "
+            f"grid {tuple(meta['shape'])}"
+        )
+    if n == 0:
+        empty = np.zeros(0, dtype=str)
+        return CacheSplit(split, volumes, np.zeros(0, np.float32), empty, empty, table_path)
+    missing = [c for c in ("participant_id", "age") if c not in table]
+    if missing or not ("siteXacq" in table or "site" in table):
+        raise ValueError(f"{table_path}: missing column(s) {missing or ['site']}; columns are {list(table)}")
+    try:
+        ages = np.asarray(table["age"], dtype=np.float32)
+    except ValueError as err:
+        raise ValueError(f"{table_path}: non-numeric age ({err})") from err
+    if not np.isfinite(ages).all():
+        raise ValueError(f"{table_path}: {int((~np.isfinite(ages)).sum())} missing or non-finite age(s)")
+    sites = np.asarray(table["siteXacq" if "siteXacq" in table else "site"], dtype=str)
+    return CacheSplit(split, volumes, ages, sites, np.asarray(table["participant_id"], dtype=str), table_path)
 
 
 class TrainingCache:
-    """A preprocessed cache folder: ``cache.json``, ``mask.nii.gz`` and per-split arrays."""
+    """A finished cache folder: its metadata, mask and memory-mapped splits."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        meta_path = self.path / "cache.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"{meta_path} not found: {self.path} is not a finished training cache "
-                "(run `brainage preprocess` first)"
-            )
-        self.meta: dict = json.loads(meta_path.read_text())
+        self.meta: dict[str, Any] = read_cache_meta(self.path)
         self.shape: tuple[int, int, int] = tuple(self.meta["shape"])  # type: ignore[assignment]
         self._splits: dict[str, CacheSplit] = {}
 
     @property
     def mask(self) -> np.ndarray:
         """Boolean (X, Y, Z) mask on the cache grid."""
+        import nibabel as nib
+
         return np.asarray(nib.load(self.path / "mask.nii.gz").dataobj) > 0
 
     @property
     def affine(self) -> np.ndarray:
+        """4x4 voxel-to-MNI affine of the cache grid (mm)."""
         return np.asarray(self.meta["affine"], dtype=float)
 
     def split(self, name: str) -> CacheSplit:
-        """Open one split (memory-mapped); checks the array against its index table."""
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
+        """One split, memory-mapped and checked against its table (see :func:`open_split`)."""
         if name not in self._splits:
-            array_path = self.path / f"{name}.npy"
-            table_path = self.path / f"{name}.tsv"
-            volumes = open_npy(array_path)
-            table = pd.read_csv(table_path, sep="\t", dtype={"participant_id": str, "site": str, "siteXacq": str})
-            if volumes.shape != (len(table),) + self.shape:
-                raise OpenBHBError(
-                    f"{array_path}: shape {volumes.shape} does not match {table_path} ({len(table)} rows) "
-                    f"and the cache grid {self.shape}"
-                )
-            self._splits[name] = CacheSplit(name, volumes, table)
+            self._splits[name] = open_split(self.path, name)
         return self._splits[name]
+
+
+def site_labels(table: "pd.DataFrame") -> np.ndarray:
+    """Site labels the OpenBHB site probe classifies: ``siteXacq`` if present, else ``site``."""
+    column = "siteXacq" if "siteXacq" in table.columns else "site"
+    return table[column].astype(str).to_numpy()

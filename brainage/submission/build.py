@@ -58,7 +58,7 @@ def _cache_of(info: dict[str, Any], cache: str | os.PathLike | None, model_path:
             f"{path}: cache signature {meta['signature']} differs from the one the run was trained on ({signature})"
         )
     if identity.get("fingerprint"):
-        from brainage.training.data import cache_identity
+        from brainage.data.cache import cache_identity
 
         if cache_identity(path)["fingerprint"] != identity["fingerprint"]:
             raise SubmissionBuildError(

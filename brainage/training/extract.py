@@ -12,7 +12,8 @@ import torch
 
 from brainage.io import save_npz
 from brainage.training.checkpoint import CheckpointError, load_model
-from brainage.training.data import SPLITS, VolumeStore, open_cache_split, read_cache_meta
+from brainage.data.cache import SPLITS, open_split, read_cache_meta
+from brainage.training.data import VolumeStore
 from brainage.training.trainer import resolve_device, use_channels_last
 
 __all__ = ["extract_features", "predict_split"]
@@ -122,7 +123,7 @@ def extract_features(
 
     results = {}
     for split in splits:
-        arrays = open_cache_split(cache, split)
+        arrays = open_split(cache, split)
         features, raw = predict_split(model, arrays.volumes, kind, torch_device, batch_size or config.eval_batch_size,
                                       amp, channels_last, name=f"{cache}/{split}")
         bad = ~np.isfinite(features).all(axis=1)

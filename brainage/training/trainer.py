@@ -44,7 +44,8 @@ from brainage.training.checkpoint import (
     save_file,
 )
 from brainage.training.config import RUNTIME_FIELDS, TrainConfig
-from brainage.training.data import VolumeStore, build_augmentation, cache_identity, make_views, open_cache_split
+from brainage.data.cache import cache_identity, open_split
+from brainage.training.data import VolumeStore, build_augmentation, make_views
 from brainage.training.distributed import (
     DistContext,
     all_mean,
@@ -283,7 +284,7 @@ def train(
         torch.set_num_threads(config.num_threads)
     if config.batch_size % ctx.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
-    split = open_cache_split(cache, "train")
+    split = open_split(cache, "train")
     n_train = len(split)
     if n_train < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the training split of {cache} "
