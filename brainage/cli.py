@@ -98,6 +98,157 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- harmonize
+
+
+@command
+def _register_harmonize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "harmonize",
+        help="training cache -> ComBat-harmonised cache (fitted on train, sex covariate, never age)",
+        description="Fit ComBat (neuroHarmonize) on the training split of a cache, chunked over "
+        "voxels, and write a harmonised cache in the same format plus model.npz. Internal-test "
+        "subjects (seen sites) are harmonised with the training model; external (unseen) sites "
+        "follow --external.",
+    )
+    p.add_argument("--cache", required=True, type=Path, help="training cache folder (brainage preprocess)")
+    p.add_argument("--out", required=True, type=Path, help="harmonised cache folder to write")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="voxels per ComBat chunk; EB priors are estimated per chunk (default 20000)")
+    p.add_argument("--external", default="none", choices=["none", "transductive"],
+                   help="external sites: none = left unharmonised (default, what a challenge submission "
+                   "could do); transductive = estimated from the external subjects as a group (not "
+                   "challenge-compliant)")
+    p.add_argument("--no-eb", action="store_true", help="no empirical-Bayes shrinkage of the site effects")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_harmonize)
+
+
+def _run_harmonize(args: argparse.Namespace) -> int:
+    from brainage.harmonize import DEFAULT_CHUNK_SIZE, harmonize_cache
+
+    meta = harmonize_cache(
+        args.cache, args.out, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, external=args.external,
+        eb=not args.no_eb, progress=not args.quiet,
+    )
+    info = meta["harmonization"]
+    logging.getLogger("brainage").info(
+        "harmonised cache %s: %d training subjects, %d sites, %d chunks, external strategy %r",
+        args.out, info["n_fit_subjects"], len(info["sites"]), info["n_chunks"], info["external_strategy"],
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- training
+# (subcommands: train, features; the flags of `train` are generated from TrainConfig)
+
+
+def _config_flag_type(name: str, annotation):
+    import json
+
+    def optional_int(text: str):
+        return None if text.lower() in ("none", "null") else int(text)
+
+    def json_list(text: str):
+        value = json.loads(text)
+        if not isinstance(value, list):
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} expects a JSON list")
+        return value
+
+    if annotation in (int, float, str):
+        return {"type": annotation}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if str(annotation).startswith(("int | None", "typing.Optional[int]")):
+        return {"type": optional_int}
+    return {"type": json_list}
+
+
+@command
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    from brainage.training.config import CHOICES, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train one brain-age network (contrastive or L1) on a cache; resumable",
+        description="Train the 3D ResNet-18 with a kernel contrastive loss (yaware, thr, exp) or the L1 "
+        "baseline (l1; combat_l1 on a harmonised cache). Options come from the defaults (the paper's recipe), "
+        "then --config FILE.yaml, then the flags below. Running the same command again resumes from "
+        "OUT/checkpoint.pt. Under torchrun, every process runs this command (DistributedDataParallel).",
+    )
+    p.add_argument("--cache", required=True, type=Path, help="training cache folder (its train split is used)")
+    p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, metrics.csv, model.pt")
+    p.add_argument("--config", type=Path, help="YAML mapping of TrainConfig options (or a workflow config "
+                   "with a train: section)")
+    p.add_argument("--restart-on-mismatch", action="store_true",
+                   help="set aside a checkpoint of other options or another cache and start afresh (default: error)")
+    types = TrainConfig.field_types()
+    for name in TrainConfig.field_names():
+        flag = "--" + name.replace("_", "-")
+        kwargs = _config_flag_type(name, types[name])
+        if name in CHOICES:
+            kwargs["choices"] = list(CHOICES[name])
+        elif "type" in kwargs:
+            kwargs["metavar"] = name.upper()
+        p.add_argument(flag, dest=f"opt_{name}", default=None, help=f"see TrainConfig.{name} (docs/training.md)",
+                       **kwargs)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from brainage.training.config import TrainConfig, load_config_file
+
+    values = load_config_file(args.config) if args.config else {}
+    values.update({k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None})
+    config = TrainConfig.from_dict(values)
+
+    from brainage.training.distributed import cleanup, init_from_env
+    from brainage.training.trainer import train
+
+    ctx = init_from_env()
+    try:
+        path = train(config, args.cache, args.out, ctx, restart_on_mismatch=args.restart_on_mismatch)
+    finally:
+        cleanup(ctx)
+    if ctx.is_main:
+        logging.getLogger("brainage").info("%s: %s", config.method, path)
+    return 0
+
+
+@command
+def _register_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "features",
+        help="frozen features of a trained run for every cache split -> <split>.npz",
+        description="Encode every split of a cache with a trained model: OUT/<split>.npz with features (n, p) "
+        "float32, age (n,) years, site (n,), participant_id (n,) and, for L1 models, prediction (n,) years. "
+        "L1 models give the pooled embedding; contrastive models the run's configured kind.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="training run folder (model.pt) or a model file")
+    p.add_argument("--cache", required=True, type=Path, help="cache whose splits are encoded")
+    p.add_argument("--out", required=True, type=Path, help="folder for the .npz files")
+    p.add_argument("--kind", choices=["projection", "embedding"], help="contrastive models only; default: the run's")
+    p.add_argument("--device", help="default: the run's device option")
+    p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
+    p.add_argument("--num-threads", type=int, help="CPU threads of torch")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (default) or bf16 autocast for the forward passes")
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    import torch
+
+    from brainage.training import extract_features
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    written = extract_features(args.run, args.cache, args.out, kind=args.kind, device=args.device,
+                               batch_size=args.batch_size, precision=args.precision)
+    logging.getLogger("brainage").info("features: %s", ", ".join(str(p) for p in written.values()))
+    return 0
+
+
 # --------------------------------------------------------------------------- evaluation
 # (subcommands: evaluate, table)
 
@@ -215,157 +366,6 @@ def _run_table(args: argparse.Namespace) -> int:
     )
     logging.getLogger("brainage").info("table of %d replicate(s) from %d file(s): %s",
                                        len(reps), len(paths), ", ".join(str(p) for p in written.values()))
-    return 0
-
-
-# --------------------------------------------------------------------------- training
-# (subcommands: train, features; the flags of `train` are generated from TrainConfig)
-
-
-def _config_flag_type(name: str, annotation):
-    import json
-
-    def optional_int(text: str):
-        return None if text.lower() in ("none", "null") else int(text)
-
-    def json_list(text: str):
-        value = json.loads(text)
-        if not isinstance(value, list):
-            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} expects a JSON list")
-        return value
-
-    if annotation in (int, float, str):
-        return {"type": annotation}
-    if annotation is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if str(annotation).startswith(("int | None", "typing.Optional[int]")):
-        return {"type": optional_int}
-    return {"type": json_list}
-
-
-@command
-def _register_train(sub: argparse._SubParsersAction) -> None:
-    from brainage.training.config import CHOICES, TrainConfig
-
-    p = sub.add_parser(
-        "train",
-        help="train one brain-age network (contrastive or L1) on a cache; resumable",
-        description="Train the 3D ResNet-18 with a kernel contrastive loss (yaware, thr, exp) or the L1 "
-        "baseline (l1; combat_l1 on a harmonised cache). Options come from the defaults (the paper's recipe), "
-        "then --config FILE.yaml, then the flags below. Running the same command again resumes from "
-        "OUT/checkpoint.pt. Under torchrun, every process runs this command (DistributedDataParallel).",
-    )
-    p.add_argument("--cache", required=True, type=Path, help="training cache folder (its train split is used)")
-    p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, metrics.csv, model.pt")
-    p.add_argument("--config", type=Path, help="YAML mapping of TrainConfig options (or a workflow config "
-                   "with a train: section)")
-    p.add_argument("--restart-on-mismatch", action="store_true",
-                   help="set aside a checkpoint of other options or another cache and start afresh (default: error)")
-    types = TrainConfig.field_types()
-    for name in TrainConfig.field_names():
-        flag = "--" + name.replace("_", "-")
-        kwargs = _config_flag_type(name, types[name])
-        if name in CHOICES:
-            kwargs["choices"] = list(CHOICES[name])
-        elif "type" in kwargs:
-            kwargs["metavar"] = name.upper()
-        p.add_argument(flag, dest=f"opt_{name}", default=None, help=f"see TrainConfig.{name} (docs/training.md)",
-                       **kwargs)
-    p.set_defaults(func=_run_train)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from brainage.training.config import TrainConfig, load_config_file
-
-    values = load_config_file(args.config) if args.config else {}
-    values.update({k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None})
-    config = TrainConfig.from_dict(values)
-
-    from brainage.training.distributed import cleanup, init_from_env
-    from brainage.training.trainer import train
-
-    ctx = init_from_env()
-    try:
-        path = train(config, args.cache, args.out, ctx, restart_on_mismatch=args.restart_on_mismatch)
-    finally:
-        cleanup(ctx)
-    if ctx.is_main:
-        logging.getLogger("brainage").info("%s: %s", config.method, path)
-    return 0
-
-
-@command
-def _register_features(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "features",
-        help="frozen features of a trained run for every cache split -> <split>.npz",
-        description="Encode every split of a cache with a trained model: OUT/<split>.npz with features (n, p) "
-        "float32, age (n,) years, site (n,), participant_id (n,) and, for L1 models, prediction (n,) years. "
-        "L1 models give the pooled embedding; contrastive models the run's configured kind.",
-    )
-    p.add_argument("--run", required=True, type=Path, help="training run folder (model.pt) or a model file")
-    p.add_argument("--cache", required=True, type=Path, help="cache whose splits are encoded")
-    p.add_argument("--out", required=True, type=Path, help="folder for the .npz files")
-    p.add_argument("--kind", choices=["projection", "embedding"], help="contrastive models only; default: the run's")
-    p.add_argument("--device", help="default: the run's device option")
-    p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
-    p.add_argument("--num-threads", type=int, help="CPU threads of torch")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32 (default) or bf16 autocast for the forward passes")
-    p.set_defaults(func=_run_features)
-
-
-def _run_features(args: argparse.Namespace) -> int:
-    import torch
-
-    from brainage.training import extract_features
-
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    written = extract_features(args.run, args.cache, args.out, kind=args.kind, device=args.device,
-                               batch_size=args.batch_size, precision=args.precision)
-    logging.getLogger("brainage").info("features: %s", ", ".join(str(p) for p in written.values()))
-    return 0
-
-
-# --------------------------------------------------------------------------- harmonize
-
-
-@command
-def _register_harmonize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "harmonize",
-        help="training cache -> ComBat-harmonised cache (fitted on train, sex covariate, never age)",
-        description="Fit ComBat (neuroHarmonize) on the training split of a cache, chunked over "
-        "voxels, and write a harmonised cache in the same format plus model.npz. Internal-test "
-        "subjects (seen sites) are harmonised with the training model; external (unseen) sites "
-        "follow --external.",
-    )
-    p.add_argument("--cache", required=True, type=Path, help="training cache folder (brainage preprocess)")
-    p.add_argument("--out", required=True, type=Path, help="harmonised cache folder to write")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="voxels per ComBat chunk; EB priors are estimated per chunk (default 20000)")
-    p.add_argument("--external", default="none", choices=["none", "transductive"],
-                   help="external sites: none = left unharmonised (default, what a challenge submission "
-                   "could do); transductive = estimated from the external subjects as a group (not "
-                   "challenge-compliant)")
-    p.add_argument("--no-eb", action="store_true", help="no empirical-Bayes shrinkage of the site effects")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_harmonize)
-
-
-def _run_harmonize(args: argparse.Namespace) -> int:
-    from brainage.harmonize import DEFAULT_CHUNK_SIZE, harmonize_cache
-
-    meta = harmonize_cache(
-        args.cache, args.out, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, external=args.external,
-        eb=not args.no_eb, progress=not args.quiet,
-    )
-    info = meta["harmonization"]
-    logging.getLogger("brainage").info(
-        "harmonised cache %s: %d training subjects, %d sites, %d chunks, external strategy %r",
-        args.out, info["n_fit_subjects"], len(info["sites"]), info["n_chunks"], info["external_strategy"],
-    )
     return 0
 
 
