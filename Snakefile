@@ -21,6 +21,9 @@ configfile: os.path.join(workflow.basedir, "configs", "default.yaml")
 include: "workflow/rules/common.smk"
 
 
+report: "workflow/report/workflow.rst"
+
+
 # Every job can run in the project's Apptainer image: build it once with
 #   apptainer build containers/brainage.sif containers/brainage.def
 # then add `--sdm apptainer --apptainer-args "--nv"`. Without --sdm the image is not used.
