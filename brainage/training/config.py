@@ -92,7 +92,8 @@ class TrainConfig:
             (``"projection"``, as the reference, or ``"embedding"``); L1 models always give
             the embedding.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        precision: ``"auto"`` = bf16 autocast on CUDA and fp32 on CPU.
+        precision: ``"auto"`` = bf16 autocast on CUDA and fp32 on CPU; ``"bf16"`` is refused on
+            the CPU (random NaN gradients of bf16 conv3d backward with torch 2.13).
         channels_last: ``channels_last_3d`` memory format; ``"auto"`` = on for CUDA.
         data_on_device: keep the whole training split on the device; ``"auto"`` = when it fits
             in half of the free device memory (host RAM for the CPU).

@@ -97,7 +97,20 @@ def resolve_device(spec: str, ctx: DistContext | None = None) -> torch.device:
 
 
 def autocast_context(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA under ``precision="auto"``, or wherever ``precision="bf16"``."""
+    """bf16 autocast on CUDA under ``precision="auto"`` or ``"bf16"``; fp32 on the CPU.
+
+    Raises:
+        ValueError: ``precision="bf16"`` on the CPU. With torch 2.13 the CPU backward of bf16
+            3-D convolutions returns NaN weight gradients at random (same seed and inputs, about
+            one step in ten in ``tests/test_training.py``'s tiny network): training would
+            diverge by chance, so it is refused rather than silently run.
+    """
+    if config.precision == "bf16" and device.type != "cuda":
+        raise ValueError(
+            f"precision='bf16' is not supported for training on {device.type}: the CPU backward of bf16 "
+            "3-D convolutions gives random NaN gradients with this torch; use precision='auto' or 'fp32' "
+            "(bf16 feature extraction, forward only, is fine)"
+        )
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     if bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -280,6 +293,7 @@ def train(
     ctx = ctx or DistContext()
     out = Path(out)
     device = resolve_device(config.device, ctx)
+    amp = autocast_context(config, device)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     if config.batch_size % ctx.world_size:
@@ -340,7 +354,6 @@ def train(
             writer = _tensorboard(out)
         bar = _progress(steps * config.epochs, steps * start_epoch, config.progress and ctx.is_main,
                         f"train {config.method} seed {config.seed}")
-        amp = autocast_context(config, device)
         end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
 
         for epoch in range(start_epoch, end_epoch):
