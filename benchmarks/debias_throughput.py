@@ -1,43 +1,79 @@
-"""Training throughput of SimpleConvNet on 28 x 28 Biased-MNIST batches, per width.
+"""Training throughput of the Biased-MNIST networks on 28 x 28 batches, per width.
 
 Prints images per second (forward + backward + Adam step) and the estimated FLOP per image,
 so the reduced default recipe of the debiasing track (docs/debiasing.md) can be sized for a
-machine: seconds per run ~ epochs x training images / throughput.
+machine: seconds per run ~ epochs x training images / throughput, plus the start-up of a
+training process (``--startup`` measures it: Python + torch + brainage, and MONAI for
+ResNet-18, and the first optimiser, which imports ``torch._dynamo``).
 
     python benchmarks/debias_throughput.py --widths 0.125 0.25 0.5 1 --threads 1
+    python benchmarks/debias_throughput.py --model resnet18 --no-cifar-stem --widths 0.25 --batch-size 128
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import time
 
 import torch
 
-from brainage.debias.models import SimpleConvNet
+from brainage.debias.models import build_model
 
 
 def conv_flops(width: float, size: int = 28, kernel: int = 7) -> float:
-    """Multiply-adds x 2 of the four convolutions for one image, forward only."""
+    """SimpleConvNet: multiply-adds x 2 of the four convolutions for one image, forward only."""
     channels = [3] + [max(1, round(c * width)) for c in (16, 32, 64, 128)]
     return sum(2.0 * size * size * kernel * kernel * a * b for a, b in zip(channels[:-1], channels[1:]))
 
 
+def measured_flops(model: torch.nn.Module, size: int = 28) -> float:
+    """Forward FLOP of one image counted by torch's FLOP counter (any model)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    model.train()
+    return float(counter.get_total_flops())
+
+
+def startup_seconds(model: str, cifar_stem: bool) -> float:
+    """Wall seconds of a fresh process that imports what `brainage debias-train` needs and builds one optimiser."""
+    code = (
+        "import torch, brainage.cli, brainage.debias.steps, brainage.debias.train;"
+        "from brainage.debias.models import build_model;"
+        f"m = build_model({model!r}, 10, 0.25, 'tanh', {cifar_stem});"
+        "torch.optim.Adam(m.parameters())"
+    )
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="simpleconvnet", choices=["simpleconvnet", "resnet18"])
+    parser.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=True,
+                        help="resnet18: CIFAR stem (default) or the ImageNet stem")
     parser.add_argument("--widths", nargs="+", type=float, default=[0.125, 0.25, 0.5, 1.0])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--startup", action="store_true", help="also time the start-up of a training process")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"device {args.device}, {args.threads} thread(s), batch {args.batch_size}, load average {load:.2f}")
-    print(f"{'width':>6} {'channels':>14} {'GFLOP/img f+b':>14} {'img/s':>8}")
+    stem = "" if args.model == "simpleconvnet" else (" (CIFAR stem)" if args.cifar_stem else " (ImageNet stem)")
+    print(f"{args.model}{stem}, device {args.device}, {args.threads} thread(s), batch {args.batch_size}, "
+          f"load average {load:.2f}")
+    print(f"{'width':>6} {'GFLOP/img f+b':>14} {'img/s':>8}")
     for width in args.widths:
-        model = SimpleConvNet(width=width).to(args.device)
+        model = build_model(args.model, 10, width, "none", args.cifar_stem).to(args.device)
+        flops = conv_flops(width) if args.model == "simpleconvnet" else measured_flops(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         x = torch.randn(args.batch_size, 3, 28, 28, device=args.device)
         y = torch.randint(0, 10, (args.batch_size,), device=args.device)
@@ -58,8 +94,9 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         rate = args.steps * args.batch_size / (time.perf_counter() - start)
-        channels = "-".join(str(max(1, round(c * width))) for c in (16, 32, 64, 128))
-        print(f"{width:>6g} {channels:>14} {3 * conv_flops(width) / 1e9:>14.3f} {rate:>8.0f}")
+        print(f"{width:>6g} {3 * flops / 1e9:>14.3f} {rate:>8.0f}")
+    if args.startup:
+        print(f"start-up of a training process: {startup_seconds(args.model, args.cifar_stem):.1f} s")
 
 
 if __name__ == "__main__":

@@ -125,8 +125,9 @@ def test_workflow_rules_on_a_tiny_config(tmp_path):
         "run": "tiny",
         "debias": {
             "enabled": True, "rhos": [0.99], "methods": ["ce", "eps-supinfonce-fairkl"], "seeds": [0],
-            "split": {"train": 12, "val": 4, "test": 4}, "width": 0.125, "epochs": 1, "batch_size": 20,
-            "milestones": [], "device": "cpu", "note": "tiny test recipe",
+            "split": {"train": 12, "val": 4, "test": 4}, "model": "resnet18", "cifar_stem": False,
+            "width": 0.125, "epochs": 1, "batch_size": 20, "milestones": [], "device": "cpu",
+            "note": "tiny test recipe",
         },
     }
     (tmp_path / "tiny.yaml").write_text(json.dumps(config))
@@ -146,3 +147,6 @@ def test_workflow_rules_on_a_tiny_config(tmp_path):
     ckpt = torch.load(tmp_path / "results" / "tiny" / "debias" / "models" / "ce" / "rho0.99" / "seed0.pt",
                       weights_only=True)
     assert ckpt["tags"] == {"rho": 0.99}
+    # config keys reach the command line, the boolean one as --no-cifar-stem
+    assert ckpt["train"]["model"] == "resnet18" and ckpt["train"]["cifar_stem"] is False
+    assert ckpt["train"]["width"] == 0.125 and ckpt["train"]["batch_size"] == 20

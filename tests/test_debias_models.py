@@ -58,6 +58,17 @@ def test_resnet18_stems():
         build_model("vgg", 10)
 
 
+def test_resnet18_tanh_features_pass_batchnorm():
+    # The pooled ResNet output follows a ReLU: without the BatchNorm, tanh features would all be >= 0.
+    plain = ResNet18(n_classes=10, cifar_stem=False, width=0.25)
+    assert (plain.features(torch.randn(4, 3, 28, 28)) >= 0).all()
+    net = ResNet18(n_classes=10, cifar_stem=False, width=0.25, feature_activation="tanh")
+    assert isinstance(net.activation[0], torch.nn.BatchNorm1d) and isinstance(net.activation[1], torch.nn.Tanh)
+    feats = net.features(torch.randn(16, 3, 28, 28))
+    assert feats.shape == (16, 128) and feats.abs().max() < 1.0 and (feats < 0).any()
+    assert (feats.norm(dim=1) > 0).all()
+
+
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(8, 1, 6, generator=g, requires_grad=True)

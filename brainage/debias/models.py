@@ -76,14 +76,22 @@ class ResNet18(nn.Module):
 
     With ``cifar_stem`` the first convolution is 3x3 with stride 1 and the max-pool is
     dropped (the usual CIFAR adaptation, as in SupCon and epsilon-SupInfoNCE); otherwise the
-    ImageNet stem (7x7, stride 2, max-pool). Features ``B[D]``, ``D = int(512 * width)``.
+    ImageNet stem (7x7, stride 2, max-pool). Features ``B[D]``, ``D = int(512 * width)``
+    (``width = 0.25``: 16-32-64-128 channels, the channel counts of the paper's SimpleConvNet).
+
+    With ``feature_activation="tanh"`` the pooled feature passes through BatchNorm and Tanh,
+    as at the end of SimpleConvNet. The pooled output of a ResNet follows a ReLU, so without
+    the BatchNorm every feature would be non-negative: every cosine similarity >= 0 (the
+    contrastive losses could not push negatives past orthogonal) and an image whose features
+    are all zero (seen with the ImageNet stem on 28 x 28 digits, a 1 x 1 final map) has no
+    direction to normalise.
 
     Args:
         n_classes: outputs of the linear classifier.
         cifar_stem: use the CIFAR stem.
         width: MONAI ``widen_factor``.
         in_channels: input channels.
-        feature_activation: ``"none"`` or ``"tanh"`` on the pooled feature.
+        feature_activation: ``"none"`` or ``"tanh"`` (BatchNorm + Tanh) on the pooled feature.
     """
 
     def __init__(
@@ -106,7 +114,9 @@ class ResNet18(nn.Module):
             spatial_dims=2, n_input_channels=in_channels, feed_forward=False, widen_factor=width, **stem
         )
         self.feature_dim = int(512 * width)
-        self.activation = nn.Tanh() if feature_activation == "tanh" else nn.Identity()
+        self.activation = (
+            nn.Sequential(nn.BatchNorm1d(self.feature_dim), nn.Tanh()) if feature_activation == "tanh" else nn.Identity()
+        )
         self.fc = nn.Linear(self.feature_dim, n_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,8 @@ def train_cache(wildcards):
 TRAIN_TRISTATE = ("channels_last", "data_on_device")  # auto/on/off; YAML may read on/off as booleans
 
 
-def _flag(key, value):
+def cli_flag(key, value):
+    """One `brainage` option from a config key: booleans as --key / --no-key, lists and dicts as JSON."""
     name = f"--{key.replace('_', '-')}"
     if key in TRAIN_TRISTATE and isinstance(value, bool):
         value = "on" if value else "off"
@@ -96,4 +97,4 @@ def _flag(key, value):
 def train_options(method):
     """`brainage train` flags from the `train:` section."""
     options = {k: v for k, v in TRAIN.items() if k not in TRAIN_WORKFLOW_KEYS}
-    return " ".join(_flag(k, v) for k, v in options.items() if v is not None)
+    return " ".join(cli_flag(k, v) for k, v in options.items() if v is not None)

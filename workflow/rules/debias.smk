@@ -8,7 +8,9 @@ DEBIAS_DIR = f"{RESULTS}/debias"
 DEBIAS_DATA = f"{DEBIAS_DIR}/data/biased_mnist"
 DEBIAS_WILDCARDS = {"method": "[a-z-]+", "rho": "[0-9.]+", "seed": "[0-9]+"}
 DEBIAS_METHOD_KEYS = ("temperature", "epsilon", "alpha", "lambd", "fairkl_formulation", "end_alpha", "end_beta")
-DEBIAS_TRAIN_KEYS = ("model", "width", "epochs", "batch_size", "lr", "weight_decay", "gamma", "probe_lr", "device")
+DEBIAS_TRAIN_KEYS = (
+    "model", "width", "cifar_stem", "epochs", "batch_size", "lr", "weight_decay", "gamma", "probe_lr", "device"
+)
 
 
 # rho as spelled in file names (the same as brainage.debias.steps.format_rho)
@@ -18,11 +20,11 @@ DEBIAS_SPLIT_FLAGS = " ".join(
     for part in ("train", "val", "test")
     if DEBIAS["split"].get(part) is not None
 )
-# `brainage debias-train` flags per method: the `debias:` keys, then `debias.overrides[method]`
+# `brainage debias-train` flags per method: the `debias:` keys, then `debias.overrides[method]`;
+# milestones comma-separated
 DEBIAS_TRAIN_FLAGS = {
     method: " ".join(
-        f"--{key.replace('_', '-')} "
-        + ((",".join(str(m) for m in value) or "''") if key == "milestones" else str(value))
+        cli_flag(key, ",".join(str(m) for m in value) if key == "milestones" else value)
         for key, value in {
             **{k: DEBIAS[k] for k in DEBIAS_METHOD_KEYS + DEBIAS_TRAIN_KEYS + ("milestones",)},
             **DEBIAS["overrides"].get(method, {}),
