@@ -26,6 +26,22 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+def _comma_list(cast: Callable[[str], float], what: str) -> Callable[[str], list]:
+    """An argparse ``type`` for ``"1,2,3"`` -> ``[cast(v), ...]`` (empty text -> ``[]``)."""
+
+    def parse(text: str) -> list:
+        try:
+            return [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from err
+
+    return parse
+
+
+_float_list = _comma_list(float, "numbers")
+_int_list = _comma_list(int, "integers")
+
+
 # --------------------------------------------------------------------------- data
 # (subcommands: simulate, preprocess; registered below)
 
@@ -253,13 +269,6 @@ def _run_features(args: argparse.Namespace) -> int:
 # (subcommands: evaluate, table)
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
-
-
 def _command_line(args: argparse.Namespace) -> str:
     """The effective command, every option spelled out (defaults included)."""
     import shlex
@@ -466,13 +475,6 @@ def _run_ramp_kit(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- debias
 # (subcommands: debias-data, debias-train, debias-eval, debias-table; docs/debiasing.md)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
 
 
 def _unit_interval(text: str) -> float:

@@ -7,14 +7,14 @@
 - :mod:`~brainage.training.checkpoint`: checkpoint and model files (no pickle).
 - :mod:`~brainage.training.extract`: :func:`extract_features` -> ``<split>.npz``.
 
-Importable with torch, monai and numpy only (plus this package's :mod:`brainage.io`). Names
-are resolved lazily, so ``brainage.training.config`` loads without torch (the CLI's help).
+Importable with torch, monai and numpy only (plus this package's :mod:`brainage.io` and
+:mod:`brainage._lazy`). Names are resolved lazily, so ``brainage.training.config`` loads
+without torch (the CLI's help).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from brainage._lazy import lazy_exports
 
 _EXPORTS = {
     "CheckpointError": "checkpoint",
@@ -29,10 +29,4 @@ _EXPORTS = {
     "train": "trainer",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
