@@ -124,6 +124,7 @@ def test_submission_files(setup):
     assert meta["source_shape"] == [31, 37, 31] and meta["cache_shape"] == [16, 19, 16]
     assert meta["feature_kind"] == "projection" and meta["n_features"] == 128
     assert meta["network"]["width"] == 0.125 and meta["method"] == "yaware"
+    assert meta["run"] == "run"  # the run folder's name, no local path sent to the server
     cache_mask = np.asarray(nib.load(setup["root"] / "cache" / "mask.nii.gz").dataobj) > 0
     np.testing.assert_array_equal(est.unpack_mask(meta["cache_mask_bits"], meta["cache_shape"]), cache_mask)
 

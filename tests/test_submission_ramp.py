@@ -123,6 +123,8 @@ def test_submission_check_matches_the_project_features_and_scores(run):
     for key in ("int_mae", "bacc", "ext_mae", "challenge_score"):
         assert report["scores"][key] == pytest.approx(project[key], rel=1e-5, abs=2e-6), key
     assert "| this check |" in (run / "check" / "check.md").read_text()
+    # the check leaves the folder a user uploads as it was (no __pycache__ from importing estimator.py)
+    assert sorted(p.name for p in (run / "sub").iterdir()) == ["estimator.py", "metadata.pkl", "weights.pth"]
 
 
 def test_submission_check_fails_loudly_on_other_features(run, tmp_path):

@@ -133,7 +133,7 @@ def submission_metadata(run: str | os.PathLike, cache: str | os.PathLike | None 
     meta = {
         "format_version": ramp_estimator.FORMAT_VERSION,
         "created_by": f"brainage {__version__}",
-        "run": str(run.resolve()),
+        "run": run.resolve().name,  # the folder's name only: metadata.pkl goes to the challenge server
         "method": config.method,
         "seed": int(config.seed),
         "epochs": int(info.get("epoch", config.epochs)),
@@ -229,5 +229,5 @@ def build_submission(
         if tmp.exists():
             shutil.rmtree(tmp)
     log.info("submission %s: %s %s features (%d) from %s, %s grid /%d", out, meta["method"], meta["feature_kind"],
-             meta["n_features"], meta["run"], meta["modality"], meta["factor"])
+             meta["n_features"], run, meta["modality"], meta["factor"])
     return out

@@ -74,7 +74,7 @@ def run_like_server(
     spec_path = workdir / "server_spec.json"
     spec_path.write_text(json.dumps(spec))
     child_env = {k: v for k, v in os.environ.items() if k not in ("VBM_MASK", "QUASIRAW_MASK")}
-    proc = subprocess.run([python, "-I", str(SERVER_RUN), str(spec_path)], capture_output=True, text=True,
+    proc = subprocess.run([python, "-I", "-B", str(SERVER_RUN), str(spec_path)], capture_output=True, text=True,
                           env=child_env, timeout=timeout)
     if proc.returncode != 0:
         raise SubmissionCheckError(
