@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tracemalloc
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -16,7 +17,7 @@ from brainage.data.openbhb import (
     OpenBHBError, PerSubjectLayout, RampLayout, load_participants, mask_volumes,
     open_dataset, ramp_row_slices, unmask_rows,
 )
-from conftest import QR_MASK_NAME, VBM_MASK_NAME, write_openbhb
+from conftest import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled, write_openbhb
 
 
 # --------------------------------------------------------------------------- participants
@@ -122,6 +123,39 @@ def test_quasiraw_mask_threshold_is_zero(openbhb_dir):
     np.testing.assert_array_equal(m, truth["quasiraw_mask"])
 
 
+def test_tpm_in_memory_or_renamed_warns_and_threshold_is_explicit(openbhb_dir, tmp_path):
+    root, truth = openbhb_dir
+    tpm = nib.load(root / "resource" / VBM_MASK_NAME)
+    values = np.asarray(tpm.dataobj)
+    in_memory = nib.Nifti1Image(values, tpm.affine)
+    renamed = tmp_path / "my_grey_matter.nii.gz"
+    shutil.copy(root / "resource" / VBM_MASK_NAME, renamed)
+    for source, named in ((in_memory, "<in memory"), (renamed, "my_grey_matter")):
+        with pytest.warns(UserWarning, match=rf"mask image \S*{named}.*not binary.*thresholding it at > 0"):
+            inferred = openbhb.load_mask(source)
+        np.testing.assert_array_equal(inferred, values > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(openbhb.load_mask(in_memory, threshold=0.05), truth["vbm_mask"])
+        np.testing.assert_array_equal(openbhb.load_mask(renamed, 0.05), truth["vbm_mask"])
+        # the file name of the release still selects 0.05, and a binary mask needs no warning
+        np.testing.assert_array_equal(openbhb.load_mask(root / "resource" / VBM_MASK_NAME), truth["vbm_mask"])
+        openbhb.load_mask(root / "resource" / QR_MASK_NAME)
+        vols = truth["vbm"][:2]
+        rows = mask_volumes(vols, in_memory, threshold=0.05)
+        np.testing.assert_array_equal(rows, vols[:, truth["vbm_mask"]])
+        back = unmask_rows(rows, renamed, threshold=0.05)
+        np.testing.assert_array_equal(back, np.where(truth["vbm_mask"], vols, 0))
+
+
+def test_threshold_of_a_numeric_array_must_be_given():
+    tpm = np.array([0.0, 0.03, 0.07, 0.5]).reshape(1, 2, 2)
+    with pytest.raises(OpenBHBError, match="pass a boolean array or give threshold="):
+        openbhb.load_mask(tpm)
+    assert openbhb.load_mask(tpm, 0.05).tolist() == [[[False, False], [True, True]]]
+    assert unmask_rows(np.array([7.0, 9.0]), tpm, threshold=0.05).tolist() == [[[0.0, 0.0], [7.0, 9.0]]]
+
+
 def test_unmask_preserves_orientation():
     mask = np.zeros((3, 4, 5), bool)
     mask[0, 1, 2] = mask[2, 3, 4] = mask[1, 0, 0] = True
@@ -173,20 +207,96 @@ def test_both_layouts_give_the_same_volumes(openbhb_dir):
 
 
 def test_ramp_reads_through_memory_map(openbhb_dir):
-    root, truth = openbhb_dir
+    root, _ = openbhb_dir
     kit = RampLayout(root / "ramp", part="train")
     assert isinstance(kit.arrays["train"], np.memmap)
-    kit.mask("quasiraw"), kit.row_slices()
-    one_volume = truth["quasiraw"][0].nbytes
-    file_bytes = kit.arrays["train"].nbytes
+    assert isinstance(kit.row(0), np.memmap)
+
+
+# Memory at the real VBM grid. The masks are ellipsoidal shells covering ~25 % of the grid, as
+# the official masks do (519,945 of 121x145x121 voxels; 1,827,095 of 182x218x182).
+
+
+def _shell_tpm(shape, inner=0.72):
+    """A TPM-like map: 0.3 inside an ellipsoidal shell (inner..0.95 of the half-axes), 0.01 elsewhere."""
+    axes = [np.linspace(-1, 1, n) for n in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    r = np.sqrt(x**2 + y**2 + z**2)
+    return np.where((r > inner) & (r < 0.95), 0.3, 0.01).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def full_grid_dir(tmp_path_factory):
+    """One subject at the real 121x145x121 VBM grid, per-subject and RAMP (quasi-raw at 1/4)."""
+    root = tmp_path_factory.mktemp("fullgrid")
+    vbm_shape, vbm_affine = VBM_SHAPE, VBM_AFFINE
+    qr_shape, qr_affine = subsampled(QR_SHAPE, QR_AFFINE, 4)
+    tpm = _shell_tpm(vbm_shape)
+    brain = (_shell_tpm(qr_shape, inner=0.0) > 0.05).astype(np.uint8)
+    vbm_mask, qr_mask = tpm > 0.05, brain > 0
+    rng = np.random.default_rng(3)
+    vols = rng.normal(0.5, 0.2, (2,) + vbm_shape).astype(np.float32)
+    table = pd.DataFrame({"participant_id": ["1", "2"], "sex": ["M", "F"], "age": [30.0, 40.0],
+                          "site": ["a", "a"], "split": ["train", "train"]})
+    for folder in (root, root / "ramp"):
+        (folder / "resource").mkdir(parents=True)
+        nib.save(nib.Nifti1Image(tpm, vbm_affine), folder / "resource" / VBM_MASK_NAME)
+        nib.save(nib.Nifti1Image(brain, qr_affine), folder / "resource" / QR_MASK_NAME)
+    table.to_csv(root / "participants.tsv", sep="\t", index=False)
+    for i, pid in enumerate(table["participant_id"]):
+        d = root / "train" / "derivatives" / f"sub-{pid}" / "ses-1"
+        d.mkdir(parents=True)
+        np.save(d / f"sub-{pid}_preproc-cat12vbm_desc-gm_T1w.npy", vols[i][None])
+    rows = np.zeros((2, int(vbm_mask.sum()) + int(qr_mask.sum()) + 8 * 163_842 + 284 + 476 + 1036), np.float32)
+    for i in range(2):
+        rows[i, : vbm_mask.sum()] = vols[i][vbm_mask]
+    np.save(root / "ramp" / "train.npy", rows)
+    table.drop(columns="split").to_csv(root / "ramp" / "train.tsv", sep="\t", index=False)
+    return root, vols, vbm_mask
+
+
+def _peak_bytes(fn):
     tracemalloc.start()
-    kit.volume(0, "quasiraw")
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    # the whole file is ~30 MB; one volume plus a fixed bookkeeping overhead (pandas row
-    # lookup) is all that reading a subject may cost
-    assert file_bytes > 20e6
-    assert peak < 2 * one_volume + 400_000
+    try:
+        result = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, result
+
+
+def test_full_grid_mask_has_a_realistic_density(full_grid_dir):
+    _, _, mask = full_grid_dir
+    assert 0.2 < mask.mean() < 0.3  # official VBM mask: 519,945 / 2,122,945 = 0.245
+
+
+@pytest.mark.parametrize("layout", ["per_subject", "ramp"])
+def test_reading_a_volume_costs_one_volume(full_grid_dir, layout):
+    root, vols, mask = full_grid_dir
+    ds = PerSubjectLayout(root) if layout == "per_subject" else RampLayout(root / "ramp", part="train")
+    ds.mask("vbm"), ds.mask("quasiraw")
+    if layout == "ramp":
+        ds.row_slices()
+    one_volume = vols[1].nbytes  # 8.5 MB
+    peak, vol = _peak_bytes(lambda: ds.volume(1, "vbm"))
+    np.testing.assert_array_equal(vol[mask], vols[1][mask])
+    # the volume itself plus at most 10 % of it (256 KB finiteness chunks, bookkeeping);
+    # the code before measured 1.31x (per-subject) and 2.73x (RAMP) here
+    assert peak < 1.1 * one_volume, peak / one_volume
+
+
+def test_unmask_and_mask_use_no_memory_beyond_the_output(full_grid_dir):
+    _, vols, mask = full_grid_dir
+    rows = np.stack([v[mask] for v in vols])
+    peak, back = _peak_bytes(lambda: unmask_rows(rows, mask))
+    np.testing.assert_array_equal(back, np.where(mask, vols, 0))
+    # the output (two volumes) and nothing else of a volume's size: indexing the 4-D output
+    # with the 3-D mask (int64 index arrays) measured 1.74x the output here
+    assert peak < 1.02 * back.nbytes, peak / back.nbytes
+    peak, again = _peak_bytes(lambda: mask_volumes(vols, mask))
+    np.testing.assert_array_equal(again, rows)
+    # the output plus one row (a volume's masked voxels) of working memory
+    assert peak < again.nbytes + 1.05 * rows[0].nbytes, peak / again.nbytes
 
 
 def test_mask_paths_from_environment(openbhb_dir, tmp_path, monkeypatch):
@@ -235,8 +345,43 @@ def test_nan_voxels(copy_dir):
     vol = truth["vbm"][0].copy()
     vol[truth["vbm_mask"]] = np.where(np.arange(truth["vbm_mask"].sum()) == 5, np.nan, vol[truth["vbm_mask"]])
     np.save(_subject_file(root, "1000"), vol[None])
-    with pytest.raises(OpenBHBError, match=r"sub-1000.*1 non-finite voxel"):
+    x, y, z = np.argwhere(truth["vbm_mask"])[5]  # the 6th masked voxel in C order
+    with pytest.raises(OpenBHBError, match=rf"sub-1000.*1 non-finite voxel.*first at voxel \(x, y, z\) = \({x}, {y}, {z}\)"):
         PerSubjectLayout(root).volume(0, "vbm")
+
+
+def test_inf_voxels_are_counted_inside_the_mask_only(copy_dir):
+    root, truth = copy_dir
+    mask = truth["vbm_mask"]
+    inside = [tuple(int(v) for v in c) for c in np.argwhere(mask)]
+    outside = tuple(int(v) for v in np.argwhere(~mask)[0])
+    a, b = inside[len(inside) // 2], inside[len(inside) // 3]  # b comes first in C order
+    vol = truth["vbm"][1].copy()
+    vol[a], vol[b], vol[outside] = np.inf, -np.inf, np.nan  # a NaN outside the mask is not read
+    np.save(_subject_file(root, "1001"), vol[None])
+    with pytest.raises(OpenBHBError, match=rf"sub-1001.*: 2 non-finite .*first at voxel \(x, y, z\) = \({b[0]}, {b[1]}, {b[2]}\)"):
+        PerSubjectLayout(root).volume(1, "vbm")
+    vol[a] = vol[b] = 0.5
+    np.save(_subject_file(root, "1001"), vol[None])
+    assert np.isnan(PerSubjectLayout(root).volume(1, "vbm")[outside])
+
+
+def test_nan_in_a_ramp_row_names_row_and_voxel(tmp_path):
+    truth = write_openbhb(tmp_path, n=6, ramp=True, per_subject=False)
+    kit = tmp_path / "ramp"
+    rows = np.load(kit / "train.npy")
+    n_vbm = int(truth["vbm_mask"].sum())
+    rows[1, 7] = np.nan  # vbm block, 8th masked voxel
+    rows[1, n_vbm + 11] = np.inf  # quasiraw block, 12th masked voxel
+    np.save(kit / "train.npy", rows)
+    ds = RampLayout(kit, part="train")
+    x, y, z = np.argwhere(truth["vbm_mask"])[7]
+    with pytest.raises(OpenBHBError, match=rf"train\.npy, row 1 \(vbm\): 1 non-finite .*\({x}, {y}, {z}\)"):
+        ds.volume(1, "vbm")
+    x, y, z = np.argwhere(truth["quasiraw_mask"])[11]
+    with pytest.raises(OpenBHBError, match=rf"train\.npy, row 1 \(quasiraw\): 1 non-finite .*\({x}, {y}, {z}\)"):
+        ds.volume(1, "quasiraw")
+    np.testing.assert_array_equal(ds.volume(0, "vbm")[truth["vbm_mask"]], rows[0, :n_vbm])
 
 
 def test_truncated_npy(copy_dir):
@@ -291,6 +436,10 @@ def test_ramp_row_length_and_count(tmp_path):
         RampLayout(kit, part="train").volume(0)
     np.save(kit / "train.npy", rows[:-1])
     with pytest.raises(OpenBHBError, match=r"train\.npy: shape .* does not match .*train\.tsv.*participant without an array"):
+        RampLayout(kit, part="train")
+    np.save(kit / "train.npy", np.concatenate([rows, rows[:1]]))
+    n = len(rows)
+    with pytest.raises(OpenBHBError, match=rf"train\.npy: shape \({n + 1}, \d+\) does not match .*train\.tsv \({n} rows\).*array row without a participant"):
         RampLayout(kit, part="train")
 
 

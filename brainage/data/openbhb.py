@@ -9,7 +9,8 @@ Two layouts are read (see ``docs/data.md``):
   row per subject holding the masked voxels of each modality (:func:`ramp_row_slices`),
   plus ``train.tsv`` / ``test.tsv``.
 
-Arrays are opened as memory maps; reading one subject's volume costs one volume of RAM.
+Arrays are opened as memory maps; reading one subject's volume costs one volume of RAM
+(the volume itself, plus a few hundred KB of working memory).
 Voxels are ordered as nilearn's ``apply_mask`` orders them (C order over the 3-D mask) and
 :func:`unmask_rows` restores the volume in the x, y, z orientation of the mask image.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -283,12 +285,17 @@ def load_mask(
 
     Args:
         mask: boolean array (used as is), or a NIfTI image / path to one.
-        threshold: voxels with value > threshold are in the mask. ``None`` picks the
+        threshold: voxels with value > threshold are in the mask. ``None`` infers the
             challenge's rule from the file name: > 0.05 for the VBM grey-matter TPM
-            (``*desc-gm_TPM*``), > 0 otherwise (the quasi-raw brain mask).
+            (``*desc-gm_TPM*``), > 0 otherwise (the quasi-raw brain mask). The inference
+            cannot see a TPM held in memory or saved under another name, so it warns when
+            it thresholds a non-binary image at 0; pass ``threshold`` to be explicit.
 
     Returns:
         Boolean array (X, Y, Z) in the image's voxel order.
+
+    Raises:
+        OpenBHBError: not 3-D, or a non-boolean array without ``threshold``.
     """
     if isinstance(mask, np.ndarray):
         if mask.ndim != 3:
@@ -314,22 +321,40 @@ def load_mask(
         data = data[..., 0]
     if data.ndim != 3:
         raise OpenBHBError(f"mask image {name or '<in memory>'} must be 3-D, got shape {data.shape}")
+    data = np.asarray(data)
     if threshold is None:
-        threshold = MODALITIES["vbm"].threshold if "gm_TPM" in Path(name).name else 0.0
-    return np.asarray(data) > threshold
+        if "gm_TPM" in Path(name).name:
+            threshold = MODALITIES["vbm"].threshold
+        else:
+            threshold = 0.0
+            if np.any((data != 0) & (data != 1)):
+                warnings.warn(
+                    f"mask image {name or '<in memory, no file name>'} is not binary (values other than "
+                    "0 and 1, e.g. a probability map) and its name does not say it is the VBM grey-matter "
+                    "TPM: thresholding it at > 0. Pass threshold= (0.05 for the TPM) to choose.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+    return data > threshold
 
 
-def mask_volumes(volumes: np.ndarray, mask: np.ndarray | str | os.PathLike | nib.spatialimages.SpatialImage) -> np.ndarray:
+def mask_volumes(
+    volumes: np.ndarray,
+    mask: np.ndarray | str | os.PathLike | nib.spatialimages.SpatialImage,
+    threshold: float | None = None,
+) -> np.ndarray:
     """Masked voxels of each volume, in nilearn's ``apply_mask`` order.
 
     Args:
         volumes: (n, X, Y, Z) array (a single (X, Y, Z) volume gives a 1-D row).
         mask: boolean (X, Y, Z) array or NIfTI path/image (see :func:`load_mask`).
+        threshold: mask threshold (see :func:`load_mask`; ``None`` infers it).
 
     Returns:
-        rows (n, n_voxels), same dtype as ``volumes``.
+        rows (n, n_voxels), same dtype as ``volumes``. Filled one volume at a time: beyond
+        the output, the memory used is one row.
     """
-    mask = load_mask(mask)
+    mask = load_mask(mask, threshold)
     volumes = np.asanyarray(volumes)
     single = volumes.ndim == 3
     if single:
@@ -339,22 +364,35 @@ def mask_volumes(volumes: np.ndarray, mask: np.ndarray | str | os.PathLike | nib
             f"volumes of shape {volumes.shape} do not match the mask grid {mask.shape}; "
             "expected (n, X, Y, Z) with (X, Y, Z) the mask's shape"
         )
-    rows = volumes[:, mask]
+    # Indexing the 4-D array with the 3-D mask would build int64 index arrays (24 bytes per
+    # masked voxel); a 3-D boolean index per volume does not.
+    rows = np.empty((volumes.shape[0], int(mask.sum())), dtype=volumes.dtype)
+    for i in range(volumes.shape[0]):
+        rows[i] = volumes[i][mask]
     return rows[0] if single else rows
 
 
-def unmask_rows(rows: np.ndarray, mask: np.ndarray | str | os.PathLike | nib.spatialimages.SpatialImage) -> np.ndarray:
+def unmask_rows(
+    rows: np.ndarray,
+    mask: np.ndarray | str | os.PathLike | nib.spatialimages.SpatialImage,
+    threshold: float | None = None,
+    *,
+    dtype: np.typing.DTypeLike | None = None,
+) -> np.ndarray:
     """Inverse of :func:`mask_volumes`: put masked voxels back on the mask grid (zeros outside).
 
     Args:
-        rows: (n, n_voxels) array (or a single (n_voxels,) row).
+        rows: (n, n_voxels) array (or a single (n_voxels,) row); a memory map is read row by row.
         mask: boolean (X, Y, Z) array or NIfTI path/image (see :func:`load_mask`).
+        threshold: mask threshold (see :func:`load_mask`; ``None`` infers it).
+        dtype: dtype of the output (default: that of ``rows``); values are cast while copied.
 
     Returns:
-        volumes (n, X, Y, Z) (or (X, Y, Z) for a single row), same dtype as ``rows``, in
-        the voxel orientation of the mask image.
+        volumes (n, X, Y, Z) (or (X, Y, Z) for a single row), in the voxel orientation of
+        the mask image. Filled one row at a time into the preallocated output, so no memory
+        beyond the output is used.
     """
-    mask = load_mask(mask)
+    mask = load_mask(mask, threshold)
     rows = np.asanyarray(rows)
     single = rows.ndim == 1
     if single:
@@ -365,8 +403,9 @@ def unmask_rows(rows: np.ndarray, mask: np.ndarray | str | os.PathLike | nib.spa
             f"rows of shape {rows.shape} do not match the mask: it selects {n_voxels} voxels, "
             "expected (n, n_voxels)"
         )
-    volumes = np.zeros((rows.shape[0],) + mask.shape, dtype=rows.dtype)
-    volumes[:, mask] = rows
+    volumes = np.zeros((rows.shape[0],) + mask.shape, dtype=rows.dtype if dtype is None else dtype)
+    for i in range(rows.shape[0]):
+        volumes[i][mask] = rows[i]
     return volumes[0] if single else volumes
 
 
@@ -423,13 +462,54 @@ def open_npy(path: str | os.PathLike, mode: str = "r") -> np.memmap:
     return np.load(path, mmap_mode=mode, allow_pickle=False)
 
 
-def _check_finite(values: np.ndarray, where: str) -> None:
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = np.flatnonzero(~finite.ravel())
-        raise OpenBHBError(
-            f"{where}: {bad.size} non-finite voxel value(s) (NaN or inf), first at flat index {bad[0]}"
-        )
+_CHECK_CHUNK = 1 << 18  # values tested for finiteness at a time (256 KB of booleans)
+
+
+def _nonfinite_error(where: str, count: int, voxel: Sequence[int]) -> OpenBHBError:
+    x, y, z = (int(v) for v in voxel)
+    return OpenBHBError(
+        f"{where}: {count} non-finite voxel value(s) (NaN or inf) inside the mask, "
+        f"first at voxel (x, y, z) = ({x}, {y}, {z})"
+    )
+
+
+def _check_finite_volume(volume: np.ndarray, mask: np.ndarray, where: str) -> None:
+    """Raise when a voxel inside ``mask`` is NaN or inf; works in x slabs (no masked copy)."""
+    step = max(1, _CHECK_CHUNK // max(1, int(np.prod(mask.shape[1:]))))
+    count, first = 0, None
+    for x in range(0, mask.shape[0], step):
+        bad = np.isfinite(volume[x : x + step])
+        np.invert(bad, out=bad)
+        bad &= mask[x : x + step]
+        n_bad = int(np.count_nonzero(bad))
+        if n_bad and first is None:
+            first = np.argwhere(bad)[0] + (x, 0, 0)
+        count += n_bad
+    if count:
+        raise _nonfinite_error(where, count, first)
+
+
+def _check_finite_row(values: np.ndarray, mask: np.ndarray, where: str) -> None:
+    """Raise when a masked-voxel row holds NaN or inf; names the voxel of the mask grid."""
+    count, first = 0, None
+    for start in range(0, values.shape[0], _CHECK_CHUNK):
+        bad = np.isfinite(values[start : start + _CHECK_CHUNK])
+        np.invert(bad, out=bad)
+        n_bad = int(np.count_nonzero(bad))
+        if n_bad and first is None:
+            first = start + int(np.argmax(bad))
+        count += n_bad
+    if count:
+        raise _nonfinite_error(where, count, _masked_voxel(mask, first))
+
+
+def _masked_voxel(mask: np.ndarray, k: int) -> tuple[int, int, int]:
+    """(x, y, z) of the k-th voxel of ``mask`` in C order (the order of a masked row)."""
+    before = np.cumsum(mask.sum(axis=(1, 2)))
+    x = int(np.searchsorted(before, k, side="right"))
+    within = k - (int(before[x - 1]) if x else 0)
+    y, z = np.argwhere(mask[x])[within]
+    return x, int(y), int(z)
 
 
 def _check_float(array: np.ndarray, where: str) -> None:
@@ -552,7 +632,7 @@ class PerSubjectLayout(OpenBHBDataset):
                 f"{mask.shape}; expected (1, {', '.join(map(str, mask.shape))})"
             )
         vol = np.array(array.reshape(mask.shape), dtype=np.float32)
-        _check_finite(vol[mask], str(path))
+        _check_finite_volume(vol, mask, str(path))
         return vol
 
 
@@ -643,9 +723,10 @@ class RampLayout(OpenBHBDataset):
     def volume(self, index: int, modality: str = "vbm") -> np.ndarray:
         block = self.row_slices()[modality]
         rec = self.participants.iloc[index]
-        values = np.asarray(self.row(index)[block], dtype=np.float32)
-        _check_finite(values, f"{self.root / (rec['ramp_part'] + '.npy')}, row {int(rec['ramp_row'])} ({modality})")
-        return unmask_rows(values, self.mask(modality))
+        values = self.row(index)[block]  # a memory-mapped view: nothing is read yet
+        mask = self.mask(modality)
+        _check_finite_row(values, mask, f"{self.root / (rec['ramp_part'] + '.npy')}, row {int(rec['ramp_row'])} ({modality})")
+        return unmask_rows(values, mask, dtype=np.float32)
 
     def validate(self, modality: str = "vbm") -> None:
         self.row_slices()
