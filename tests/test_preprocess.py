@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import nibabel as nib
@@ -12,8 +13,8 @@ import pytest
 
 from brainage.cli import main
 from brainage.data import preprocess as prep
-from brainage.data.cache import TrainingCache
-from brainage.data.openbhb import open_dataset
+from brainage.data.cache import TrainingCache, open_split
+from brainage.data.openbhb import OpenBHBError, open_dataset
 
 
 def test_block_mean_by_hand():
@@ -130,3 +131,122 @@ def test_cache_reader_splits_are_the_openbhb_splits():
     from brainage.data import cache, openbhb
 
     assert cache.SPLITS == openbhb.SPLITS
+
+
+class _Reader:
+    """Wraps ``dataset.volume``: counts the calls per split and can fail on one participant."""
+
+    def __init__(self, dataset, fail_on=None):
+        # the class's method, not dataset.volume: that may be another _Reader already
+        self.dataset, self.original, self.fail_on = dataset, type(dataset).volume.__get__(dataset), fail_on
+        self.calls = {}
+
+    def __call__(self, i, modality="vbm"):
+        rec = self.dataset.participants.iloc[i]
+        self.calls[rec["split"]] = self.calls.get(rec["split"], 0) + 1
+        if rec["participant_id"] == self.fail_on:
+            raise KeyboardInterrupt(f"killed at {self.fail_on}")
+        return self.original(i, modality)
+
+
+def _second_internal_id(dataset):
+    return dataset.participants.query("split == 'internal_test'")["participant_id"].iloc[1]
+
+
+def test_rerun_after_a_crash_in_a_later_split_keeps_the_finished_split(openbhb_dir, tmp_path, monkeypatch):
+    root, _ = openbhb_dir
+    prep.preprocess(root, tmp_path / "ref", chunk=1, progress=False)
+    dataset = open_dataset(root)
+    sizes = dataset.participants["split"].value_counts()
+    out = tmp_path / "c"
+    reader = _Reader(dataset, fail_on=_second_internal_id(dataset))
+    monkeypatch.setattr(dataset, "volume", reader)
+    with pytest.raises(KeyboardInterrupt):
+        prep.preprocess(dataset, out, chunk=1, progress=False)
+    assert reader.calls == {"train": sizes["train"], "internal_test": 2}
+    assert (out / "train.signature.json").is_file() and not (out / "cache.json").exists()
+    train_mtime = (out / "train.npy").stat().st_mtime_ns
+
+    reader = _Reader(dataset)
+    monkeypatch.setattr(dataset, "volume", reader)
+    meta = prep.preprocess(dataset, out, chunk=1, progress=False)
+    # train is not read again; internal_test resumes after its one finished volume
+    assert reader.calls == {"internal_test": sizes["internal_test"] - 1, "external_test": sizes["external_test"]}
+    assert (out / "train.npy").stat().st_mtime_ns == train_mtime
+    for split in ("train", "internal_test", "external_test"):
+        np.testing.assert_array_equal(np.load(out / f"{split}.npy"), np.load(tmp_path / "ref" / f"{split}.npy"))
+        pd.testing.assert_frame_equal(pd.read_csv(out / f"{split}.tsv", sep="\t"),
+                                      pd.read_csv(tmp_path / "ref" / f"{split}.tsv", sep="\t"))
+    assert meta["split_signatures"] == json.loads((tmp_path / "ref" / "cache.json").read_text())["split_signatures"]
+
+    # a finished cache is not recomputed; changed inputs (a touched source array) are
+    reader.calls.clear()
+    prep.preprocess(dataset, out, chunk=1, progress=False)
+    assert reader.calls == {}
+    first_external = dataset.participants.query("split == 'external_test'").index[0]
+    path = dataset.path(int(first_external))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    prep.preprocess(dataset, out, chunk=1, progress=False)
+    assert reader.calls == {"external_test": sizes["external_test"]}
+
+
+def test_interrupted_rerun_with_other_parameters_leaves_no_finished_cache(openbhb_dir, tmp_path, monkeypatch):
+    root, _ = openbhb_dir
+    out = tmp_path / "c"
+    zscore = prep.preprocess(root, out, chunk=1, progress=False)
+    old_json = (out / "cache.json").read_text()
+    dataset = open_dataset(root)
+    monkeypatch.setattr(dataset, "volume", _Reader(dataset, fail_on=_second_internal_id(dataset)))
+    with pytest.raises(KeyboardInterrupt):
+        prep.preprocess(dataset, out, normalize="none", chunk=1, progress=False)
+    # train was rewritten without normalisation, internal/external_test are still z-scored:
+    # no cache.json, so nothing opens it as a cache
+    assert not (out / "cache.json").exists()
+    with pytest.raises(FileNotFoundError, match="not a finished training cache"):
+        TrainingCache(out)
+    # even with the old cache.json put back (as the code before this fix left it), the split
+    # written by the other run is refused, by name
+    (out / "cache.json").write_text(old_json)
+    with pytest.raises(ValueError, match=r"the 'train' split \(signature \w+, train\.signature\.json\) was written "
+                                         r"by another preprocessing run .*signature " + zscore["split_signatures"]["train"]):
+        open_split(out, "train")
+    assert len(open_split(out, "external_test")) == zscore["splits"]["external_test"]
+
+
+def test_rerun_of_one_split_with_other_parameters_refuses_the_stale_splits(openbhb_dir, tmp_path):
+    root, _ = openbhb_dir
+    out = tmp_path / "c"
+    prep.preprocess(root, out, progress=False)
+    meta = prep.preprocess(root, out, normalize="none", splits=["train"], progress=False)
+    assert meta["splits"] == {"train": int((open_dataset(root).participants["split"] == "train").sum())}
+    cache = TrainingCache(out)
+    values = np.asarray(cache.split("train").volumes[0], np.float64)[cache.mask]
+    assert values.mean() > 0.3  # raw intensities around 0.5, not z-scores
+    with pytest.raises(ValueError, match=r"'internal_test' split .* cache\.json describes \(no 'internal_test' split"):
+        cache.split("internal_test")
+    # back to z-scores for train: the other splits' files match those parameters, so the cache
+    # lists them again and they open
+    meta = prep.preprocess(root, out, normalize="zscore", splits=["train"], progress=False)
+    assert set(meta["splits"]) == {"train", "internal_test", "external_test"}
+    assert len(TrainingCache(out).split("internal_test")) == meta["splits"]["internal_test"]
+
+
+def test_float16_overflow_names_the_participant(openbhb_dir, tmp_path):
+    root, truth = openbhb_dir
+    data = tmp_path / "data"
+    shutil.copytree(root, data, ignore=shutil.ignore_patterns("ramp"))
+    ds = open_dataset(data)
+    j = int(np.flatnonzero(ds.participants["split"] == "internal_test")[0])
+    pid = ds.participants["participant_id"][j]
+    inside = tuple(np.argwhere(truth["vbm_mask"])[0])
+    vol = truth["vbm"][j].copy()
+    vol[inside] = 60000.0  # fits float16 (largest finite 65504)
+    np.save(ds.path(j), vol[None])
+    prep.preprocess(data, tmp_path / "ok", normalize="none", progress=False)
+    split = open_split(tmp_path / "ok", "internal_test")
+    row = int(np.flatnonzero(split.participant_id == pid)[0])
+    assert float(split.volumes[row][inside]) == 60000.0
+    vol[inside] = 70000.0
+    np.save(ds.path(j), vol[None])
+    with pytest.raises(OpenBHBError, match=rf"participant '{pid}' \(internal_test\): .*70000.*normalize='none'.*float16"):
+        prep.preprocess(data, tmp_path / "bad", normalize="none", progress=False)

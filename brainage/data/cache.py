@@ -1,7 +1,8 @@
 """Read the training cache written by :func:`brainage.data.preprocess.preprocess`.
 
 A cache folder holds ``cache.json`` (how it was made, the grid), ``mask.nii.gz`` and, per
-split, ``<split>.npy`` (n, X, Y, Z) float16 and ``<split>.tsv``. The harmonisation step writes
+split, ``<split>.npy`` (n, X, Y, Z) float16, ``<split>.tsv`` and (from ``brainage preprocess``)
+``<split>.signature.json``, checked against ``cache.json`` when the split is opened. The harmonisation step writes
 the same format. This is the project's one reader of it; it needs numpy only (pandas for
 :attr:`CacheSplit.table`, nibabel for :attr:`TrainingCache.mask`, both imported on use), so the
 training path runs on machines that have only torch, monai and numpy.
@@ -126,11 +127,39 @@ def _read_table(path: Path) -> dict[str, list[str]]:
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
+def _check_split_signature(cache: Path, split: str, meta: dict[str, Any]) -> None:
+    """Refuse a split written by another run than the one ``cache.json`` describes.
+
+    ``brainage preprocess`` writes ``<split>.signature.json`` after each split and lists the
+    signatures in ``cache.json`` (``split_signatures``). A split whose signature file disagrees
+    comes from another run (an interrupted rerun with other parameters, or a rerun of other
+    splits), so the folder mixes two caches. Caches without these records (written by other
+    tools, such as the harmonisation step, or by older versions) are not checked.
+    """
+    expected = meta.get("split_signatures")
+    sidecar = cache / f"{split}.signature.json"
+    if not isinstance(expected, dict) or not sidecar.is_file():
+        return
+    try:
+        found = json.loads(sidecar.read_text()).get("signature")
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{sidecar}: unreadable split signature ({err}); rebuild the cache") from err
+    if found != expected.get(split):
+        described = (f"signature {expected[split]}" if split in expected
+                     else f"no {split!r} split (it lists {sorted(expected)})")
+        raise ValueError(
+            f"{cache}: the {split!r} split (signature {found}, {sidecar.name}) was written by another "
+            f"preprocessing run than the one cache.json describes ({described}): the folder mixes two "
+            "caches. Rerun `brainage preprocess` into it (finished splits with matching inputs are kept)."
+        )
+
+
 def open_split(cache: str | os.PathLike, split: str) -> CacheSplit:
     """Memory-map one split of a cache and read its labels.
 
     Raises:
-        ValueError: unknown split, table and array disagree, missing columns, bad ages.
+        ValueError: unknown split, table and array disagree, missing columns, bad ages, or a
+            split written by another preprocessing run than ``cache.json`` describes.
         FileNotFoundError: missing files.
     """
     if split not in SPLITS:
@@ -143,6 +172,7 @@ def open_split(cache: str | os.PathLike, split: str) -> CacheSplit:
     for path in (array_path, table_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the cache {cache} has no {split!r} split")
+    _check_split_signature(cache, split, meta)
     try:
         volumes = np.load(array_path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:

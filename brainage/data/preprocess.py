@@ -7,8 +7,16 @@ float16 volumes and ``<split>.tsv`` (the participants of those rows, in row orde
 integer factor, and normalised per image within the mask.
 
 Writing streams ``chunk`` volumes at a time into a memory-mapped ``.partial`` file and
-records progress after each chunk, so a killed run resumes where it stopped; each final
-file appears by an atomic rename, ``cache.json`` last.
+records progress after each chunk, so a killed run resumes where it stopped. A finished split
+gets ``<split>.signature.json`` (written atomically after its ``.npy`` and ``.tsv``): the
+signature of its inputs (participants rows, size and modification time of every source
+array, the mask) and of the preprocessing parameters. A rerun skips a split whose signature
+matches, so a run killed in a later split does not recompute the earlier ones.
+
+A cache folder is finished when it has ``cache.json``: a run removes it before writing
+anything and writes it last, with the signature of every split it describes;
+:func:`brainage.data.cache.open_split` refuses a split whose signature file disagrees (a
+folder mixing two runs).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from brainage import __version__
-from brainage.data.openbhb import SPLITS, OpenBHBDataset, open_dataset
+from brainage.data.openbhb import SPLITS, OpenBHBDataset, OpenBHBError, open_dataset
 from brainage.io import atomic_path, save_json, save_table
 
 __all__ = ["block_mean", "downsample_mask", "downsampled_affine", "normalize_volume", "preprocess"]
@@ -35,6 +43,9 @@ __all__ = ["block_mean", "downsample_mask", "downsampled_affine", "normalize_vol
 log = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("zscore", "none")
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+#: Bump when the same inputs and parameters would give different cache content.
+CACHE_FORMAT = 2
 
 
 def block_mean(volumes: np.ndarray, factor: int) -> np.ndarray:
@@ -86,6 +97,43 @@ def normalize_volume(volume: np.ndarray, mask: np.ndarray, method: str = "zscore
 
 def _signature(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _source_files(dataset: OpenBHBDataset, indices: np.ndarray, modality: str) -> list[Path]:
+    """The files a split's volumes are read from (per-subject arrays, or the RAMP arrays)."""
+    if hasattr(dataset, "path"):  # per-subject layout
+        return [Path(dataset.path(int(i), modality)) for i in indices]
+    arrays = getattr(dataset, "arrays", {})
+    parts = sorted(set(dataset.participants["ramp_part"].iloc[indices])) if "ramp_part" in dataset.participants else []
+    return [Path(arrays[p].filename) for p in parts if getattr(arrays[p], "filename", None)]
+
+
+def split_signature(
+    dataset: OpenBHBDataset, split: str, indices: np.ndarray, modality: str, src_mask: np.ndarray, params: dict
+) -> str:
+    """Signature of one split's content: parameters, participants rows, source files, mask."""
+    head = {**params, "split": split, "format": CACHE_FORMAT, "brainage_version": __version__}
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    digest.update(dataset.participants.iloc[indices].to_csv(sep="\t", index=False).encode())
+    for path in _source_files(dataset, indices, modality):
+        st = path.stat()
+        digest.update(f"{path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    digest.update(str(src_mask.shape).encode())
+    digest.update(np.packbits(src_mask).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _split_is_done(out: Path, split: str, signature: str, shape: tuple[int, ...]) -> bool:
+    """The split's final files exist and its signature file records ``signature``."""
+    sidecar, final, table = out / f"{split}.signature.json", out / f"{split}.npy", out / f"{split}.tsv"
+    if not (sidecar.is_file() and final.is_file() and table.is_file()):
+        return False
+    try:
+        recorded = json.loads(sidecar.read_text())
+        found_shape = tuple(np.load(final, mmap_mode="r", allow_pickle=False).shape)
+    except (ValueError, OSError):
+        return False
+    return recorded.get("signature") == signature and found_shape == tuple(shape)
 
 
 def preprocess(
@@ -141,15 +189,24 @@ def preprocess(
     }
     signature = _signature(params)
 
+    # A finished cache is recognised by cache.json: remove it before anything is rewritten,
+    # so an interrupted rerun (other parameters) never leaves a folder that looks finished.
+    (out / "cache.json").unlink(missing_ok=True)
     with atomic_path(out / "mask.nii.gz") as tmp:
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), tmp)
 
-    counts = {}
-    for split in splits:
-        indices = np.flatnonzero(dataset.participants["split"].to_numpy() == split)
+    counts, split_signatures = {}, {}
+    split_of = dataset.participants["split"].to_numpy()
+    for split in SPLITS:
+        indices = np.flatnonzero(split_of == split)
+        sig = split_signature(dataset, split, indices, modality, src_mask, params)
+        if split in splits:
+            _write_split(dataset, out, split, indices, modality, src_mask, mask, downsample, normalize,
+                         chunk, sig, signature, progress)
+        elif not _split_is_done(out, split, sig, (len(indices),) + mask.shape):
+            continue  # not asked for, and no up-to-date copy in the folder
         counts[split] = int(indices.size)
-        _write_split(dataset, out, split, indices, modality, src_mask, mask, downsample, normalize,
-                     chunk, signature, progress)
+        split_signatures[split] = sig
 
     meta = {
         **params,
@@ -159,6 +216,8 @@ def preprocess(
         "source_shape": list(src_mask.shape),
         "dtype": "float16",
         "splits": counts,
+        "split_signatures": split_signatures,
+        "format": CACHE_FORMAT,
         "brainage_version": __version__,
         "signature": signature,
     }
@@ -177,39 +236,61 @@ def _write_split(
     factor: int,
     normalize: str,
     chunk: int,
+    split_sig: str,
     signature: str,
     progress: bool,
 ) -> None:
     final = out / f"{split}.npy"
     partial = out / f".{split}.npy.partial"
     state_file = out / f".{split}.progress.json"
+    sidecar = out / f"{split}.signature.json"
     shape = (len(indices),) + mask.shape
+    if _split_is_done(out, split, split_sig, shape):
+        log.info("%s: up to date (signature %s), not recomputed", split, split_sig)
+        return
+    # The split's files are about to be replaced: its signature must not outlive them.
+    sidecar.unlink(missing_ok=True)
     done = 0
     if partial.exists() and state_file.exists():
         state = json.loads(state_file.read_text())
-        if state.get("signature") == signature and tuple(state.get("shape", ())) == shape:
+        if state.get("signature") == split_sig and tuple(state.get("shape", ())) == shape:
             done = int(state["done"])
             log.info("%s: resuming at volume %d of %d", split, done, len(indices))
     if done == 0:
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape).flush()
     array = np.lib.format.open_memmap(partial, mode="r+")
+    # One float32 block of `chunk` source volumes, reused for every chunk.
+    block = np.empty((min(chunk, max(len(indices), 1)),) + src_mask.shape, dtype=np.float32)
+    ids = dataset.participants["participant_id"].to_numpy()
     bar = tqdm(total=len(indices), initial=done, desc=f"preprocess {split}", unit="vol", disable=not progress)
     try:
         for start in range(done, len(indices), chunk):
             stop = min(start + chunk, len(indices))
-            block = np.stack([np.where(src_mask, dataset.volume(int(i), modality), 0.0) for i in indices[start:stop]])
-            block = block_mean(block, factor)
-            for j, vol in enumerate(block):
-                array[start + j] = normalize_volume(vol, mask, normalize).astype(np.float16)
+            for j, i in enumerate(indices[start:stop]):
+                block[j].fill(0.0)
+                np.copyto(block[j], dataset.volume(int(i), modality), where=src_mask)
+            pooled = block_mean(block[: stop - start], factor)
+            for j, vol in enumerate(pooled):
+                normed = normalize_volume(vol, mask, normalize)
+                peak = max(float(normed.max()), -float(normed.min())) if normed.size else 0.0
+                if peak > FLOAT16_MAX:
+                    raise OpenBHBError(
+                        f"participant {ids[indices[start + j]]!r} ({split}): a voxel value of magnitude "
+                        f"{peak:.6g} after normalize={normalize!r} does not fit the cache's float16 "
+                        f"(largest finite value {FLOAT16_MAX:g}); use normalize='zscore' or rescale the input"
+                    )
+                array[start + j] = normed
+            del pooled
             array.flush()
             with atomic_path(state_file) as tmp:
-                tmp.write_text(json.dumps({"signature": signature, "shape": list(shape), "done": stop}))
+                tmp.write_text(json.dumps({"signature": split_sig, "shape": list(shape), "done": stop}))
             bar.update(stop - start)
     finally:
         bar.close()
-        del array
+        del array, block
     table = dataset.participants.iloc[indices].reset_index(drop=True)
     table.insert(0, "row", np.arange(len(table)))
     save_table(out / f"{split}.tsv", table)
     os.replace(partial, final)
     state_file.unlink(missing_ok=True)
+    save_json(sidecar, {"split": split, "signature": split_sig, "shape": list(shape), "cache_signature": signature})
