@@ -17,7 +17,7 @@ import torch
 from brainage.cli import main
 from brainage.debias.data import load_array_set
 
-from test_debias_data import _mnist_folder, _png
+from test_debias_data import _cifar10_folder, _mnist_folder, _png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,6 +117,52 @@ def test_corrupted_digits_to_dfa_and_back(tmp_path, capsys):
     data = load_array_set(tmp_path / "cc.npz")
     assert data.images.shape == (50, 3, 32, 32)
     assert data.n_conflicting == summary["splits"]["train_50pct"]["n_conflicting"]
+
+
+def test_corrupted_cifar10_from_python_pickles(tmp_path, capsys):
+    from brainage.debias.data import read_dfa
+
+    # 20 training images per class (2 held out for validation -> 18 train), 3 test per class
+    written = _cifar10_folder(tmp_path / "cifar-10-batches-py", train_per_class=20, test_per_class=3)
+    code, _ = _run(["debias-data", "corrupted", "--source", f"cifar10:{tmp_path / 'cifar-10-batches-py'}",
+                    "--out", str(tmp_path / "cc"), "--percent", "50", "--protocol", "type1", "--severity", "1",
+                    "--val-per-class", "2", "--quiet"], capsys)
+    assert code == 0
+    root = tmp_path / "cc"
+    # LfF rule at 50 %: per class of 18, share 0.5 for the class's corruption (9 images) and
+    # 0.5 / 9 = 1/18 for each other corruption (1 image each): cumulative cuts 18 * cumsum are
+    # whole numbers, so 9 aligned and one image of each of the 9 other corruptions.
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["splits"]["train_50pct"] == {"n": 180, "n_conflicting": 90}
+    assert summary["splits"]["valid"]["n"] == 20 and summary["splits"]["test"]["n"] == 30
+    for y in range(10):
+        align = sorted((root / "50pct" / "align" / str(y)).glob("*.png"))
+        conflict = sorted((root / "50pct" / "conflict" / str(y)).glob("*.png"))
+        assert len(align) == 9 and all(p.stem.endswith(f"_{y}_{y}") for p in align)
+        assert sorted(int(p.stem.rsplit("_", 1)[1]) for p in conflict) == [b for b in range(10) if b != y]
+        assert len(list((root / "valid" / str(y)).glob("*.png"))) == 2
+        assert len(list((root / "test" / str(y)).glob("*.png"))) == 3
+    assert sorted(p.name for p in root.iterdir()) == ["50pct", "summary.json", "test", "valid"]
+
+    # read back: the DFA reader and the folder -> .npz conversion
+    train = read_dfa(root, "train", "50pct")
+    expected = sorted([(y, y) for y in range(10) for _ in range(9)]
+                      + [(y, b) for y in range(10) for b in range(10) if b != y])
+    assert sorted(zip(train.labels.tolist(), train.bias.tolist())) == expected
+    assert len(read_dfa(root, "valid", "50pct")) == 20 and len(read_dfa(root, "test", "50pct")) == 30
+    code, _ = _run(["debias-data", "folder", "--kind", "dfa", "--root", str(root), "--percent", "50pct",
+                    "--out", str(tmp_path / "cc.npz")], capsys)
+    assert code == 0
+    data = load_array_set(tmp_path / "cc.npz")
+    assert data.images.shape == (180, 3, 32, 32) and data.n_conflicting == 90
+    # type1 corruption 9 is the original image: the aligned class-9 images are training images
+    # of class 9 exactly as stored in the pickles (1024 red, 1024 green, 1024 blue values)
+    sources = {row.reshape(3, 32, 32).tobytes()
+               for name in (f"data_batch_{i}" for i in range(1, 6))
+               for row, label in zip(*written[name]) if label == 9}
+    nines = data.images[(data.labels == 9) & (data.bias == 9)]
+    assert len(nines) == 9 and all(img.tobytes() in sources for img in nines)
+    assert len({img.tobytes() for img in nines}) == 9
 
 
 @pytest.mark.slow

@@ -59,26 +59,98 @@ def _digits(counts: dict[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarr
 # ----------------------------------------------------------------------------- Biased-MNIST
 
 
+def _other_counts(table_row: np.ndarray, y: int) -> list[int]:
+    """The counts of the nine colours other than ``y``, largest first."""
+    return sorted((int(table_row[c]) for c in range(10) if c != y), reverse=True)
+
+
 def test_biased_mnist_counts_follow_the_chunk_rule():
     images, labels = _digits({0: 20, 3: 13, 7: 1, 9: 30})
     _, out_labels, bias = make_biased_mnist(images, labels, rho=0.5, seed=1)
     table = colour_counts(out_labels, bias)
-    # class 0: int(20 * .5) = 10 aligned; k = 10, chunks of ceil(10/9) = 2 -> colours 1..5 get 2.
-    assert table[0].tolist() == [10, 2, 2, 2, 2, 2, 0, 0, 0, 0]
-    # class 3: int(6.5) = 6 aligned; k = 7, chunks of 1 -> colours 4, 5, 6, 7, 8, 9, 0.
-    assert table[3].tolist() == [1, 0, 0, 6, 1, 1, 1, 1, 1, 1]
-    # class 7: int(0.5) = 0 aligned; the single sample gets colour 8.
-    assert table[7].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
-    # class 9: 15 aligned; k = 15, chunks of 2 -> colours 0..6 get 2, colour 7 gets 1, colour 8 none.
-    assert table[9].tolist() == [2, 2, 2, 2, 2, 2, 2, 1, 0, 15]
     assert np.array_equal(out_labels, labels)
+    # ReBias: int(n * rho) aligned, the other k in chunks of ceil(k / 9), one distinct other
+    # colour per chunk (the colours are shuffled, so only the chunk sizes are fixed).
+    # class 0: int(10.0) = 10 aligned; k = 10 -> five chunks of 2.
+    assert table[0, 0] == 10 and _other_counts(table[0], 0) == [2, 2, 2, 2, 2, 0, 0, 0, 0]
+    # class 3: int(6.5) = 6 aligned; k = 7 -> seven chunks of 1.
+    assert table[3, 3] == 6 and _other_counts(table[3], 3) == [1] * 7 + [0, 0]
+    # class 7: int(0.5) = 0 aligned; k = 1 -> one chunk of 1.
+    assert table[7, 7] == 0 and _other_counts(table[7], 7) == [1] + [0] * 8
+    # class 9: int(15.0) = 15 aligned; k = 15 -> chunks 2, 2, 2, 2, 2, 2, 2, 1 (the last smaller).
+    assert table[9, 9] == 15 and _other_counts(table[9], 9) == [2] * 7 + [1, 0]
+    # absent classes get no sample
+    assert table[[1, 2, 4, 5, 6, 8]].sum() == 0
+
+
+def test_biased_mnist_nine_conflicting_get_every_other_colour_once():
+    # k = 9 conflicting -> chunks of ceil(9 / 9) = 1 -> each of the nine other colours once
+    images, labels = _digits({y: 18 for y in range(10)})
+    for seed in (0, 1, 2):
+        _, _, bias = make_biased_mnist(images, labels, rho=0.5, seed=seed)  # int(9.0) = 9 aligned
+        expected = np.ones((10, 10), np.int64) + 8 * np.eye(10, dtype=np.int64)
+        assert np.array_equal(colour_counts(labels, bias), expected)
+    # rho = 0.1 with 10 per class: int(1.0) = 1 aligned, the 9 others once each
+    images, labels = _digits({y: 10 for y in range(10)})
+    _, _, bias = make_biased_mnist(images, labels, rho=0.1, seed=4)
+    assert np.array_equal(colour_counts(labels, bias), np.ones((10, 10), np.int64))
 
 
 def test_biased_mnist_high_rho_counts():
-    images, labels = _digits({2: 420})
+    images, labels = _digits({y: 420 for y in range(10)})
     _, _, bias = make_biased_mnist(images, labels, rho=0.99, seed=0)
-    # int(420 * .99) = 415 aligned; k = 5 -> chunks of 1 -> colours 3, 4, 5, 6, 7.
-    assert colour_counts(labels, bias)[2].tolist() == [0, 0, 415, 1, 1, 1, 1, 1, 0, 0]
+    table = colour_counts(labels, bias)
+    offsets = []
+    for y in range(10):
+        # int(420 * .99) = int(415.8) = 415 aligned; k = 5 -> five chunks of 1
+        assert table[y, y] == 415 and _other_counts(table[y], y) == [1] * 5 + [0] * 4
+        offsets.append(frozenset(int((c - y) % 10) for c in np.flatnonzero(table[y]) if c != y))
+    assert all(o <= set(range(1, 10)) and len(o) == 5 for o in offsets)
+    # the other colours are shuffled per class: not always y+1..y+5, not the same for every class
+    assert any(o != frozenset(range(1, 6)) for o in offsets)
+    assert len(set(offsets)) > 1
+
+
+def test_biased_mnist_first_chunk_colour_is_shuffled():
+    # one sample per class at rho = 0.5: int(0.5) = 0 aligned, k = 1: the single sample
+    # gets the first colour of the class's shuffled list of the nine other colours
+    images, labels = _digits({y: 1 for y in range(10)})
+    firsts = []
+    for seed in range(4):
+        _, _, bias = make_biased_mnist(images, labels, rho=0.5, seed=seed)
+        offset = (bias - labels) % 10
+        assert np.all((offset >= 1) & (offset <= 9))
+        firsts.append(tuple(offset.tolist()))
+        _, _, again = make_biased_mnist(images, labels, rho=0.5, seed=seed)
+        assert np.array_equal(bias, again)  # deterministic for a seed
+    assert any(f != (1,) * 10 for f in firsts)  # not always y+1
+    assert any(len(set(f)) > 1 for f in firsts)  # differs across classes
+    assert len(set(firsts)) > 1  # differs across seeds
+
+
+def test_biased_mnist_colour_order_does_not_depend_on_other_classes():
+    images, labels = _digits({3: 13})
+    _, _, alone = make_biased_mnist(images, labels, rho=0.5, seed=5)
+    images, labels_all = _digits({0: 20, 3: 13, 9: 30})
+    _, _, together = make_biased_mnist(images, labels_all, rho=0.5, seed=5)
+    assert np.array_equal(colour_counts(labels, alone)[3], colour_counts(labels_all, together)[3])
+
+
+def test_biased_mnist_unshuffled_colours_only_change_the_colours():
+    images, labels = _digits({0: 20, 3: 13, 7: 1, 9: 30})
+    _, _, shuffled = make_biased_mnist(images, labels, rho=0.5, seed=1)
+    _, _, ordered = make_biased_mnist(images, labels, rho=0.5, seed=1, shuffle_other_colours=False)
+    # same samples aligned / conflicting, only the conflicting samples' colours may differ
+    assert np.array_equal(shuffled == labels, ordered == labels)
+    table = colour_counts(labels, ordered)
+    # chunks in the order y+1, y+2, ...: class 0: k = 10, chunks of 2 -> colours 1..5 get 2
+    assert table[0].tolist() == [10, 2, 2, 2, 2, 2, 0, 0, 0, 0]
+    # class 3: k = 7, chunks of 1 -> colours 4, 5, 6, 7, 8, 9, 0
+    assert table[3].tolist() == [1, 0, 0, 6, 1, 1, 1, 1, 1, 1]
+    # class 7: the single sample gets colour 8
+    assert table[7].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+    # class 9: k = 15, chunks of 2 -> colours 0..6 get 2, colour 7 gets 1, colour 8 none
+    assert table[9].tolist() == [2, 2, 2, 2, 2, 2, 2, 1, 0, 15]
 
 
 def test_biased_mnist_pixels_binarised_and_coloured():
@@ -111,7 +183,10 @@ def test_biased_mnist_seed_changes_assignment_not_counts():
     _, _, c = make_biased_mnist(images, labels, rho=0.5, seed=7)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
-    assert np.array_equal(colour_counts(labels, a), colour_counts(labels, c))
+    # int(20.0) = 20 aligned; k = 20 -> chunks of ceil(20 / 9) = 3: six of 3, then one of 2
+    for bias in (a, c):
+        row = colour_counts(labels, bias)[1]
+        assert row[1] == 20 and _other_counts(row, 1) == [3] * 6 + [2, 0, 0]
 
 
 @pytest.mark.parametrize(
@@ -218,8 +293,9 @@ def test_idx_errors_name_the_file(tmp_path):
     folder = tmp_path / "labels"
     _mnist_folder(folder)
     _write_idx(folder / "train-labels-idx1-ubyte", np.full(12, 12, np.uint8), 0x08, False)
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.*\[0, 10\)"):
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: labels must lie in \[0, 10\); found \[12\]") as err:
         load_mnist_idx(folder)
+    assert "train-images" not in str(err.value)
     _write_idx(folder / "train-labels-idx1-ubyte", np.zeros(11, np.uint8), 0x08, False)
     with pytest.raises(ValueError, match="train-labels-idx1-ubyte.*11 labels for 12 images"):
         load_mnist_idx(folder)
@@ -246,6 +322,36 @@ def _cifar_batch(path, n, label_key, n_classes, seed):
     with open(path, "wb") as fh:
         pickle.dump(batch, fh, protocol=2)
     return data, np.array(labels)
+
+
+CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+
+
+def _cifar10_folder(folder, train_per_class: int, test_per_class: int, seed: int = 0):
+    """A complete ``cifar-10-batches-py`` folder: ``data_batch_1..5``, ``test_batch``,
+    ``batches.meta``, in the format of the distributed pickles (protocol 2, bytes keys,
+    rows of 1024 red, 1024 green, 1024 blue values). Returns the rows and labels written."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    written = {}
+    n_train = 10 * train_per_class
+    if n_train % 5:
+        raise ValueError("10 * train_per_class must split into five batches")
+    train_labels = rng.permutation(np.repeat(np.arange(10), train_per_class))
+    test_labels = rng.permutation(np.repeat(np.arange(10), test_per_class))
+    per_batch = n_train // 5
+    batches = [(f"data_batch_{i + 1}", train_labels[i * per_batch:(i + 1) * per_batch]) for i in range(5)]
+    for name, labels in batches + [("test_batch", test_labels)]:
+        data = rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8)
+        batch = {b"batch_label": f"{name} of 5".encode(), b"labels": [int(v) for v in labels], b"data": data,
+                 b"filenames": [f"{name}_{i}.png".encode() for i in range(labels.size)]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+        written[name] = (data, labels.astype(np.int64))
+    meta = {b"num_cases_per_batch": per_batch, b"label_names": CIFAR10_NAMES, b"num_vis": 3072}
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump(meta, fh, protocol=2)
+    return written
 
 
 def test_cifar10_pickles(tmp_path):
@@ -359,27 +465,88 @@ def test_bffhq_test_keeps_conflicting_only(tmp_path):
 # ----------------------------------------------------------------------------- ImageNet 9
 
 
-def test_imagenet9_mapping(tmp_path):
-    wnids = [f"n{i:08d}" for i in range(1000)]
+# ReBias (datasets/imagenet.py), in label order dog, cat, frog, turtle, bird, monkey, fish,
+# crab, insect: the index ranges, and the indices kept of the ranges overlapping ImageNet-A.
+REBIAS_RANGES = [(151, 254), (281, 285), (30, 32), (33, 37), (89, 97), (372, 378), (393, 397), (118, 121), (306, 310)]
+REBIAS_KEPT = {0: [151, 207, 234, 235, 254], 4: [89, 90, 94, 96, 97], 5: [372, 373, 374, 375, 378]}
+# ReBias's ImageNet-A CLASS_TO_INDEX, label -> WordNet ids.
+REBIAS_IMAGENET_A = {
+    0: ["n02085620", "n02099601", "n02106550", "n02106662", "n02110958"],
+    1: ["n02123045", "n02123159", "n02123394", "n02123597", "n02124075"],
+    2: ["n01641577", "n01644373", "n01644900"],
+    3: ["n01664065", "n01665541", "n01667114", "n01667778", "n01669191"],
+    4: ["n01819313", "n01820546", "n01833805", "n01843383", "n01847000"],
+    5: ["n02486410", "n02487347", "n02488291", "n02488702", "n02492035"],
+    6: ["n02607072", "n02640242", "n02641379", "n02643566", "n02655020"],
+    7: ["n01978287", "n01978455", "n01980166", "n01981276"],
+    8: ["n02174001", "n02177972", "n02190166", "n02206856", "n02219486"],
+}
+
+
+def _rebias_indices() -> dict[int, int]:
+    """ImageNet index -> label by the ReBias rule, written out from the lists above."""
+    out = {}
+    for label, (lo, hi) in enumerate(REBIAS_RANGES):
+        for index in REBIAS_KEPT.get(label, list(range(lo, hi + 1))):
+            out[index] = label
+    return out
+
+
+def test_imagenet9_rebias_subset_rule(tmp_path):
+    # an ImageNet training folder: 1,000 WordNet-id folders whose sorted order is the index
+    wnids = [f"n{1000000 + 37 * i:08d}" for i in range(1000)]
+    assert sorted(wnids) == wnids
+    train = tmp_path / "imagenet" / "train"
+    for wnid in wnids:
+        (train / wnid).mkdir(parents=True)
+    full_ranges = [i for lo, hi in REBIAS_RANGES for i in range(lo, hi + 1)]
+    for index in full_ranges + [0, 29, 150, 255, 999]:
+        _png(train / wnids[index] / f"{wnids[index]}_1.JPEG", index % 256, size=4)
+    order = imagenet_class_order(train)
+    assert order == wnids
+    expected = {wnids[i]: label for i, label in _rebias_indices().items()}
+    assert len(expected) == 5 + 5 + 3 + 5 + 5 + 5 + 5 + 4 + 5 == 42
+    assert imagenet9_map(order) == expected
+    listing = read_imagenet9(train, order)
+    got = sorted((p.parent.name, label) for p, label in zip(listing.paths, listing.labels.tolist()))
+    assert got == sorted(expected.items())
+    assert listing.bias.tolist() == [-1] * 42
+    # indices of the dog / bird / monkey ranges outside ReBias's subsets are dropped
+    for dropped in (152, 206, 253, 91, 95, 376, 377):
+        assert wnids[dropped] not in expected
+    assert np.bincount(listing.labels, minlength=9).tolist() == [5, 5, 3, 5, 5, 5, 5, 4, 5]
+    # the same order from a synset list, and a list that is not the 1,000 ids
     (tmp_path / "synsets.txt").write_text("\n".join(f"{w} some name" for w in wnids) + "\n")
-    order = imagenet_class_order(tmp_path / "synsets.txt")
-    mapping = imagenet9_map(order)
-    # dog 151-254 (104 classes), cat 281-285, frog 30-32, turtle 33-37, bird 89-97,
-    # monkey 372-378, fish 393-397, crab 118-121, insect 306-310
-    assert len(mapping) == 104 + 5 + 3 + 5 + 9 + 7 + 5 + 4 + 5
-    assert mapping["n00000151"] == 0 and mapping["n00000254"] == 0
-    assert mapping["n00000283"] == 1 and mapping["n00000030"] == 2 and mapping["n00000037"] == 3
-    assert mapping["n00000089"] == 4 and mapping["n00000378"] == 5 and mapping["n00000393"] == 6
-    assert mapping["n00000121"] == 7 and mapping["n00000310"] == 8
-    assert "n00000150" not in mapping and "n00000500" not in mapping
-    root = tmp_path / "imagenet-a"
-    for wnid in ("n00000151", "n00000310", "n00000500"):
-        _png(root / wnid / f"{wnid}_1.JPEG", 1)
-    listing = read_imagenet9(root, order)
-    assert sorted(listing.labels.tolist()) == [0, 8] and listing.bias.tolist() == [-1, -1]
+    assert imagenet_class_order(tmp_path / "synsets.txt") == wnids
     (tmp_path / "short.txt").write_text("n00000001\n")
     with pytest.raises(ValueError, match="short.txt.*1,000"):
         imagenet_class_order(tmp_path / "short.txt")
+
+
+def test_imagenet_a_fixed_map_needs_no_class_order(tmp_path):
+    from brainage.debias.data import IMAGENET_A_CLASS_TO_INDEX
+
+    table = {wnid: label for label, ids in REBIAS_IMAGENET_A.items() for wnid in ids}
+    assert IMAGENET_A_CLASS_TO_INDEX == table and len(table) == 42
+    # ImageNet order is the sorted WordNet ids, so sorting the 42 ids must give the labels in
+    # the order of the 42 sorted indices of the rule
+    by_index = _rebias_indices()
+    assert [table[w] for w in sorted(table)] == [by_index[i] for i in sorted(by_index)]
+
+    root = tmp_path / "imagenet-a"
+    folders = {"n02085620": 0, "n02124075": 1, "n01644900": 2, "n01669191": 3, "n01847000": 4,
+               "n02492035": 5, "n02655020": 6, "n01981276": 7, "n02219486": 8,
+               "n01498041": None,  # stingray: not one of the nine super-classes
+               "n02088094": None}  # Afghan hound: in the dog range, not in ReBias's subset
+    for wnid in folders:
+        _png(root / wnid / f"{wnid}_a.jpg", 1, size=4)
+        _png(root / wnid / f"{wnid}_b.jpg", 2, size=4)
+    listing = read_imagenet9(root)
+    got = sorted((p.parent.name, label) for p, label in zip(listing.paths, listing.labels.tolist()))
+    assert got == sorted((w, y) for w, y in folders.items() if y is not None for _ in range(2))
+    assert len(listing) == 18 and listing.bias.tolist() == [-1] * 18
+    with pytest.raises(FileNotFoundError, match="42 9-class"):
+        read_imagenet9(tmp_path / "imagenet-a" / "n01498041")
 
 
 # ----------------------------------------------------------------------------- corrupted

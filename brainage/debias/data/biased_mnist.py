@@ -45,7 +45,11 @@ N_COLOURS = 10
 
 
 def validate_digits(
-    images: np.ndarray, labels: np.ndarray, source: str = "images", n_classes: int = 10
+    images: np.ndarray,
+    labels: np.ndarray,
+    source: str = "images",
+    n_classes: int = 10,
+    label_source: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Check a digit array set and return it as ``(uint8 (n, H, W), int64 (n,))``.
 
@@ -54,6 +58,8 @@ def validate_digits(
         labels: class labels of shape ``(n,)`` in ``[0, n_classes)``.
         source: the file or object the arrays came from, named in error messages.
         n_classes: number of classes.
+        label_source: the file the labels came from when it is not ``source`` (an IDX
+            labels file), named in the errors about the labels; default ``source``.
 
     Raises:
         ValueError: wrong dtype, wrong number of dimensions, length mismatch, labels that
@@ -65,18 +71,19 @@ def validate_digits(
         raise ValueError(f"{source}: digit images must be uint8 grey levels, got dtype {images.dtype}")
     if images.ndim != 3:
         raise ValueError(f"{source}: digit images must have shape (n, H, W), got {images.shape}")
+    label_source = source if label_source is None else label_source
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(
-            f"{source}: labels must have shape ({images.shape[0]},) to match the images, got {labels.shape}"
+            f"{label_source}: labels must have shape ({images.shape[0]},) to match the images, got {labels.shape}"
         )
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         if not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise ValueError(f"{source}: labels must be integers, got dtype {labels.dtype}")
+            raise ValueError(f"{label_source}: labels must be integers, got dtype {labels.dtype}")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         bad = labels[(labels < 0) | (labels >= n_classes)]
         raise ValueError(
-            f"{source}: labels must lie in [0, {n_classes}); found {np.unique(bad)[:10].tolist()}"
+            f"{label_source}: labels must lie in [0, {n_classes}); found {np.unique(bad)[:10].tolist()}"
         )
     return images, labels
 
@@ -87,14 +94,22 @@ def make_biased_mnist(
     rho: float,
     seed: int = 0,
     palette: str = "rebias",
+    shuffle_other_colours: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Colour grey digits so that the background colour agrees with the class a fraction rho of the time.
 
-    For every class ``y`` with ``n_y`` samples, the samples are shuffled (``seed``); the first
-    ``int(n_y * rho)`` get background colour ``y`` (bias-aligned); the remaining ``k`` are cut
-    in consecutive chunks of ``ceil(k / 9)`` that get colours ``(y+1) % 10, ..., (y+9) % 10`` in
-    that order (so late colours may get fewer samples, or none). The digit is binarised:
+    The rule of ReBias (``_update_bias_indices`` of its ``colour_mnist.py``): for every class
+    ``y`` with ``n_y`` samples, the samples are shuffled; the first ``int(n_y * rho)`` get
+    background colour ``y`` (bias-aligned); the remaining ``k`` are cut in consecutive chunks
+    of ``ceil(k / 9)`` (the last one possibly smaller), and chunk ``i`` gets colour
+    ``other[i]``, where ``other`` is the list ``(y+1) % 10, ..., (y+9) % 10`` shuffled once
+    per class. Each conflicting colour thus gets ``ceil(k / 9)`` samples, one fewer, or none,
+    and which colours those are varies with the class and the seed. The digit is binarised:
     every non-zero pixel becomes white (255, 255, 255), every zero pixel takes the colour.
+
+    Both shuffles are seeded by ``seed``, from two separate streams: the sample shuffles
+    (which samples are bias-aligned) do not depend on ``shuffle_other_colours``, and the
+    colour order of a class does not depend on the other classes.
 
     Args:
         images: ``uint8`` grey digits, shape ``(n, H, W)`` (MNIST: 28 x 28).
@@ -103,6 +118,9 @@ def make_biased_mnist(
             independent of the class (the unbiased test set), 1.0 the fully biased one.
         seed: seed of the per-class shuffles.
         palette: ``"rebias"`` (ReBias/EnD) or ``"iclr"`` (ICLR 2023 code, colour 9 changed).
+        shuffle_other_colours: ``False`` gives the chunks the colours ``y+1, ..., y+9`` in
+            that order instead of ReBias's shuffled order (the behaviour of this function
+            before it followed ReBias, kept only to reproduce data made with it).
 
     Returns:
         ``(rgb, labels, bias)``: ``rgb`` ``uint8`` of shape ``(n, 3, H, W)``, the labels as
@@ -120,6 +138,10 @@ def make_biased_mnist(
         raise ValueError(f"unknown palette {palette!r}; choose one of {sorted(PALETTES)}")
     colours = PALETTES[palette]
     rng = np.random.default_rng(seed)
+    # One permutation of the nine other colours per class, drawn for every class whether or
+    # not it has conflicting samples, from a stream of its own.
+    colour_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    offsets_per_class = [1 + colour_rng.permutation(N_COLOURS - 1) for _ in range(N_COLOURS)]
 
     bias = np.empty(labels.shape[0], dtype=np.int64)
     for y in range(N_COLOURS):
@@ -132,8 +154,8 @@ def make_biased_mnist(
         rest = idx[n_aligned:]
         if rest.size:
             chunk = math.ceil(rest.size / (N_COLOURS - 1))
-            offsets = 1 + np.arange(rest.size) // chunk
-            bias[rest] = (y + offsets) % N_COLOURS
+            offsets = offsets_per_class[y] if shuffle_other_colours else 1 + np.arange(N_COLOURS - 1)
+            bias[rest] = (y + offsets[np.arange(rest.size) // chunk]) % N_COLOURS
 
     foreground = images != 0
     rgb = np.where(

@@ -123,7 +123,7 @@ def load_mnist_idx(folder: str | os.PathLike, split: str = "train") -> tuple[np.
         raise ValueError(
             f"{label_path}: {labels.shape[0] if labels.ndim else 0} labels for {images.shape[0]} images in {image_path}"
         )
-    return validate_digits(images, labels, source=str(image_path))
+    return validate_digits(images, labels, source=str(image_path), label_source=str(label_path))
 
 
 def load_fashion_mnist(
