@@ -193,7 +193,7 @@ def test_more_than_ten_thousand_features_is_refused_unless_allowed():
         x = rng.normal(0, 1, (n, 10_001)).astype(np.float32)
         x[:, 0] = age
         return x, age, rng.choice(sites, n)
-    train, internal, external = wide(20, ["a", "b"]), wide(8, ["a", "b"]), wide(6, ["z"])
+    train, internal, external = wide(20, ["a", "b"]), wide(12, ["a", "b"]), wide(6, ["z"])
     with pytest.raises(ValueError, match="at most 10000"):
         evaluate_features(train, internal, external)
     with pytest.warns(UserWarning, match="exceed the challenge limit"):
@@ -375,6 +375,10 @@ def test_cli_evaluate_writes_scores_predictions_and_figures(evaluated):
     a, b = np.polyfit(internal["age"], internal["predicted_age"], 1)
     np.testing.assert_allclose(external["corrected_gap"], (external["predicted_age"] - b) / a - external["age"],
                                rtol=1e-8, atol=1e-8)
+    gap = scores["brain_age_gap"]
+    assert gap["slope"] == pytest.approx(a, rel=1e-6) and gap["intercept"] == pytest.approx(b, rel=1e-6)
+    assert gap["corrected_gap_stats"]["external_test"]["mean"] == pytest.approx(
+        np.mean((external["predicted_age"] - b) / a - external["age"]), abs=1e-6)
     # internal corrected gap: not the in-sample fit
     assert not np.allclose(internal["corrected_gap"], (internal["predicted_age"] - b) / a - internal["age"])
     for name in ("predicted_vs_true", "per_site_mae", "embedding_pca"):

@@ -13,6 +13,7 @@ from brainage.evaluation.brain_age_gap import (
     brain_age_gap,
     corrected_gap_from_reference,
     cross_fitted_corrected_gap,
+    held_out_gap_correction,
 )
 from brainage.evaluation.metrics import mae, pearson_r, per_site_mae, rmse
 from brainage.evaluation.protocol import (
@@ -34,6 +35,7 @@ __all__ = [
     "corrected_gap_from_reference",
     "cross_fitted_corrected_gap",
     "evaluate_features",
+    "held_out_gap_correction",
     "mae",
     "pearson_r",
     "per_site_mae",

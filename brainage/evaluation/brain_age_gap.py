@@ -11,11 +11,15 @@ downstream effect, so here it is always fitted on *other* subjects:
 - :func:`corrected_gap_from_reference` fits on a held-out calibration set (the evaluation fits
   on the internal test set and applies to the external test and training subjects);
 - :func:`cross_fitted_corrected_gap` fits, for each of K folds of one set, on the other K - 1
-  folds (used for the internal test set itself).
+  folds (used for the internal test set itself);
+- :func:`held_out_gap_correction` applies both to the three evaluation splits and summarises
+  the result (what :func:`~brainage.evaluation.protocol.evaluate_features` returns under
+  ``brain_age_gap``).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +30,7 @@ __all__ = [
     "AgeBiasCorrection",
     "corrected_gap_from_reference",
     "cross_fitted_corrected_gap",
+    "held_out_gap_correction",
 ]
 
 
@@ -127,3 +132,85 @@ def cross_fitted_corrected_gap(
         corr = AgeBiasCorrection(min_slope=min_slope).fit(a[fit_idx], p[fit_idx])
         out[apply_idx] = corr.corrected_gap(p[apply_idx], a[apply_idx])
     return out
+
+
+GAP_SPLITS = ("train", "internal_test", "external_test")
+
+
+def _mean_std(values: np.ndarray) -> dict[str, float | None]:
+    finite = bool(values.size) and bool(np.isfinite(values).all())
+    return {
+        "mean": float(np.mean(values)) if finite else None,
+        "std": float(np.std(values, ddof=1)) if finite and values.size > 1 else None,
+    }
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson r, None when undefined (a NaN entry, a constant vector, fewer than 2 values)."""
+    if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return None
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = np.sqrt(np.sum(xc * xc) * np.sum(yc * yc))
+    return float(np.clip(np.sum(xc * yc) / denom, -1.0, 1.0)) if denom > 0 else None
+
+
+def held_out_gap_correction(
+    age: dict[str, Sequence[float]],
+    predicted: dict[str, Sequence[float]],
+    n_splits: int = 5,
+    random_state: int = 0,
+    min_slope: float = 0.05,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Age-bias-corrected gaps of the three evaluation splits and their summary.
+
+    The correction line is fitted on the internal test set (held out from the age probe) and
+    never on the subjects it corrects:
+
+    - ``external_test`` and ``train`` subjects: line fitted on the whole internal test set;
+    - ``internal_test`` subjects: :func:`cross_fitted_corrected_gap` over ``n_splits`` folds.
+
+    If the correction is undefined (too few internal subjects for the cross-fitting, or a slope
+    below ``min_slope``), a ``UserWarning`` is issued, every corrected gap is NaN and the reason
+    is stored under ``"error"``.
+
+    Args:
+        age, predicted: ``{split: (n,) years}`` for ``train``, ``internal_test``, ``external_test``.
+
+    Returns:
+        ``(corrected, summary)``: ``corrected`` maps each split to its corrected gaps (n,);
+        ``summary`` (JSON-ready) holds ``slope``, ``intercept``, ``n_calibration`` of the line
+        fitted on the whole internal test set, ``gap_stats`` and ``corrected_gap_stats`` (per
+        split ``mean`` and sample ``std``, ddof=1, years; None where undefined) and
+        ``gap_age_r`` (per split the Pearson r of the gap with age, ``raw`` and ``corrected``).
+    """
+    a = {s: np.asarray(age[s], dtype=float).ravel() for s in GAP_SPLITS}
+    p = {s: np.asarray(predicted[s], dtype=float).ravel() for s in GAP_SPLITS}
+    corrected: dict[str, np.ndarray] = {}
+    summary: dict = {
+        "gap": "predicted - true age (years), Ridge probe",
+        "correction": "predicted = slope * age + intercept; corrected = (predicted - intercept) / slope",
+        "fitted_on": {
+            "external_test": "internal_test (all subjects)",
+            "train": "internal_test (all subjects)",
+            "internal_test": f"internal_test, cross-fitted over {n_splits} folds (never the subject's own fold)",
+        },
+    }
+    try:
+        for split in ("external_test", "train"):
+            corrected[split], corr = corrected_gap_from_reference(
+                a["internal_test"], p["internal_test"], a[split], p[split], min_slope=min_slope)
+        corrected["internal_test"] = cross_fitted_corrected_gap(
+            a["internal_test"], p["internal_test"], n_splits=n_splits, random_state=random_state,
+            min_slope=min_slope)
+        summary.update(slope=corr.slope_, intercept=corr.intercept_, n_calibration=corr.n_calibration_)
+    except ValueError as err:
+        warnings.warn(f"age-bias correction skipped: {err}", UserWarning, stacklevel=3)
+        summary["error"] = str(err)
+        corrected = {s: np.full(a[s].shape, np.nan) for s in GAP_SPLITS}
+    raw = {s: brain_age_gap(p[s], a[s]) for s in GAP_SPLITS}
+    summary["gap_stats"] = {s: _mean_std(raw[s]) for s in GAP_SPLITS}
+    summary["corrected_gap_stats"] = {s: _mean_std(corrected[s]) for s in GAP_SPLITS}
+    summary["gap_age_r"] = {
+        s: {"raw": _corr(a[s], raw[s]), "corrected": _corr(a[s], corrected[s])} for s in GAP_SPLITS
+    }
+    return corrected, summary

@@ -46,14 +46,26 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _site_colors(sites: Sequence[str]) -> dict[str, tuple]:
+def _site_colors(n: int) -> list[tuple]:
+    """``n`` colours for sorted site indices: tab20 up to 20 sites, else sampled from turbo."""
     from matplotlib import colormaps
 
-    names = sorted(set(sites))
-    cmap = colormaps["tab20" if len(names) <= 20 else "turbo"]
-    if len(names) <= 20:
-        return {s: cmap(i % 20) for i, s in enumerate(names)}
-    return {s: cmap(i / max(len(names) - 1, 1)) for i, s in enumerate(names)}
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](i / max(n - 1, 1)) for i in range(n)]
+
+
+def site_order(sites: Mapping[str, Sequence[str] | None]) -> tuple[list[str], list[str]]:
+    """Colour order of the embedding figure: ``(seen, external_only)`` site labels.
+
+    ``seen``: sorted sites of every split but ``external_test``; ``external_only``: sorted
+    sites found only in ``external_test``. A site's index in ``seen + external_only`` is its
+    position on the figure's colour bar.
+    """
+    seen = sorted({str(v) for n, s in sites.items() if n != "external_test" and s is not None for v in s})
+    ext = sites.get("external_test")
+    external_only = sorted({str(v) for v in ext} - set(seen)) if ext is not None else []
+    return seen, external_only
 
 
 def plot_predicted_vs_true(
@@ -123,7 +135,11 @@ def plot_embedding(
     """2-D projection of the features, coloured by site, one marker per split.
 
     PCA is fitted on the training features and applied to every split; t-SNE embeds the
-    (sub-sampled to ``max_points``) union of the splits.
+    (sub-sampled to ``max_points``) union of the splits. Colours follow :func:`site_order`
+    (sites of train / internal test sorted, then the sites found only in the external test
+    set), keyed by a colour bar with the site labels as ticks (every k-th when they do not
+    all fit, external-only ones in red below a line). External-test subjects are drawn as
+    larger black-edged squares; a legend above the axes names the split markers.
 
     Args:
         features: ``{split: (n, p) features}``.
@@ -139,6 +155,7 @@ def plot_embedding(
         for n, b in zip(names, blocks)
     ]
     split_of = np.concatenate([np.full(len(b), n) for n, b in zip(names, blocks)])
+    has_site = np.concatenate([np.full(len(b), sites.get(n) is not None) for n, b in zip(names, blocks)])
     x = np.concatenate(blocks)
     site_of = np.concatenate(labels)
     rng = np.random.default_rng(random_state)
@@ -158,24 +175,73 @@ def plot_embedding(
         perplexity = float(min(30.0, max(2.0, (len(keep) - 1) / 3)))
         emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state).fit_transform(x[keep])
         axis = ["t-SNE 1", "t-SNE 2"]
-    split_of, site_of = split_of[keep], site_of[keep]
-    colors = _site_colors(site_of)
-    fig, (ax,) = _figure(7.0, 5.5)
+    split_of, site_of, has_site = split_of[keep], site_of[keep], has_site[keep]
+    seen, external_only = site_order(sites)
+    order = seen + external_only
+    n_sites = len(order)
+    index = {name: i for i, name in enumerate(order)}
+    site_idx = np.array([index[v] if ok else -1 for v, ok in zip(site_of, has_site)])  # -1: no site label
+
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.lines import Line2D
+
+    height = 5.5 if n_sites <= 40 else 6.5
+    fig, (ax,) = _figure(7.5, height)
+    if n_sites <= 20:
+        palette = _site_colors(max(n_sites, 1))
+    else:  # seen sites along turbo; the few unseen ones in distinct qualitative colours
+        from matplotlib import colormaps
+
+        palette = _site_colors(len(seen)) + [colormaps["tab10"](i % 10) for i in range(len(external_only))]
+    cmap = ListedColormap(palette)
+    norm = BoundaryNorm(np.arange(max(n_sites, 1) + 1) - 0.5, cmap.N)
+    handles = []
     for name in names:
+        external = name == "external_test"
         marker = SPLIT_STYLE.get(name, {}).get("marker", "o")
+        # external-test subjects (unseen sites): bigger markers with a black edge
+        edge = dict(s=22, edgecolors="k", linewidths=0.6) if external else dict(s=10, linewidths=0)
         sel = split_of == name
-        ax.scatter(emb[sel, 0], emb[sel, 1], s=10, marker=marker, alpha=0.7,
-                   c=[colors[s] for s in site_of[sel]], linewidths=0)
-    for name in names:
-        marker = SPLIT_STYLE.get(name, {}).get("marker", "o")
-        ax.scatter([], [], marker=marker, color="k", label=SPLIT_NAMES.get(name, name))
-    if len(colors) <= 20:
-        for s, c in colors.items():
-            ax.scatter([], [], marker="o", color=c, label=f"site {s}")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+        labelled = sel & (site_idx >= 0)
+        if labelled.any():
+            ax.scatter(emb[labelled, 0], emb[labelled, 1], marker=marker, alpha=0.8, c=site_idx[labelled],
+                       cmap=cmap, norm=norm, zorder=3 if external else 2, **edge)
+        if (sel & (site_idx < 0)).any():
+            unl = sel & (site_idx < 0)
+            ax.scatter(emb[unl, 0], emb[unl, 1], marker=marker, alpha=0.8, color="0.55",
+                       zorder=3 if external else 2, **edge)
+        handles.append(Line2D([], [], ls="", marker=marker, markersize=6 if external else 5,
+                              markerfacecolor="0.75", markeredgecolor="k" if external else "0.75",
+                              markeredgewidth=0.8 if external else 0,
+                              label=SPLIT_NAMES.get(name, name) + (" (unseen sites)" if external else "")))
+    if (site_idx < 0).any():
+        handles.append(Line2D([], [], ls="", marker="o", markersize=5, color="0.55", label="no site label"))
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=7,
+              frameon=False, handletextpad=0.2, columnspacing=1.0)
+    if n_sites:
+        cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.05, pad=0.02,
+                            aspect=40)
+        # one tick label per site where they fit (~8 pt each), else every k-th
+        step = max(1, int(np.ceil(n_sites / max(1, int((height - 1.4) * 72 / 8)))))
+        ticks = list(range(0, n_sites, step))
+        cbar.set_ticks(ticks)
+        cbar.set_ticklabels([order[i][:14] for i in ticks], fontsize=6)
+        for tick, i in zip(cbar.ax.get_yticklabels(), ticks):
+            if i >= len(seen):
+                tick.set_color("tab:red")
+        if external_only:
+            cbar.ax.axhline(len(seen) - 0.5, color="k", lw=1.5)
+        label = "site (sorted" + (f"; 1 label in {step}" if step > 1 else "") + ")"
+        if external_only:
+            label += "; red, below the line: external-test sites"
+        cbar.set_label(label, fontsize=7)
+        cbar.ax.invert_yaxis()
     ax.set_xlabel(axis[0])
     ax.set_ylabel(axis[1])
-    ax.set_title(title or f"Feature embedding ({method.upper()}), coloured by site ({len(colors)} sites)")
+    what = f"{len(seen)} train/internal" + (f" + {len(external_only)} external" if external_only else "")
+    shown = "PCA" if method == "pca" else "t-SNE"
+    ax.set_title(title or f"Feature embedding ({shown}) coloured by site ({what} sites)", fontsize=10, pad=18)
     return _save(fig, path)
 
 
@@ -202,21 +268,37 @@ def plot_table_summary(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
 def plot_tradeoff(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """BAcc (%) vs Ext. MAE per method with iso-L_c curves: lower-left is better."""
-    fig, (ax,) = _figure(5.5, 4.5)
-    b = table["bacc_pct_mean"].to_numpy()
-    e = table["ext_mae_mean"].to_numpy()
-    ax.errorbar(b, e, xerr=table["bacc_pct_std"].fillna(0.0), yerr=table["ext_mae_std"].fillna(0.0),
-                fmt="o", capsize=3)
-    for name, xi, yi in zip(table["method"], b, e):
-        ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    """BAcc (%) vs Ext. MAE per method with iso-L_c curves: lower-left is better.
+
+    One colour and marker per method, named in the legend; error bars: one sample std.
+    """
+    from matplotlib import colormaps
+
+    fig, (ax,) = _figure(7.0, 4.5)
+    b = table["bacc_pct_mean"].to_numpy(dtype=float)
+    e = table["ext_mae_mean"].to_numpy(dtype=float)
+    bs = table["bacc_pct_std"].fillna(0.0).to_numpy(dtype=float)
+    es = table["ext_mae_std"].fillna(0.0).to_numpy(dtype=float)
+    methods = [str(m) for m in table["method"]]
+    models = [str(m) for m in table["model"]] if "model" in table else [""] * len(table)
+    # the model is named only where one method appears with several models
+    labels = [f"{m} ({mod})" if methods.count(m) > 1 and mod else m for m, mod in zip(methods, models)]
+    palette = colormaps["tab10"]
+    for i, (name, xi, yi, xs, ys) in enumerate(zip(labels, b, e, bs, es)):
+        ax.errorbar([xi], [yi], xerr=[xs], yerr=[ys], fmt=METHOD_MARKERS[i % len(METHOD_MARKERS)],
+                    color=palette(i % 10), markersize=7, capsize=3, label=name)
     bx = np.linspace(max(min(b.min() * 0.8, b.min() - 1), 0.1), max(b.max() * 1.2, b.max() + 1), 200)
     levels = np.quantile(table["challenge_score_mean"].to_numpy(), [0.0, 0.5, 1.0])
     for lc in np.unique(np.round(levels, 3)):
-        ax.plot(bx, lc / (bx / 100.0) ** 0.3, color="0.7", lw=0.8, ls=":")
+        ax.plot(bx, lc / (bx / 100.0) ** 0.3, color="0.7", lw=0.8, ls=":", zorder=0)
         ax.annotate(f"L_c={lc:.2f}", (bx[-1], lc / (bx[-1] / 100.0) ** 0.3), fontsize=7, color="0.4")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="method",
+              title_fontsize=8)
     ax.set_xlabel("BAcc of the site probe (%), internal test")
     ax.set_ylabel("Ext. MAE (years)")
-    ax.set_title("Site leakage vs external error")
+    ax.set_title("Site leakage vs external error (lower left is better)", fontsize=10)
     return _save(fig, path)

@@ -1,8 +1,9 @@
 """One evaluation run: feature folder -> scores.json, predictions.csv and figures.
 
 This is what ``brainage evaluate`` executes. Besides the challenge scores it writes, per
-subject, the predicted age, the brain-age gap and the age-bias-corrected gap. The correction
-line is never fitted on the subjects it corrects:
+subject, the predicted age, the brain-age gap and the age-bias-corrected gap, all as returned
+by :func:`~brainage.evaluation.protocol.evaluate_features`. The correction line is never
+fitted on the subjects it corrects:
 
 - external test and training subjects: fitted on the whole internal test set;
 - internal test subjects: cross-fitted over ``bias_cv`` folds of the internal test set.
@@ -16,20 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from brainage.evaluation.brain_age_gap import (
-    brain_age_gap,
-    corrected_gap_from_reference,
-    cross_fitted_corrected_gap,
-)
+from brainage.evaluation.brain_age_gap import brain_age_gap
 from brainage.evaluation.features import SPLITS, FeatureSplit, load_feature_dir
-from brainage.evaluation.metrics import mae, pearson_r
+from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.io import save_json, save_table
 
@@ -102,6 +98,7 @@ def evaluate_folds(
     folds: Mapping[str, Mapping[str, Sequence[str]]],
     settings: ProbeSettings | None = None,
     allow_over_limit: bool = False,
+    bias_cv: int = 5,
 ) -> list[dict[str, Any]]:
     """Run the protocol once per fold; subjects are looked up by participant id in every split."""
     index, x, age, site = _stack(splits)
@@ -118,48 +115,11 @@ def evaluate_folds(
             sites = site[rows] if split != "external_test" or (site[rows] != "").all() else None
             triples.append((x[rows], age[rows], sites))
         res = evaluate_features(*triples, settings=settings, allow_over_limit=allow_over_limit,
-                                names=[f"fold {name} {s}" for s in SPLITS])
+                                names=[f"fold {name} {s}" for s in SPLITS], bias_cv=bias_cv)
         res.pop("predictions")
         res["fold"] = name
         results.append(res)
     return results
-
-
-def _gap_columns(
-    splits: Mapping[str, FeatureSplit], preds: Mapping[str, np.ndarray], bias_cv: int, random_state: int
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Corrected gaps per split and a summary for scores.json."""
-    ref = splits["internal_test"]
-    corrected: dict[str, np.ndarray] = {}
-    summary: dict[str, Any] = {
-        "gap": "predicted - true age (years), Ridge probe",
-        "correction": "predicted = slope * age + intercept; corrected = (predicted - intercept) / slope",
-        "fitted_on": {
-            "external_test": "internal_test (all subjects)",
-            "train": "internal_test (all subjects)",
-            "internal_test": f"internal_test, cross-fitted over {bias_cv} folds (never the subject's own fold)",
-        },
-    }
-    try:
-        for split in ("external_test", "train"):
-            corrected[split], corr = corrected_gap_from_reference(
-                ref.age, preds["internal_test"], splits[split].age, preds[split])
-        corrected["internal_test"] = cross_fitted_corrected_gap(
-            ref.age, preds["internal_test"], n_splits=bias_cv, random_state=random_state)
-        summary.update(slope=corr.slope_, intercept=corr.intercept_, n_calibration=corr.n_calibration_)
-    except ValueError as err:
-        warnings.warn(f"age-bias correction skipped: {err}", UserWarning, stacklevel=2)
-        summary["error"] = str(err)
-        corrected = {s: np.full(len(splits[s]), np.nan) for s in SPLITS}
-    summary["gap_age_r"] = {
-        split: {
-            "raw": pearson_r(splits[split].age, brain_age_gap(preds[split], splits[split].age)),
-            "corrected": pearson_r(splits[split].age, corrected[split])
-            if np.isfinite(corrected[split]).all() else None,
-        }
-        for split in SPLITS
-    }
-    return corrected, summary
 
 
 def run_evaluation(
@@ -194,12 +154,13 @@ def run_evaluation(
         settings=settings,
         allow_over_limit=allow_over_limit,
         names=[str(splits[s].path) for s in SPLITS],
+        bias_cv=bias_cv,
     )
     preds_raw = res.pop("predictions")
     preds = {"train": preds_raw["train_oof"], "internal_test": preds_raw["internal"],
              "external_test": preds_raw["external"]}
+    corrected = preds_raw["corrected_gap"]
     rs = settings.random_state if settings.random_state is not None else 0
-    corrected, gap_summary = _gap_columns(splits, preds, bias_cv, rs)
 
     scores: dict[str, Any] = {
         "method": method,
@@ -209,7 +170,6 @@ def run_evaluation(
         "details": details,
         "features_dir": str(features_dir),
         **res,
-        "brain_age_gap": gap_summary,
     }
     if all(splits[s].prediction is not None for s in ("internal_test", "external_test")):
         scores["head"] = {
@@ -218,7 +178,8 @@ def run_evaluation(
             "ext_mae": mae(splits["external_test"].age, splits["external_test"].prediction),
         }
     if folds:
-        fold_scores = evaluate_folds(splits, folds, settings=settings, allow_over_limit=allow_over_limit)
+        fold_scores = evaluate_folds(splits, folds, settings=settings, allow_over_limit=allow_over_limit,
+                                     bias_cv=bias_cv)
         scores["folds"] = fold_scores
         scores["folds_summary"] = {
             key: {"mean": float(np.mean([f[key] for f in fold_scores])),

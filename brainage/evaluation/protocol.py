@@ -49,6 +49,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV, cross_val_predict
 
+from brainage.evaluation.brain_age_gap import held_out_gap_correction
 from brainage.evaluation.metrics import mae, pearson_r, per_site_mae, rmse
 
 __all__ = [
@@ -218,6 +219,7 @@ def evaluate_features(
     settings: ProbeSettings | None = None,
     allow_over_limit: bool = False,
     names: Sequence[str] = ("train", "internal_test", "external_test"),
+    bias_cv: int = 5,
 ) -> dict[str, Any]:
     """Score frozen features exactly as the OpenBHB challenge does.
 
@@ -227,6 +229,7 @@ def evaluate_features(
         settings: probe settings; the default is the challenge's.
         allow_over_limit: accept more than 10,000 feature columns (warns; not the challenge).
         names: labels of the three splits in error messages (e.g. their file names).
+        bias_cv: folds for cross-fitting the internal test set's age-bias correction.
 
     Returns:
         A dict with ``int_mae``, ``bacc`` (fraction), ``ext_mae``, ``challenge_score``,
@@ -234,8 +237,14 @@ def evaluate_features(
         ``ext_per_site_mae`` (None without external sites), ``bacc_chance`` (1 / number of
         training sites), ``alpha``, ``C``, the probes' cross-validated scores, counts, the
         settings, and ``predictions``: ``internal``, ``external`` (Ridge probe, years),
-        ``train_oof`` (out-of-fold Ridge predictions at the selected alpha, same folds) and
-        ``internal_site`` (site probe).
+        ``train_oof`` (out-of-fold Ridge predictions at the selected alpha, same folds),
+        ``internal_site`` (site probe) and ``corrected_gap`` (``{split: (n,)}``, the
+        age-bias-corrected gaps). ``brain_age_gap`` summarises the gap and its age-bias
+        correction (:func:`~brainage.evaluation.brain_age_gap.held_out_gap_correction`: line
+        fitted on the internal test set, cross-fitted over ``bias_cv`` folds for the internal
+        subjects themselves, folds shuffled with the settings' ``random_state`` or 0): slope,
+        intercept, mean and std of the raw and corrected gaps per split, and their correlation
+        with age. When the correction is undefined it warns and the corrected gaps are NaN.
 
     Raises:
         ValueError: bad input (see :func:`check_features`), a training set with one site,
@@ -305,6 +314,13 @@ def evaluate_features(
     refit = site.best_estimator_
     converged = bool(np.all(np.asarray(refit.n_iter_) < s.max_iter))
 
+    corrected_gap, gap_summary = held_out_gap_correction(
+        {"train": y_tr, "internal_test": y_in, "external_test": y_ex},
+        {"train": pred_tr_oof, "internal_test": pred_in, "external_test": pred_ex},
+        n_splits=int(bias_cv),
+        random_state=s.random_state if s.random_state is not None else 0,
+    )
+
     ext_mae = mae(y_ex, pred_ex)
     return {
         "int_mae": mae(y_in, pred_in),
@@ -333,10 +349,12 @@ def evaluate_features(
         "n_features": int(p),
         "challenge_protocol": bool(s.is_challenge and not over),
         "probe_settings": s.to_dict(),
+        "brain_age_gap": gap_summary,
         "predictions": {
             "train_oof": pred_tr_oof,
             "internal": pred_in,
             "external": pred_ex,
             "internal_site": np.asarray(site_in).astype(str),
+            "corrected_gap": corrected_gap,
         },
     }

@@ -116,7 +116,12 @@ def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         label = rec.get("label") or METHOD_LABELS.get(method, method)
         if rec.get("details"):
             label = f"{label} ({rec['details']})"
-        base = dict(method_id=method, label=label, seed=seed, model=rec.get("model") or "", path=str(path))
+        probe = rec.get("probe_settings")
+        # saga's seed: "0", ... ; "none" when unseeded (as the kit); "" when not recorded
+        saga = "" if not isinstance(probe, Mapping) or "random_state" not in probe else (
+            "none" if probe["random_state"] is None else str(probe["random_state"]))
+        base = dict(method_id=method, label=label, seed=seed, model=rec.get("model") or "", path=str(path),
+                    saga_random_state=saga)
         if rec.get("folds"):
             rows.extend(_replicate(f, fold=f.get("fold"), **base) for f in rec["folds"])
         else:
@@ -225,6 +230,18 @@ def harmonization_note(meta_path: str | os.PathLike | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _saga_clause(replicates: pd.DataFrame) -> str:
+    """How the site probe's saga solver was seeded, against the RAMP kit (which does not seed it)."""
+    values = set(replicates["saga_random_state"]) - {""} if "saga_random_state" in replicates else set()
+    if not values:
+        return ""
+    seeded = sorted(v for v in values if v != "none")
+    if not seeded:
+        return "; saga unseeded, as in the RAMP kit"
+    text = f"; saga seeded (random_state {', '.join(seeded)}) while the RAMP kit leaves it unseeded"
+    return text + (" (some runs unseeded)" if "none" in values else "")
+
+
 def write_table(
     replicates: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -259,7 +276,8 @@ def write_table(
     chance = agg["bacc_chance_pct_mean"]
     notes = [
         "Computed by `brainage evaluate` (OpenBHB protocol: Ridge and saga LogisticRegression "
-        "probes, 5-fold grid searches, fitted on the training features only, no standardisation).",
+        "probes, 5-fold grid searches, fitted on the training features only, no standardisation"
+        f"{_saga_clause(replicates)}).",
         "Cells: mean ± sample standard deviation over replicates (no ± with one replicate). "
         "L_c = BAcc^0.3 × Ext. MAE per replicate, then averaged. Lower is better for every column.",
         f"Replicates: {reps}.",

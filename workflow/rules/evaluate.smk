@@ -40,6 +40,22 @@ EVAL_OPTIONS = " ".join(
 )
 
 
+# The t-SNE figure exists only when the config asks for it (`evaluation.tsne`, option --tsne).
+EVAL_TSNE_OUTPUT = (
+    {
+        "embedding_tsne": report(
+            f"{RESULTS}/evaluation/{{method}}/seed{{seed}}/figures/embedding_tsne.png",
+            caption="../report/evaluation_run.rst",
+            category="OpenBHB evaluation",
+            subcategory="{method}",
+            labels={"method": "{method}", "seed": "{seed}", "figure": "t-SNE embedding by site"},
+        )
+    }
+    if EVAL["tsne"]
+    else {}
+)
+
+
 rule evaluate:
     input:
         unpack(lambda wc: {s: features_path(wc.method, wc.seed, s) for s in CACHE_SPLITS}),
@@ -67,6 +83,7 @@ rule evaluate:
             subcategory="{method}",
             labels={"method": "{method}", "seed": "{seed}", "figure": "PCA embedding by site"},
         ),
+        **EVAL_TSNE_OUTPUT,
     params:
         features=lambda wildcards, input: os.path.dirname(input.train),
         out=lambda wildcards, output: os.path.dirname(output.scores),
