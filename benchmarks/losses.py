@@ -16,8 +16,10 @@ plus backward pass on random unit-norm features and ages in [20, 80] years.
 - peak memory, CUDA: increase of ``torch.cuda.max_memory_allocated`` during the first run.
 
 The direct L^thr materialises the ``(N, N, N)`` threshold mask, as the public reference code does;
-it is skipped when its estimated footprint exceeds the memory available, and the reason is printed.
-Its value is compared with the sorted O(N^2)-memory implementation where both run.
+it is skipped when its estimated footprint exceeds the memory available (or runs out of CUDA
+memory), and the reason is printed. The chunked direct form does the same O(N^3) work on blocks of
+anchors with activation checkpointing, so its memory is O(chunk x N^2) and the time ratio is printed
+at every N. Both are compared with the sorted O(N^2)-memory implementation.
 """
 
 from __future__ import annotations
@@ -51,23 +53,47 @@ DIM = 128
 MIN_TIMED_SECONDS = 0.5
 MAX_REPEATS = 20
 DIRECT = "thr-paper-direct-O(N^3)"
+CHUNKED = "thr-paper-direct-chunked"
+ANCHOR_CHUNK = 64
 LOSSES = [f"{m}-{f}" for m in ("yaware", "thr", "exp") for f in ("paper", "reference")] + [
-    "supcon", "epsilon-supinfonce", "fairkl-paper", "fairkl-reference", "end", DIRECT]
+    "supcon", "epsilon-supinfonce", "fairkl-paper", "fairkl-reference", "end", DIRECT, CHUNKED]
 
 
-def direct_threshold(features: torch.Tensor, ages: torch.Tensor, sigma: float = 2.0, tau: float = 0.1) -> torch.Tensor:
-    """Paper L^thr computed directly with an (N, N, N) mask: T(i, k) = {t != i : w_it < w_ik}."""
+def _direct_logprob(s: torch.Tensor, w: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Rows ``rows`` of log(e^s_ik / (e^s_ik + sum_{t in T(i, k)} e^s_it)), T(i, k) = {t != i : w_it < w_ik}."""
+    n = s.shape[0]
+    idx = torch.arange(n, device=s.device)[rows]
+    s_r, w_r = s[rows], w[rows]
+    off = idx[:, None] != torch.arange(n, device=s.device)[None, :]
+    shift = s_r.max(dim=1, keepdim=True).values.detach()
+    es = torch.exp(s_r - shift)
+    below = (w_r[:, None, :] < w_r[:, :, None]) & off[:, None, :]
+    repulsion = torch.where(below, es[:, None, :], torch.zeros((), dtype=s.dtype, device=s.device)).sum(-1)
+    return (s_r - shift) - torch.log(es + repulsion)
+
+
+def direct_threshold(features: torch.Tensor, ages: torch.Tensor, sigma: float = 2.0, tau: float = 0.1,
+                     chunk: int | None = None) -> torch.Tensor:
+    """Paper L^thr computed directly with the (N, N, N) threshold mask, whole or ``chunk`` anchors at a time.
+
+    With ``chunk`` each block is checkpointed (recomputed in the backward pass), so the peak is
+    O(chunk x N^2) while the work stays O(N^3).
+    """
     batch, views, dim = features.shape
     z = features.transpose(0, 1).reshape(views * batch, dim)
     s = z @ z.T / tau
     w = age_kernel(ages, "rbf", sigma).repeat(views, views)
-    off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-    shift = s.max(dim=1, keepdim=True).values.detach()
-    es = torch.exp(s - shift)
-    below = (w[:, None, :] < w[:, :, None]) & off[:, None, :]
-    repulsion = torch.where(below, es[:, None, :], torch.zeros((), dtype=s.dtype, device=s.device)).sum(-1)
-    logprob = (s - shift) - torch.log(es + repulsion)
-    w_pos = w * off
+    n = s.shape[0]
+    if chunk is None:
+        logprob = _direct_logprob(s, w, slice(0, n))
+    else:
+        from torch.utils.checkpoint import checkpoint
+
+        logprob = torch.cat([
+            checkpoint(_direct_logprob, s, w, slice(start, start + chunk), use_reentrant=False)
+            for start in range(0, n, chunk)
+        ])
+    w_pos = w * ~torch.eye(n, dtype=torch.bool, device=s.device)
     coef = w_pos / w_pos.sum(dim=1, keepdim=True)
     return -(coef * logprob).sum(dim=1).mean()
 
@@ -97,6 +123,8 @@ def make_call(name: str, n: int, device: str):
     bias = torch.randint(0, 2, (batch,), generator=gen).to(device)
     if name == DIRECT:
         return (lambda: direct_threshold(feats, ages)), feats
+    if name == CHUNKED:
+        return (lambda: direct_threshold(feats, ages, chunk=ANCHOR_CHUNK)), feats
     if name.split("-")[0] in {"yaware", "thr", "exp"}:
         method, formulation = name.split("-")
         loss = KernelizedContrastiveLoss(method, "rbf", sigma=2.0, temperature=0.1, formulation=formulation)
@@ -153,9 +181,14 @@ def warm_up(device: str) -> None:
         measure(name, 8, device, repeats=0)
 
 
-def run_cell(name: str, n: int, device: str, repeats: int) -> dict:
+def run_cell(name: str, n: int, device: str, repeats: int) -> dict | None:
+    """One cell's result, or None when CUDA ran out of memory."""
     if device == "cuda":
-        return measure(name, n, device, repeats)
+        try:
+            return measure(name, n, device, repeats)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return None
     cmd = [sys.executable, __file__, "--child", name, str(n), str(repeats)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if out.returncode != 0:
@@ -199,8 +232,11 @@ def main() -> None:
                           f"GiB for the N^3 mask, {available_bytes(device) / 2**30:.1f} GiB available")
                     continue
                 r = run_cell(name, n, device, args.repeats)
+                if r is None:
+                    print(f"{device:<6} {n:>5}  {name:<26} {'skipped':>10} {'':>11}  out of CUDA memory")
+                    continue
                 results[name] = r
-                if name == DIRECT and "thr-paper" in results:
+                if name in (DIRECT, CHUNKED) and "thr-paper" in results:
                     ref = results["thr-paper"]
                     diff = abs(r["value"] - ref["value"]) / max(abs(ref["value"]), 1e-12)
                     memory = (f"{r['peak_mib'] / ref['peak_mib']:.1f}x less memory" if ref["peak_mib"] >= 1.0

@@ -56,6 +56,17 @@ def test_epsilon_hand_computed() -> None:
     assert value.item() == pytest.approx(expected, rel=1e-12)
 
 
+def test_epsilon_hand_computed_two_views() -> None:
+    # The two-view batch of the SupCon test: each anchor's positive is its other view (s = 6),
+    # its negatives the other sample's two views, so L_i = -(6 - log(e^(6 - eps) + sum_n e^(s_in))).
+    eps = 0.4
+    feats = torch.tensor([[[1.0, 0.0], [0.6, 0.8]], [[0.0, 1.0], [-0.8, 0.6]]], dtype=torch.float64)
+    others = {0: (0.0, -8.0), 1: (0.0, 8.0), 2: (8.0, 0.0), 3: (-8.0, 0.0)}
+    expected = sum(-(6.0 - lse(6.0 - eps, *o)) for o in others.values()) / 4
+    value = EpsilonSupInfoNCE(epsilon=eps, temperature=TAU)(feats, torch.tensor([0, 1]))
+    assert value.item() == pytest.approx(expected, rel=1e-12)
+
+
 def test_epsilon_anchor_without_negative_contributes_epsilon() -> None:
     # One class only: log(exp(s) / exp(s - eps)) = eps for every positive, so every L_i = -eps.
     feats = F.normalize(torch.randn(4, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=-1)

@@ -189,14 +189,15 @@ def test_half_precision_inputs_reduce_in_float32(name: str, dtype: torch.dtype) 
     assert value.item() == pytest.approx(reference.item(), rel=0.05, abs=0.05)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", NAMES)
-def test_cpu_autocast_bfloat16(name: str) -> None:
+def test_cpu_autocast(name: str, dtype: torch.dtype) -> None:
     fn = make_loss(name)
     _, ages, labels, bias = random_batch(8, 2, 16, seed=3)
     torch.manual_seed(0)
     head = torch.nn.Linear(10, 16)
     inputs = torch.randn(8, 2, 10)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         value = fn(F.normalize(head(inputs), dim=-1), ages.float(), labels, bias)
     assert value.dtype == torch.float32 and torch.isfinite(value)
     value.backward()
@@ -220,6 +221,10 @@ def test_not_unit_norm_is_an_error(name: str) -> None:
     bad[0, 0, 0] = math.nan
     with pytest.raises(ValueError, match="L2-normalised"):
         make_loss(name)(bad, ages, labels, bias)
+    second = feats.clone()
+    second[:, 1] *= 1.5  # a view the reference FairKL ignores is still checked
+    with pytest.raises(ValueError, match="L2-normalised"):
+        make_loss(name)(second, ages, labels, bias)
 
 
 def test_unit_norm_tolerance_depends_on_dtype() -> None:

@@ -12,6 +12,7 @@ from ._common import (
     check_class_labels,
     check_features,
     check_positive,
+    check_unit_norm,
     class_equality,
     class_similarities,
     full_precision,
@@ -113,6 +114,7 @@ class FairKL(nn.Module):
             raise ValueError(f"FairKL needs class labels of shape ({batch},), got None")
         check_class_labels(labels, batch, "labels", features.shape)
         check_class_labels(bias, batch, "bias", features.shape)
+        check_unit_norm(features)  # every view, also those the reference formulation ignores
         used = features[:, :1] if self.formulation == "reference" else features
         s, off, same = class_similarities(used, labels, self.temperature)
         aligned = class_equality(bias, batch, used.shape[1], s.device)
