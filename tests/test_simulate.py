@@ -219,23 +219,38 @@ def test_ridge_on_vbm_voxels_beats_the_mean_predictor(arrays):
     assert r > 0.2
 
 
-def test_site_classifier_on_raw_voxels_far_above_chance(arrays):
+def _site_accuracy(ds, x):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    ds, _, qr = arrays
     t = ds.participants
     site = t["siteXacq"].to_numpy()
     tr, te = (t["split"] == "train").to_numpy(), (t["split"] == "internal_test").to_numpy()
-    x = qr[:, ::8]
     with threadpool_limits(1):
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x[tr], site[tr])
         acc = (clf.predict(x[te]) == site[te]).mean()
     chance = 1.0 / len(set(site[tr]))
     majority = (site[te] == pd.Series(site[tr]).mode()[0]).mean()
-    print(f"site accuracy {acc:.3f}, chance {chance:.3f}, majority class {majority:.3f}")
+    return acc, chance, majority
+
+
+def test_site_classifier_on_raw_voxels_far_above_chance(arrays):
+    ds, _, qr = arrays
+    acc, chance, majority = _site_accuracy(ds, qr[:, ::8])
+    print(f"quasi-raw: site accuracy {acc:.3f}, chance {chance:.3f}, majority class {majority:.3f}")
     assert acc > max(0.5, 5 * chance, 3 * majority)
+
+
+def test_site_classifier_on_vbm_voxels_far_above_chance(arrays):
+    # The modulated GM maps carry less site signal than the quasi-raw T1 (as after CAT12's
+    # segmentation): measured 0.47 here, against 0.067 chance and 0.125 for the majority
+    # class. The multiples of chance and majority are the quasi-raw test's; its 0.5 floor is
+    # not applied to VBM.
+    ds, vbm, _ = arrays
+    acc, chance, majority = _site_accuracy(ds, vbm[:, ::2])
+    print(f"vbm: site accuracy {acc:.3f}, chance {chance:.3f}, majority class {majority:.3f}")
+    assert acc > max(5 * chance, 3 * majority)
 
 
 def test_grey_matter_declines_and_csf_grows_late(arrays):
@@ -261,6 +276,29 @@ def test_grey_matter_declines_and_csf_grows_late(arrays):
     young = (age >= 20) & (age <= 40)
     print(f"dark fraction in the ventricle box: 20-40 y {dark[young].mean():.3f}, >60 y {dark[old].mean():.3f}")
     assert dark[old].mean() > 1.2 * dark[young].mean()
+
+
+def test_ground_truth_trajectories_have_the_lifespan_shapes():
+    """The noise-free average subject ages as the issue asks: GM declines from childhood on, WM
+    rises to a peak in mid-adulthood (~35-55 y) then falls, ventricles and CSF grow faster
+    after 60 than in early adulthood."""
+    from brainage.data.simulate.effects import trajectories
+
+    ages = (6, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80)
+    t = trajectories(ages=ages, downsample=4).set_index("age")
+    assert list(t.index) == [float(a) for a in ages]
+    gm, wm = t["gmv"].to_numpy(), t["wmv"].to_numpy()
+    assert (np.diff(gm) < 0).all(), gm  # every step from 6 y on is a loss
+    peak = ages[int(np.argmax(wm))]
+    assert 35 <= peak <= 55, (peak, wm)
+    assert (np.diff(wm[: ages.index(peak) + 1]) > 0).all() and (np.diff(wm[ages.index(peak):]) < 0).all()
+
+    def per_decade(col, lo, hi):
+        return (t.loc[float(hi), col] / t.loc[float(lo), col]) ** (10.0 / (hi - lo)) - 1.0
+
+    for col in ("ventricle_cm3", "csfv"):
+        early, late = per_decade(col, 20, 40), per_decade(col, 60, 80)
+        assert 0 < early < late, (col, early, late)
 
 
 # --------------------------------------------------------------------------- determinism
