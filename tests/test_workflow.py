@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -25,12 +26,36 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr, res.stdout + res.stderr
 
 
+def job_counts(out: str) -> dict[str, int]:
+    """The "Job stats" table of a dry run: {rule: count}, with "total"."""
+    table = out.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        counts[match[1]] = int(match[2])
+    assert "total" in counts, out[:2000]
+    return counts
+
+
+def preprocess_data_argument(out: str) -> str:
+    """The ``--data`` value of the one ``brainage preprocess`` command a dry run with -p prints."""
+    found = re.findall(r"^Shell command: brainage preprocess --data (\S+) ", out, flags=re.M)
+    assert len(found) == 1, out[:4000]
+    return found[0]
+
+
 def test_dry_run_default(tmp_path):
-    res = snakemake("-n", "--cores", "2", cwd=tmp_path)
+    res = snakemake("-n", "-p", "--cores", "2", cwd=tmp_path)
     assert res.returncode == 0, res.stderr + res.stdout
-    out = res.stdout
-    for rule in ("simulate", "preprocess", "all"):
-        assert f"rule {rule}:" in out or f"{rule} " in out
+    counts = job_counts(res.stdout)
+    assert counts["simulate"] == counts["preprocess"] == counts["all"] == 1, counts
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    # preprocess reads what simulate writes
+    simulated = re.search(r"^rule simulate:\n\s+output: (\S+)$", res.stdout, flags=re.M)
+    assert simulated, res.stdout[:4000]
+    assert preprocess_data_argument(res.stdout) == simulated[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +71,12 @@ def openbhb_config(tmp_path_factory):
 
 def test_dry_run_openbhb_config_on_a_real_layout(openbhb_config):
     base, config = openbhb_config
-    res = snakemake("-n", "--cores", "2", "--configfile", str(config), cwd=base)
+    res = snakemake("-n", "-p", "--cores", "2", "--configfile", str(config), cwd=base)
     assert res.returncode == 0, res.stderr + res.stdout
-    assert "simulate" not in res.stdout.split("Job stats")[1].split("Reasons")[0]
-    assert "preprocess" in res.stdout
-    assert f"--data {base / 'openBHB'}" in res.stdout or "preprocess" in res.stdout
+    counts = job_counts(res.stdout)
+    assert "simulate" not in counts and counts["preprocess"] == 1, counts
+    assert "rule simulate:" not in res.stdout
+    assert preprocess_data_argument(res.stdout) == str(base / "openBHB")
 
 
 def test_preprocess_rule_runs_on_the_openbhb_layout(openbhb_config):
