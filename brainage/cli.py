@@ -529,7 +529,8 @@ def _register_debias_data(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--split", default="train", choices=["train", "valid", "test"], help="DFA split")
     f.add_argument("--percent", default="0.5pct", help="DFA bias-conflicting folder (default 0.5pct)")
     f.add_argument("--size", type=int, help="resize images to SIZE x SIZE")
-    f.add_argument("--class-order", type=Path, help="imagenet9: ImageNet training folder or synset list")
+    f.add_argument("--class-order", type=Path,
+                   help="imagenet9: ImageNet training folder or synset list (omit for ImageNet-A)")
 
     k = kinds.add_parser("cifar", help="CIFAR-10/100 python pickles -> train/val/test .npz")
     k.add_argument("--which", required=True, choices=["cifar10", "cifar100"])

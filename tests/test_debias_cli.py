@@ -103,6 +103,17 @@ def test_bad_dfa_name_and_missing_cifar_batch(tmp_path, capsys):
     assert code == 2 and "none.npz" in err
 
 
+def test_imagenet_a_folder_needs_no_class_order(tmp_path, capsys):
+    # dog and insect folders of ImageNet-A (labels 0 and 8 of ReBias's map) and one outside the nine
+    for wnid in ("n02085620", "n02219486", "n01498041"):
+        _png(tmp_path / "imagenet-a" / wnid / f"{wnid}_0.jpg", 1, size=4)
+    code, err = _run(["debias-data", "folder", "--kind", "imagenet9", "--root", str(tmp_path / "imagenet-a"),
+                      "--out", str(tmp_path / "a.npz")], capsys)
+    assert code == 0, err
+    data = load_array_set(tmp_path / "a.npz")
+    assert sorted(data.labels.tolist()) == [0, 8]
+
+
 def test_corrupted_digits_to_dfa_and_back(tmp_path, capsys):
     _mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
     code, _ = _run(["debias-data", "corrupted", "--source", f"idx:{tmp_path / 'mnist'}", "--out",

@@ -25,6 +25,11 @@ def _coloured(digits, part, rho, seed):
     return ArraySet(*make_biased_mnist(*digits[part], rho=rho, seed=seed))
 
 
+# the network of the default recipe: SimpleConvNet learns digit shapes too slowly for a short test
+# (docs/debiasing.md, "Why not SimpleConvNet in the default")
+DEFAULT_NET = dict(model="resnet18", cifar_stem=False, width=0.25, lr=2e-3)
+
+
 def _config(**kw):
     base = dict(width=0.25, epochs=2, batch_size=50, lr=5e-3, milestones=[], threads=1, seed=0)
     base.update(kw)
@@ -34,11 +39,11 @@ def _config(**kw):
 def test_training_beats_chance_on_unbiased_colours(digits):
     train = _coloured(digits, "train", 0.1, 0)
     val, test = _coloured(digits, "val", 0.1, 1), _coloured(digits, "test", 0.1, 2)
-    result = train_model(MethodConfig("ce"), _config(lr=1e-2, batch_size=32), train, val, progress=False)
+    result = train_model(MethodConfig("ce"), _config(**DEFAULT_NET, batch_size=32), train, val, progress=False)
     logits, _ = predict(result.model, test, Normalizer([0.5] * 3, [0.5] * 3))
     # 1,500 digits whose colour carries no label information: only the shape helps. Chance is
-    # 0.1 and its standard error on 600 test digits 0.012, so 0.2 is far outside chance.
-    assert accuracy(logits, test.labels) > 0.2
+    # 0.1 and its standard error on 600 test digits 0.012, so 0.5 is far outside chance.
+    assert accuracy(logits, test.labels) > 0.5
     vals = [h["val_acc"] for h in result.history]
     assert result.best_epoch == int(np.argmax(vals)) + 1
     val_logits, _ = predict(result.model, val, Normalizer([0.5] * 3, [0.5] * 3))
@@ -49,7 +54,7 @@ def test_ce_on_biased_colours_learns_the_colour(digits):
     train = _coloured(digits, "train", 0.999, 0)
     val, test = _coloured(digits, "val", 0.1, 1), _coloured(digits, "test", 0.1, 2)
     biased = _coloured(digits, "test", 1.0, 3)
-    result = train_model(MethodConfig("ce"), _config(lr=1e-2), train, val, monitor=test, progress=False)
+    result = train_model(MethodConfig("ce"), _config(**DEFAULT_NET), train, val, monitor=test, progress=False)
     norm = Normalizer([0.5] * 3, [0.5] * 3)
     test_logits, test_feats = predict(result.model, test, norm)
     biased_logits, _ = predict(result.model, biased, norm)

@@ -239,9 +239,8 @@ def convert_folder_dataset(
     elif kind == "bffhq":
         listing = read_bffhq(root, split, percent)
     elif kind == "imagenet9":
-        if class_order is None:
-            raise ValueError("imagenet9 needs --class-order (the ImageNet training folder or a synset list)")
-        listing = read_imagenet9(root, imagenet_class_order(class_order))
+        # no class order: ImageNet-A, read through ReBias's fixed 42-WordNet-id map
+        listing = read_imagenet9(root, None if class_order is None else imagenet_class_order(class_order))
     else:
         raise ValueError(f"unknown folder data set kind {kind!r}")
     data = ArraySet(load_images(listing.paths, size), listing.labels, listing.bias)
