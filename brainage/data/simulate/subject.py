@@ -309,6 +309,14 @@ def _normalise_jacobian(jac: np.ndarray, icv: np.ndarray) -> np.ndarray:
     return (jac * np.float32(w.sum() / (w * jac).sum())).astype(np.float32)
 
 
+def _bias_field(draw: SubjectDraw, acq: Acquisition, sd: float, gf: GridFields) -> np.ndarray | np.float32:
+    """Multiplicative bias field (X, Y, Z): the site's smooth field plus 30 % of a subject's own, scaled by ``sd``."""
+    if sd <= 0:
+        return np.float32(1.0)
+    coef = (acq.bias_coef + np.float32(0.3) * draw.bias_coef) * np.float32(sd)
+    return np.exp(dct_eval(coef, gf.bases))
+
+
 def render_vbm(draw: SubjectDraw, acq: Acquisition, gf: GridFields, model: AgeingModel) -> VbmResult:
     """Modulated GM map of a subject on a VBM grid, plus its tissue volumes (cm^3)."""
     disp = np.stack([_on_support(dct_eval(draw.deform[a], gf.bases), gf) for a in range(3)])
@@ -334,9 +342,7 @@ def render_vbm(draw: SubjectDraw, acq: Acquisition, gf: GridFields, model: Agein
     }
     volumes["tiv"] = volumes["gmv"] + volumes["wmv"] + volumes["csfv"]
     out = _scatter(gm, gf)
-    if acq.vbm_bias_sd > 0:
-        coef = (acq.bias_coef + np.float32(0.3) * draw.bias_coef) * np.float32(acq.vbm_bias_sd)
-        out *= np.exp(dct_eval(coef, gf.bases))
+    out *= _bias_field(draw, acq, acq.vbm_bias_sd, gf)
     out = _smooth(out, acq.vbm_fwhm_mm, gf)
     if acq.vbm_noise_sd > 0:
         rng = np.random.default_rng(draw.noise_seeds[0])
@@ -362,9 +368,7 @@ def render_quasiraw(draw: SubjectDraw, acq: Acquisition, gf: GridFields, model: 
     tis = tissue(fields, draw, model, rate_field(draw, gf), gf)
     signal = _scatter(np.float32(acq.csf_wm_ratio) * tis.csf + np.float32(acq.gm_wm_ratio) * tis.gm + tis.wm, gf)
     strip = _scatter((tis.icv > 0.3).astype(np.float32), gf) > 0.5
-    if acq.bias_sd > 0:
-        coef = (acq.bias_coef + np.float32(0.3) * draw.bias_coef) * np.float32(acq.bias_sd)
-        signal *= np.exp(dct_eval(coef, gf.bases))
+    signal *= _bias_field(draw, acq, acq.bias_sd, gf)
     signal = _smooth(signal, acq.fwhm_mm, gf)
     if acq.noise_sd > 0:
         rng = np.random.default_rng(draw.noise_seeds[1])
