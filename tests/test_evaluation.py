@@ -138,6 +138,7 @@ def test_evaluate_features_matches_the_probes_run_directly():
     assert res["ext_r"] == pytest.approx(stats.pearsonr(external[1], p_ex)[0], abs=1e-9)
     assert res["int_r"] == pytest.approx(stats.pearsonr(internal[1], p_in)[0], abs=1e-9)
     frame = pd.DataFrame({"s": internal[2], "e": np.abs(p_in - internal[1])})
+    assert set(res["int_per_site_mae"]) == set(SITES) == set(frame["s"])
     for s, v in frame.groupby("s")["e"].mean().items():
         assert res["int_per_site_mae"][s]["mae"] == pytest.approx(v, rel=1e-9)
     assert set(res["ext_per_site_mae"]) == {"x", "y"}
@@ -172,17 +173,18 @@ def test_bad_inputs_are_named():
     train, internal, external = three_splits(seed=4, n=(60, 30, 20))
     x = train[0].copy()
     x[17, 2] = np.nan
-    with pytest.raises(ValueError, match=r"train: .*NaN.*row 17"):
+    with pytest.raises(ValueError, match=r"^train: .*NaN.*row 17"):
         evaluate_features((x, train[1], train[2]), internal, external)
-    with pytest.raises(ValueError, match="one site"):
+    # each message starts with the split it is about; planted features have 1 + 4 + 4 = 9 columns
+    with pytest.raises(ValueError, match=r"^train: all 60 training subjects come from one site \('a'\)"):
         evaluate_features((train[0], train[1], np.full(60, "a")), internal, external)
-    with pytest.raises(ValueError, match="60 feature rows but 59 ages"):
+    with pytest.raises(ValueError, match="^train: 60 feature rows but 59 ages"):
         evaluate_features((train[0], train[1][:-1], train[2]), internal, external)
-    with pytest.raises(ValueError, match="feature columns"):
+    with pytest.raises(ValueError, match="^internal_test: 8 feature columns but train has 9"):
         evaluate_features(train, (internal[0][:, :-1], internal[1], internal[2]), external)
-    with pytest.raises(ValueError, match="sites are required"):
+    with pytest.raises(ValueError, match="^internal_test: sites are required"):
         evaluate_features(train, (internal[0], internal[1], None), external)
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match=r"^train: features must be 2-D .*got shape \(60,\)"):
         evaluate_features((train[0][:, 0], train[1], train[2]), internal, external)
 
 

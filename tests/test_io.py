@@ -15,7 +15,7 @@ from brainage.io import atomic_open, save_json, save_npy, save_table
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
     target = tmp_path / "table.csv"
     target.write_text("old\n")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="crash mid-write"):  # the caller's error, passed through
         with atomic_open(target) as fh:
             fh.write("half of a new ")
             raise RuntimeError("crash mid-write")

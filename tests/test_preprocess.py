@@ -119,7 +119,7 @@ def test_cli_preprocess_and_errors(openbhb_dir, tmp_path, capsys):
     table = pd.read_csv(tmp_path / "c" / "train.tsv", sep="\t")
     assert list(table["row"]) == list(range(len(table)))
     assert main(["preprocess", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "d")]) == 2
-    assert "OpenBHB folder not found" in capsys.readouterr().err
+    assert f"OpenBHB folder not found: {tmp_path / 'nothing'}" in capsys.readouterr().err
 
 
 def test_missing_cache_is_explained(tmp_path):

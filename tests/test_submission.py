@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def test_submission_files(setup):
     payload = torch.load(sub / "weights.pth", weights_only=True)
     model, _ = load_model(setup["root"] / "run" / "model.pt")
     assert set(payload) == {"model"}
+    assert list(payload["model"]) == list(model.state_dict())
     for key, value in model.state_dict().items():
         assert torch.equal(payload["model"][key], value)
 
@@ -172,6 +174,7 @@ def test_network_inputs_equal_the_training_cache_and_an_independent_computation(
 
     n = blocks(counts)
     block_mask = blocks(frac) / n >= 0.5
+    assert len(train_order(setup)) == len(got) > 0
     for row, j in enumerate(train_order(setup)):
         values = np.zeros(padded_shape)
         values[:31, :37, :31] = np.where(mask, vbm[j].astype(np.float64), 0.0)
@@ -320,8 +323,9 @@ def test_masks_missing_from_the_environment(masks_env, monkeypatch, variable):
     monkeypatch.delenv(variable)
     with pytest.raises(est.SubmissionError, match=f"{variable} is not set"):
         fitted(masks_env["root"] / "sub")
-    monkeypatch.setenv(variable, str(masks_env["root"] / "nowhere.nii.gz"))
-    with pytest.raises(est.SubmissionError, match="no such mask image"):
+    nowhere = masks_env["root"] / "nowhere.nii.gz"
+    monkeypatch.setenv(variable, str(nowhere))
+    with pytest.raises(est.SubmissionError, match=f"{variable}={re.escape(str(nowhere))}: no such mask image"):
         fitted(masks_env["root"] / "sub")
 
 
@@ -329,12 +333,12 @@ def test_a_mask_of_another_grid_or_shape(masks_env, monkeypatch, tmp_path):
     other = tmp_path / "other.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((121, 145, 121), np.float32), np.eye(4)), other)
     monkeypatch.setenv("VBM_MASK", str(other))
-    with pytest.raises(est.SubmissionError, match=r"mask grid is \(121, 145, 121\).*trained on the vbm grid \(31, 37, 31\)"):
+    with pytest.raises(est.SubmissionError, match=r"^VBM_MASK: the mask grid is \(121, 145, 121\).*trained on the vbm grid \(31, 37, 31\)"):
         fitted(masks_env["root"] / "sub")
     same_grid = tmp_path / "same.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((31, 37, 31), np.float32), np.eye(4)), same_grid)
     monkeypatch.setenv("VBM_MASK", str(same_grid))
-    with pytest.raises(est.SubmissionError, match="does not give the training cache's mask"):
+    with pytest.raises(est.SubmissionError, match="^VBM_MASK: this mask, block-averaged by 2, does not give the training cache's mask"):
         fitted(masks_env["root"] / "sub")
 
 
@@ -342,13 +346,14 @@ def test_weights_that_do_not_match_the_network(masks_env, tmp_path):
     sub = tmp_path / "sub"
     shutil.copytree(masks_env["root"] / "sub", sub)
     torch.save({"model": BrainAgeNet(widen_factor=0.25).state_dict()}, sub / "weights.pth")
-    with pytest.raises(est.SubmissionError, match="does not match the network.*size mismatch"):
+    weights = re.escape(str(sub / "weights.pth"))
+    with pytest.raises(est.SubmissionError, match=f"^{weights} does not match the network.*size mismatch"):
         fitted(sub)
     torch.save(BrainAgeNet(widen_factor=0.125).state_dict(), sub / "weights.pth")
-    with pytest.raises(est.SubmissionError, match="under the key 'model'"):
+    with pytest.raises(est.SubmissionError, match=f"^{weights}: .*under the key 'model'"):
         fitted(sub)
     (sub / "weights.pth").write_bytes(b"not a torch file")
-    with pytest.raises(est.SubmissionError, match="not a readable torch"):
+    with pytest.raises(est.SubmissionError, match=f"^{weights}: not a readable torch"):
         fitted(sub)
 
 
@@ -357,10 +362,11 @@ def test_metadata_must_be_plain_and_within_the_feature_limit(masks_env, tmp_path
     shutil.copytree(masks_env["root"] / "sub", sub)
     meta = est.load_metadata(sub / "metadata.pkl")
     (sub / "metadata.pkl").write_bytes(pickle.dumps({**meta, "n_features": 10_001}))
-    with pytest.raises(est.SubmissionError, match="10001 features; the challenge accepts at most 10000"):
+    metadata = re.escape(str(sub / "metadata.pkl"))
+    with pytest.raises(est.SubmissionError, match=f"^{metadata}: .*10001 features; the challenge accepts at most 10000"):
         fitted(sub)
     (sub / "metadata.pkl").write_bytes(pickle.dumps({**meta, "extra": np.zeros(3)}))
-    with pytest.raises(pickle.UnpicklingError, match="plain data only"):
+    with pytest.raises(pickle.UnpicklingError, match=r"^metadata\.pkl refers to numpy\..*plain data only"):
         fitted(sub)
 
 
@@ -375,7 +381,9 @@ def test_builder_refuses_more_than_10000_features_and_harmonised_runs(setup, tmp
         "cache": cache_identity(setup["root"] / "cache"), "age_mean": 40.0, "age_std": 10.0,
         "model": BrainAgeNet(widen_factor=0.125, projection_dim=10_001).state_dict(),
     })
-    with pytest.raises(SubmissionBuildError, match="10001 dimensions; the challenge accepts at most 10000"):
+    big_model = re.escape(str(tmp_path / "big" / "model.pt"))
+    with pytest.raises(SubmissionBuildError,
+                       match=f"^{big_model}: projection features have 10001 dimensions; the challenge accepts at most 10000"):
         build_submission(tmp_path / "big", tmp_path / "big_sub")
     assert not (tmp_path / "big_sub").exists()
     # the embedding of the same run is small enough
@@ -386,7 +394,7 @@ def test_builder_refuses_more_than_10000_features_and_harmonised_runs(setup, tmp
     shutil.copytree(setup["root"] / "cache", harmonised)
     meta = __import__("json").loads((harmonised / "cache.json").read_text())
     save_json(harmonised / "cache.json", {**meta, "harmonization": {"sites": ["0"]}})
-    with pytest.raises(SubmissionBuildError, match="ComBat-harmonised"):
+    with pytest.raises(SubmissionBuildError, match=f"^{re.escape(str(harmonised))} is a ComBat-harmonised cache"):
         build_submission(setup["root"] / "run", tmp_path / "h_sub", cache=harmonised)
     assert not (tmp_path / "h_sub").exists()
 
@@ -396,7 +404,7 @@ def test_builder_refuses_more_than_10000_features_and_harmonised_runs(setup, tmp
     volumes[0] = -volumes[0]
     volumes.flush()
     del volumes
-    with pytest.raises(SubmissionBuildError, match="not the cache the run was trained on"):
+    with pytest.raises(SubmissionBuildError, match=f"^{re.escape(str(rebuilt))}: not the cache the run was trained on"):
         build_submission(setup["root"] / "run", tmp_path / "r_sub", cache=rebuilt)
 
 
@@ -410,7 +418,7 @@ def test_builder_replaces_a_submission_but_not_other_folders(setup, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="other files"):
+    with pytest.raises(FileExistsError, match=rf"^{re.escape(str(other))} holds other files \(\['todo\.txt'\]\)"):
         build_submission(setup["root"] / "run", other)
     assert (other / "todo.txt").read_text() == "keep me"
 

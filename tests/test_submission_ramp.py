@@ -116,8 +116,17 @@ def test_submission_check_matches_the_project_features_and_scores(run):
     report = json.loads((run / "check" / "check.json").read_text())
     project = json.loads((run / "evaluation" / "scores.json").read_text())
     assert report["status"] == "passed"
-    assert report["row_length"] == 3_659_572
+    # the challenge's row: the voxels of the vbm mask (TPM > 0.05) and of the quasi-raw brain mask
+    # (> 0), then the fsl xhemi block (8 x 163,842) and the vbm, Desikan and Destrieux ROI tables
+    # (284 + 476 + 1,036); 3,659,572 in all, the published OpenBHB row length
+    import nibabel as nib
+
+    resource = run / "ramp" / "resource"
+    n_vbm = int((np.asarray(nib.load(resource / "cat12vbm_space-MNI152_desc-gm_TPM.nii.gz").dataobj) > 0.05).sum())
+    n_qr = int((np.asarray(nib.load(resource / "quasiraw_space-MNI152_desc-brain_T1w.nii.gz").dataobj) > 0).sum())
+    assert report["row_length"] == n_vbm + n_qr + 8 * 163_842 + 284 + 476 + 1_036 == 3_659_572
     assert report["server_run"]["refused_imports"] == {"brainage": True, "monai": True}
+    assert set(report["feature_comparison"]) == {"train", "internal_test", "external_test"}
     for split, comparison in report["feature_comparison"].items():
         assert comparison["max_abs_diff"] < 1e-5, split
     for key in ("int_mae", "bacc", "ext_mae", "challenge_score"):
@@ -135,7 +144,9 @@ def test_submission_check_fails_loudly_on_other_features(run, tmp_path):
             arrays = {k: data[k] for k in data.files}
         arrays["features"] = arrays["features"][::-1].copy() if split == "train" else arrays["features"]
         np.savez(other / f"{split}.npz", **arrays)
-    with pytest.raises(SubmissionCheckError, match="differ from the project's beyond tolerance"):
+    # only the train split was changed, and the message says so
+    with pytest.raises(SubmissionCheckError,
+                       match=r"differ from the project's beyond tolerance \(rtol [^)]*\): train: \d+ subject\(s\), max \|diff\| [^;]*$"):
         check_submission(run / "sub", run / "data", other, tmp_path / "check")
     assert not (tmp_path / "check" / "check.json").exists()
 

@@ -325,7 +325,12 @@ def test_cuda_code_paths_run_on_cpu(cache, tmp_path):
     with np.load(extract_features(run, cache, tmp_path / "bf16", precision="bf16")["train"]) as f:
         bf16 = f["features"]
     assert not np.array_equal(fp32, bf16)
-    np.testing.assert_allclose(bf16, fp32, atol=0.05)
+    # bf16 keeps 8 significant bits (relative rounding 2^-8 = 0.4 %); a forward pass of a few dozen
+    # such roundings stays within a few percent of fp32, row by row. Unit-norm rows of 128 values
+    # have entries of ~0.09, so a wrong row, head or normalisation moves them by more than 0.02.
+    row_error = np.linalg.norm(bf16 - fp32, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert row_error.max() < 0.05, row_error.max()
+    np.testing.assert_allclose(bf16, fp32, atol=0.02)
 
 
 def test_bf16_training_on_cpu_is_refused(cache, tmp_path):
