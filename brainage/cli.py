@@ -659,12 +659,24 @@ def _register_debias_eval(sub: argparse._SubParsersAction) -> None:
         description="For every checkpoint: unbiased (and biased) test accuracy, accuracy on "
         "bias-aligned / bias-conflicting test samples, and the accuracy of a linear attacker "
         "(logistic regression on the frozen features) predicting the bias attribute, fitted on "
-        "--attacker-train and scored on --test.",
+        "--attacker-train and scored on --test. Test sets without a bias attribute (bias -1, "
+        "e.g. 9-class ImageNet, CIFAR) get None for the aligned/conflicting and attacker fields. "
+        "With --texture-clusters: ReBias's 'unbiased' 9-class ImageNet accuracy "
+        "(texture_unbiased_acc).",
     )
     p.add_argument("--model", nargs="+", required=True, type=Path, help="checkpoints of debias-train")
     p.add_argument("--test", required=True, type=Path, help="unbiased test split (.npz)")
     p.add_argument("--test-biased", type=Path, help="fully biased test split (.npz)")
-    p.add_argument("--attacker-train", required=True, type=Path, help="split the attacker is fitted on")
+    p.add_argument("--attacker-train", type=Path,
+                   help="split the privacy attacker is fitted on (needs a bias attribute); without it, "
+                   "no attacker is fitted (attacker_acc None)")
+    p.add_argument("--texture-clusters", nargs="+", type=Path, metavar="FILE",
+                   help="texture-cluster labels of the --test images, one file per clustering (ReBias: 3), "
+                   ".npy or .pth/.pt holding a 1-D integer array, one label per --test row IN THE ORDER OF "
+                   "THE --test FILE (sorted WordNet folders, sorted file names; ReBias's cluster_label_*.pth "
+                   "must be re-ordered first, see docs/debiasing.md): adds texture_unbiased_acc, the mean "
+                   "over clusterings of the unweighted mean accuracy over (class, cluster) cells of >= 10 "
+                   "images (Bahng et al., ICML 2020)")
     p.add_argument("--label", action="append", type=_key_value, default=[],
                    help="KEY=VALUE copied into every record (after the checkpoint's --tag values); repeatable")
     p.add_argument("--linear-eval", action="store_true",
@@ -682,10 +694,15 @@ def _run_debias_eval(args: argparse.Namespace) -> int:
     from brainage.debias import steps
 
     records = steps.evaluate_step(args.model, args.test, args.attacker_train, args.out, args.test_biased,
-                                  dict(args.label), linear_eval=args.linear_eval)
+                                  dict(args.label), linear_eval=args.linear_eval,
+                                  texture_clusters=args.texture_clusters)
     for r in records:
-        logging.getLogger("brainage").info("%s seed %s: test %.3f, attacker %.3f", r["method"], r["seed"],
-                                           r["test_acc"], r["attacker_acc"])
+        parts = [f"test {r['test_acc']:.3f}"]
+        if r.get("attacker_acc") is not None:
+            parts.append(f"attacker {r['attacker_acc']:.3f}")
+        if r.get("texture_unbiased_acc") is not None:
+            parts.append(f"texture-unbiased {r['texture_unbiased_acc']:.3f}")
+        logging.getLogger("brainage").info("%s seed %s: %s", r["method"], r["seed"], ", ".join(parts))
     return 0
 
 

@@ -354,18 +354,20 @@ def load_checkpoint(path: str | os.PathLike):
 def evaluate_step(
     models: list[str | os.PathLike],
     test: str | os.PathLike,
-    attacker_train: str | os.PathLike,
+    attacker_train: str | os.PathLike | None,
     out: str | os.PathLike,
     test_biased: str | os.PathLike | None = None,
     labels: dict | None = None,
     linear_eval: bool = False,
+    texture_clusters: list[str | os.PathLike] | None = None,
 ) -> list[dict]:
     """Evaluate checkpoints: target accuracy (unbiased/biased test, aligned/conflicting) and privacy.
 
     Args:
         models: checkpoints of :func:`train_step`.
         test: the unbiased test split.
-        attacker_train: split on which the privacy attacker is fitted (the validation split).
+        attacker_train: split on which the privacy attacker is fitted (the validation split);
+            ``None``: no attacker.
         out: JSON file with one record per model.
         test_biased: optional fully biased test split (rho = 1).
         labels: extra fields copied into every record, after the checkpoint's own tags.
@@ -373,17 +375,38 @@ def evaluate_step(
             training split (the file recorded in the checkpoint) and report its unbiased-test
             accuracy as ``linear_eval_acc`` (an offline linear evaluation, next to the
             classifier trained with the network).
+        texture_clusters: files of texture-cluster labels of the ``test`` images, one per
+            clustering (:func:`brainage.debias.data.imagenet9.load_texture_clusters`; in the
+            order of the ``test`` rows): adds ReBias's 9-class ImageNet "unbiased" accuracy
+            ``texture_unbiased_acc`` (:func:`brainage.debias.evaluate.texture_unbiased_accuracy`).
+
+    Data sets without a bias attribute (every bias value -1, e.g. 9-class ImageNet or CIFAR):
+    the aligned / conflicting accuracies and the attacker are undefined; they are recorded as
+    ``None`` (and the reason logged). The same holds for the attacker when ``attacker_train``
+    carries no bias attribute or is not given.
     """
     import torch
 
     from brainage.io import save_json
 
-    from .evaluate import accuracy, attacker_accuracy, fit_linear, group_accuracies
+    from .data.imagenet9 import load_texture_clusters
+    from .evaluate import accuracy, attacker_accuracy, fit_linear, group_accuracies, texture_unbiased_accuracy
     from .train import Normalizer, predict
 
     test_set = load_array_set(test)
-    attack_set = load_array_set(attacker_train)
+    attack_set = load_array_set(attacker_train) if attacker_train is not None else None
     biased_set = load_array_set(test_biased) if test_biased else None
+    clusters = load_texture_clusters(texture_clusters, len(test_set)) if texture_clusters else None
+    test_has_bias = bool(np.any(test_set.bias >= 0))
+    if not test_has_bias:
+        log.info("%s has no bias attribute (every bias value is -1): aligned/conflicting accuracies and "
+                 "the privacy attacker are not computed (recorded as None)", test)
+    elif attack_set is None:
+        log.info("no attacker split given: the privacy attacker is not computed (recorded as None)")
+    elif not np.any(attack_set.bias >= 0):
+        log.info("%s has no bias attribute (every bias value is -1): the privacy attacker is not computed "
+                 "(recorded as None)", attacker_train)
+    run_attacker = test_has_bias and attack_set is not None and bool(np.any(attack_set.bias >= 0))
     records = []
     for path in models:
         model, record = load_checkpoint(path)
@@ -391,8 +414,8 @@ def evaluate_step(
         normalizer = Normalizer(cfg["mean"], cfg["std"])
         with torch.no_grad():
             logits, feats = predict(model, test_set, normalizer)
-            _, attack_feats = predict(model, attack_set, normalizer)
-        groups = group_accuracies(logits, test_set.labels, test_set.bias)
+            attack_feats = predict(model, attack_set, normalizer)[1] if run_attacker else None
+        groups = group_accuracies(logits, test_set.labels, test_set.bias) if test_has_bias else None
         history = record.get("history") or []
         best = record.get("best_epoch", 0)
         rec = {
@@ -405,14 +428,17 @@ def evaluate_step(
             "epochs": cfg["epochs"],
             "val_acc": history[best - 1]["val_acc"] if best else float("nan"),
             "test_acc": accuracy(logits, test_set.labels),
-            "test_aligned_acc": groups["aligned"],
-            "test_conflicting_acc": groups["conflicting"],
-            "attacker_acc": attacker_accuracy(attack_feats, attack_set, feats, test_set, seed=cfg["seed"]),
-            "attacker_chance": 1.0 / max(np.unique(test_set.bias).size, 1),
+            "test_aligned_acc": groups["aligned"] if groups else None,
+            "test_conflicting_acc": groups["conflicting"] if groups else None,
+            "attacker_acc": (attacker_accuracy(attack_feats, attack_set, feats, test_set, seed=cfg["seed"])
+                             if run_attacker else None),
+            "attacker_chance": 1.0 / max(np.unique(test_set.bias).size, 1) if run_attacker else None,
             "n_train": record.get("n_train"),
             "n_conflicting_train": record.get("n_conflicting"),
             "train_seconds": record.get("seconds"),
         }
+        if clusters is not None:
+            rec["texture_unbiased_acc"] = texture_unbiased_accuracy(logits, test_set.labels, clusters)
         monitored = [h["monitor_acc"] for h in history if "monitor_acc" in h]
         if monitored:
             rec["ref_protocol_acc"] = float(max(monitored))

@@ -11,7 +11,19 @@ ImageNet-A (Hendrycks et al., CVPR 2021) is read, as in ReBias, through a fixed 
 
 Expected layout: ``<root>/<wnid>/*.JPEG`` (the training set, or a validation set rearranged
 into class folders, or ImageNet-A). Texture-cluster labels are not part of the data: the bias
-of every record is -1.
+of every record is -1. The clusters of ReBias's "unbiased" metric are read separately
+(:func:`load_texture_clusters`, :func:`texture_clusters_from_csv`) and scored by
+:func:`brainage.debias.evaluate.texture_unbiased_accuracy`.
+
+Order: the listing of :func:`read_imagenet9` (and so the rows of a ``.npz`` written by
+``brainage debias-data folder --kind imagenet9``) is the sorted WordNet-id folders, and in
+each the sorted file names. Cluster labels given as bare arrays must follow that order.
+ReBias's ``clusters/cluster_label_{1,2,3}.pth`` follow ReBias's own listing instead: sorted
+folders, but file names in ``os.walk`` order (not sorted; it depends on the file system the
+files were listed on), so those tensors cannot be used as they are: re-order them by path.
+ReBias's repository also has ``clusters/9class_imagenet_val.csv`` (``path``, ``category``,
+``cluster1..3``) which names each image: :func:`texture_clusters_from_csv` orders it by the
+listing.
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+
+import numpy as np
 
 from .dfa import IMAGE_SUFFIXES, ImageList, ImageRecord
 
@@ -31,6 +45,8 @@ __all__ = [
     "imagenet_class_order",
     "imagenet9_map",
     "read_imagenet9",
+    "load_texture_clusters",
+    "texture_clusters_from_csv",
 ]
 
 IMAGENET9_CLASSES = ("dog", "cat", "frog", "turtle", "bird", "monkey", "fish", "crab", "insect")
@@ -135,3 +151,126 @@ def read_imagenet9(root: str | os.PathLike, class_order: list[str] | None = None
     if not records:
         raise FileNotFoundError(f"{root}: no image in any of the {len(mapping)} 9-class WordNet folders")
     return ImageList(records, root)
+
+
+def _cluster_vector(values, path: Path, n_images: int) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(
+            f"{path}: expected a 1-D integer array of {n_images} cluster labels, got {values.dtype} {values.shape}"
+        )
+    if values.shape[0] != n_images:
+        raise ValueError(f"{path}: expected {n_images} cluster labels (one per image), found {values.shape[0]}")
+    if values.size and values.min() < 0:
+        raise ValueError(f"{path}: cluster labels must be non-negative, found {int(values.min())}")
+    return values.astype(np.int64)
+
+
+def load_texture_clusters(paths, n_images: int) -> np.ndarray:
+    """Texture-cluster labels of the validation images, one file per clustering.
+
+    Args:
+        paths: one file per clustering (ReBias: three): ``.npy`` (read without pickle) or
+            ``.pth`` / ``.pt`` (``torch.load(weights_only=True)``), each holding a 1-D integer
+            array / tensor with one non-negative label per image.
+        n_images: the number of images evaluated; every file must hold exactly that many labels.
+
+    Returns:
+        ``int64 (R, n_images)``.
+
+    The labels must follow the order of the evaluated images, i.e. of :func:`read_imagenet9`'s
+    listing (sorted WordNet-id folders, sorted file names). ReBias's ``cluster_label_*.pth``
+    follow its own ``os.walk`` listing (file names not sorted) and must be re-ordered by path
+    first (see the module docstring and :func:`texture_clusters_from_csv`); nothing here can
+    detect a wrong order.
+
+    Raises:
+        FileNotFoundError: a missing file.
+        ValueError: an unknown suffix, an unreadable file, or content that is not a 1-D
+            non-negative integer array of ``n_images`` labels; the message names the file.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no texture-cluster file given")
+    rows = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: texture-cluster file not found")
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            try:
+                values = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as err:
+                raise ValueError(f"{path}: not a readable .npy array of cluster labels ({err})") from err
+        elif suffix in (".pth", ".pt"):
+            import torch
+
+            try:
+                values = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # torch raises several unrelated types for corrupt files
+                raise ValueError(f"{path}: not a readable torch file ({err})") from err
+            if not isinstance(values, torch.Tensor):
+                raise ValueError(
+                    f"{path}: expected a 1-D integer tensor of {n_images} cluster labels, got {type(values).__name__}"
+                )
+            if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+                raise ValueError(f"{path}: expected a 1-D integer tensor of cluster labels, got {values.dtype}")
+            values = values.numpy()
+        else:
+            raise ValueError(f"{path}: texture-cluster files must be .npy, .pth or .pt, got {path.suffix!r}")
+        rows.append(_cluster_vector(values, path, int(n_images)))
+    return np.stack(rows)
+
+
+def texture_clusters_from_csv(csv_path: str | os.PathLike, listing: ImageList) -> np.ndarray:
+    """Cluster labels from a table that names each image, in the order of ``listing``.
+
+    Args:
+        csv_path: a CSV file with a ``path`` column (``<wnid>/<file name>``, as in ReBias's
+            ``clusters/9class_imagenet_val.csv``) and one integer column per clustering whose
+            name starts with ``cluster`` (``cluster1``, ``cluster2``, ...); other columns are
+            ignored.
+        listing: the evaluated images (:func:`read_imagenet9`); each is looked up by its folder
+            and file name.
+
+    Returns:
+        ``int64 (R, len(listing))``, ready for ``np.save`` as one ``.npy`` per clustering.
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: no ``path`` / ``cluster*`` columns, non-integer or negative labels,
+            duplicated paths, or images of ``listing`` the table does not name (the first few
+            are listed).
+    """
+    import pandas as pd
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: texture-cluster table not found")
+    table = pd.read_csv(csv_path)
+    columns = [c for c in table.columns if str(c).startswith("cluster")]
+    if "path" not in table.columns or not columns:
+        raise ValueError(
+            f"{csv_path}: expected a 'path' column and 'cluster1', 'cluster2', ... columns, got {list(table.columns)}"
+        )
+    keys = table["path"].astype(str).str.replace("\\", "/", regex=False)
+    keys = keys.map(lambda k: "/".join(k.split("/")[-2:]))
+    if keys.duplicated().any():
+        raise ValueError(f"{csv_path}: paths named twice, e.g. {keys[keys.duplicated()].iloc[0]!r}")
+    index = pd.Index(keys)
+    wanted = [f"{p.parent.name}/{p.name}" for p in listing.paths]
+    position = index.get_indexer(wanted)
+    missing = [w for w, i in zip(wanted, position) if i < 0]
+    if missing:
+        raise ValueError(
+            f"{csv_path}: {len(missing)} of the {len(wanted)} images have no row, e.g. {missing[:3]}"
+        )
+    rows = []
+    for column in columns:
+        values = table[column].to_numpy()
+        if not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{csv_path}: column {column!r} must hold integer cluster labels, got {values.dtype}")
+        rows.append(_cluster_vector(values[position], csv_path, len(wanted)))
+    return np.stack(rows)
