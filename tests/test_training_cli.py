@@ -63,10 +63,11 @@ def test_cli_train_and_features(cache, tmp_path):
     bad = brainage("train", "--cache", str(cache), "--method", "exp", "--out", str(tmp_path / "bad"),
                    "--kernel", "rbf", "--formulation", "papr", *TINY)
     assert bad.returncode == 2 and "invalid choice: 'papr'" in bad.stderr
+    (tmp_path / "typo.yaml").write_text("epoch: 3\n")
     bad = brainage("train", "--cache", str(cache), "--method", "exp", "--out", str(tmp_path / "bad"),
-                   "--config", str(tmp_path / "typo.yaml"), *TINY) if (tmp_path / "typo.yaml").write_text(
-        "epoch: 3\n") else None
-    assert bad.returncode == 2 and "unknown training option(s) 'epoch' (did you mean 'epochs'?)" in bad.stderr
+                   "--config", str(tmp_path / "typo.yaml"), *TINY)
+    assert bad.returncode == 2
+    assert f"{tmp_path / 'typo.yaml'}: unknown training option(s) 'epoch' (did you mean 'epochs'?)" in bad.stderr
     assert not (tmp_path / "bad").exists()
 
 

@@ -204,6 +204,22 @@ class TrainConfig:
         return typing.get_type_hints(cls)
 
     @classmethod
+    def check_keys(cls, values: dict[str, Any], source: str = "") -> None:
+        """Raise ValueError for keys that are not options, with close matches and the valid names.
+
+        Args:
+            values: option mapping.
+            source: where the mapping came from (a file), put at the start of the message.
+        """
+        names = cls.field_names()
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            hints = {k: difflib.get_close_matches(str(k), names, n=1) for k in unknown}
+            described = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+            raise ValueError(f"{source + ': ' if source else ''}unknown training option(s) {described}; "
+                             f"valid options are: {', '.join(names)}")
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a mapping; unknown keys are an error that lists the valid ones.
 
@@ -212,12 +228,7 @@ class TrainConfig:
         """
         if not isinstance(values, dict):
             raise ValueError(f"a training config must be a mapping, got {type(values).__name__}")
-        names = cls.field_names()
-        unknown = [k for k in values if k not in names]
-        if unknown:
-            hints = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
-            described = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
-            raise ValueError(f"unknown training option(s) {described}; valid options are: {', '.join(names)}")
+        cls.check_keys(values)
         if "method" not in values:
             raise ValueError(f"the training config needs a method; valid methods are: {', '.join(METHODS)}")
         types = cls.field_types()
@@ -253,7 +264,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a mapping.
+        ValueError: not a mapping, or a key that is not a training option (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -272,6 +283,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: a training config must be a mapping of options, got {type(values).__name__}")
     if "train" in values and isinstance(values["train"], dict):
         values = {k: v for k, v in values["train"].items() if k not in WORKFLOW_KEYS}
+    TrainConfig.check_keys(values, source=str(path))
     return values
 
 
