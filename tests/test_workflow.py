@@ -51,7 +51,12 @@ def test_dry_run_default(tmp_path):
     assert res.returncode == 0, res.stderr + res.stdout
     counts = job_counts(res.stdout)
     assert counts["simulate"] == counts["preprocess"] == counts["all"] == 1, counts
-    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    # one job per method x seed (and per rho for the debias track), as configured
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    train, debias = cfg["train"], cfg["debias"]
+    assert counts["train"] == len(train["methods"]) * len(train["seeds"]), counts
+    assert counts["debias_train"] == len(debias["methods"]) * len(debias["seeds"]) * len(debias["rhos"]), counts
+    assert counts["debias_eval"] == len(debias["methods"]), counts
     # preprocess reads what simulate writes
     simulated = re.search(r"^rule simulate:\n\s+output: (\S+)$", res.stdout, flags=re.M)
     assert simulated, res.stdout[:4000]
@@ -75,6 +80,7 @@ def test_dry_run_openbhb_config_on_a_real_layout(openbhb_config):
     assert res.returncode == 0, res.stderr + res.stdout
     counts = job_counts(res.stdout)
     assert "simulate" not in counts and counts["preprocess"] == 1, counts
+    assert not any(rule.startswith("debias") for rule in counts), counts  # the track is off in this config
     assert "rule simulate:" not in res.stdout
     assert preprocess_data_argument(res.stdout) == str(base / "openBHB")
 

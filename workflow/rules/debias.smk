@@ -32,16 +32,12 @@ DEBIAS_TRAIN_FLAGS = {
     )
     for method in DEBIAS["methods"]
 }
-# final files of the track (none when `debias.enabled` is false)
-DEBIAS_TARGETS = (
-    [
-        f"{DEBIAS_DIR}/tables/table2.md",
-        f"{DEBIAS_DIR}/tables/privacy.md",
-        f"{DEBIAS_DATA}/examples.png",
-    ]
-    if DEBIAS["enabled"]
-    else []
-)
+# final files of the track (`debias_all`); part of the default target when `debias.enabled`
+DEBIAS_TARGETS = [
+    f"{DEBIAS_DIR}/tables/table2.md",
+    f"{DEBIAS_DIR}/tables/privacy.md",
+    f"{DEBIAS_DATA}/examples.png",
+]
 
 
 rule debias_data:
@@ -51,7 +47,9 @@ rule debias_data:
         test=f"{DEBIAS_DATA}/test.npz",
         test_biased=f"{DEBIAS_DATA}/test_biased.npz",
         summary=f"{DEBIAS_DATA}/summary.json",
-        figure=f"{DEBIAS_DATA}/examples.png",
+        figure=report(
+            f"{DEBIAS_DATA}/examples.png", caption="../report/debias_examples.rst", category="Debiasing track"
+        ),
     params:
         source=DEBIAS["source"],
         rhos=" ".join(DEBIAS_RHOS),
@@ -86,6 +84,8 @@ rule debias_train:
     benchmark:
         f"{BENCH}/debias/train/{{method}}_rho{{rho}}_seed{{seed}}.tsv"
     threads: DEBIAS["threads"]
+    resources:
+        gpu=0 if DEBIAS["device"] == "cpu" else 1,
     shell:
         "brainage debias-train --train {input.train} --val {input.val} --monitor {input.monitor} "
         "--method {wildcards.method} --seed {wildcards.seed} --tag rho={wildcards.rho} {params.options} "
@@ -126,9 +126,13 @@ rule debias_table:
     input:
         [f"{DEBIAS_DIR}/eval/{m}.json" for m in DEBIAS["methods"]],
     output:
-        table2=f"{DEBIAS_DIR}/tables/table2.md",
+        table2=report(
+            f"{DEBIAS_DIR}/tables/table2.md", caption="../report/debias_tables.rst", category="Debiasing track"
+        ),
         table2_csv=f"{DEBIAS_DIR}/tables/table2.csv",
-        privacy=f"{DEBIAS_DIR}/tables/privacy.md",
+        privacy=report(
+            f"{DEBIAS_DIR}/tables/privacy.md", caption="../report/debias_tables.rst", category="Debiasing track"
+        ),
         privacy_csv=f"{DEBIAS_DIR}/tables/privacy.csv",
         runs=f"{DEBIAS_DIR}/tables/runs.csv",
     params:
@@ -148,4 +152,5 @@ rule debias_all:
         DEBIAS_TARGETS,
 
 
-TARGETS.extend(DEBIAS_TARGETS)
+if DEBIAS["enabled"]:
+    TARGETS.extend(DEBIAS_TARGETS)

@@ -8,15 +8,11 @@ SUBMISSION_DIR = f"{RESULTS}/submission/{SUBMISSION_RUN}"
 SUBMISSION_FILES = ["estimator.py", "weights.pth", "metadata.pkl"]
 
 
-SUBMISSION_TRAINED = (
-    "train" in config
-    and SUBMISSION["method"] in config["train"].get("methods", [])
-    and SUBMISSION["seed"] in config["train"].get("seeds", [])
-)
-if SUBMISSION["enabled"] and "train" in config and not SUBMISSION_TRAINED:
+SUBMISSION_TRAINED = SUBMISSION["method"] in TRAIN["methods"] and SUBMISSION["seed"] in TRAIN["seeds"]
+if SUBMISSION["enabled"] and not SUBMISSION_TRAINED:
     raise ValueError(
         f"submission: method {SUBMISSION['method']!r} seed {SUBMISSION['seed']} is not trained by this config "
-        f"(train.methods {config['train'].get('methods')}, train.seeds {config['train'].get('seeds')}); "
+        f"(train.methods {TRAIN['methods']}, train.seeds {TRAIN['seeds']}); "
         "change `submission:` or set enabled: false"
     )
 
@@ -60,6 +56,7 @@ if SUBMISSION["enabled"] and SUBMISSION_TRAINED:
             ),
         params:
             submission=lambda wildcards, input: os.path.dirname(input.submission[0]),
+            # from the input when the run simulates it (lint: no hard-coded input prefix), else the download
             data=lambda wildcards, input: input.data if len(input.data) else data_root(),
             layout=config["data"]["layout"],
             features=lambda wildcards, input: os.path.dirname(input.features[0]),
