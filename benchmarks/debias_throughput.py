@@ -1,8 +1,8 @@
 """Training throughput of the Biased-MNIST networks on 28 x 28 batches, per width.
 
-Prints images per second (forward + backward + Adam step) and the estimated FLOP per image,
-so the reduced default recipe of the debiasing track (docs/debiasing.md) can be sized for a
-machine: seconds per run ~ epochs x training images / throughput, plus the start-up of a
+Prints images per second (forward + backward + Adam step) and the FLOP per image (forward
+FLOP counted by torch's FLOP counter, x 3 for forward + backward), so the reduced default
+recipe of the debiasing track (docs/debiasing.md) can be sized for a machine: seconds per run ~ epochs x training images / throughput, plus the start-up of a
 training process (``--startup`` measures it: Python + torch + brainage, and MONAI for
 ResNet-18, and the first optimiser, which imports ``torch._dynamo``).
 
@@ -21,12 +21,6 @@ import time
 import torch
 
 from brainage.debias.models import build_model
-
-
-def conv_flops(width: float, size: int = 28, kernel: int = 7) -> float:
-    """SimpleConvNet: multiply-adds x 2 of the four convolutions for one image, forward only."""
-    channels = [3] + [max(1, round(c * width)) for c in (16, 32, 64, 128)]
-    return sum(2.0 * size * size * kernel * kernel * a * b for a, b in zip(channels[:-1], channels[1:]))
 
 
 def measured_flops(model: torch.nn.Module, size: int = 28) -> float:
@@ -72,8 +66,9 @@ def main() -> None:
           f"load average {load:.2f}")
     print(f"{'width':>6} {'GFLOP/img f+b':>14} {'img/s':>8}")
     for width in args.widths:
-        model = build_model(args.model, 10, width, "none", args.cifar_stem).to(args.device)
-        flops = conv_flops(width) if args.model == "simpleconvnet" else measured_flops(model)
+        model = build_model(args.model, 10, width, "none", args.cifar_stem)
+        flops = measured_flops(model)  # on the CPU, before the move to the device
+        model = model.to(args.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         x = torch.randn(args.batch_size, 3, 28, 28, device=args.device)
         y = torch.randint(0, 10, (args.batch_size,), device=args.device)

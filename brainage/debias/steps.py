@@ -401,12 +401,17 @@ def evaluate_step(
     if not test_has_bias:
         log.info("%s has no bias attribute (every bias value is -1): aligned/conflicting accuracies and "
                  "the privacy attacker are not computed (recorded as None)", test)
+        run_attacker = False
     elif attack_set is None:
         log.info("no attacker split given: the privacy attacker is not computed (recorded as None)")
+        run_attacker = False
     elif not np.any(attack_set.bias >= 0):
         log.info("%s has no bias attribute (every bias value is -1): the privacy attacker is not computed "
                  "(recorded as None)", attacker_train)
-    run_attacker = test_has_bias and attack_set is not None and bool(np.any(attack_set.bias >= 0))
+        run_attacker = False
+    else:
+        run_attacker = True
+    train_sets: dict[str, ArraySet] = {}  # linear_eval: one load per training file (shared across seeds)
     records = []
     for path in models:
         model, record = load_checkpoint(path)
@@ -446,7 +451,10 @@ def evaluate_step(
             b_logits, _ = predict(model, biased_set, normalizer)
             rec["test_biased_acc"] = accuracy(b_logits, biased_set.labels)
         if linear_eval:
-            train_set = load_array_set(record["train_file"])
+            train_file = record["train_file"]
+            if train_file not in train_sets:
+                train_sets[train_file] = load_array_set(train_file)
+            train_set = train_sets[train_file]
             _, train_feats = predict(model, train_set, normalizer)
             probe = fit_linear(train_feats, train_set.labels, seed=cfg["seed"])
             rec["linear_eval_acc"] = float(probe.score(np.asarray(feats, dtype=np.float64), test_set.labels))
