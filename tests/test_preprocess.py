@@ -127,12 +127,6 @@ def test_missing_cache_is_explained(tmp_path):
         TrainingCache(tmp_path)
 
 
-def test_cache_reader_splits_are_the_openbhb_splits():
-    from brainage.data import cache, openbhb
-
-    assert cache.SPLITS == openbhb.SPLITS
-
-
 class _Reader:
     """Wraps ``dataset.volume``: counts the calls per split and can fail on one participant."""
 

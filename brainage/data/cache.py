@@ -14,6 +14,7 @@ import csv
 import difflib
 import hashlib
 import json
+import locale
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,13 @@ __all__ = [
     "site_labels",
 ]
 
-#: The OpenBHB splits (the same as ``brainage.data.openbhb.SPLITS``, written out so that this
-#: module does not import nibabel; a test keeps the two equal).
+#: The OpenBHB splits (``brainage.data.openbhb`` imports them from here; this module needs numpy only).
 SPLITS: tuple[str, ...] = ("train", "internal_test", "external_test")
+
+
+def _site_column(columns) -> str:
+    """The site label column of a table with these columns: ``siteXacq`` if present, else ``site``."""
+    return "siteXacq" if "siteXacq" in columns else "site"
 
 
 @dataclass
@@ -77,18 +82,25 @@ def read_cache_meta(cache: str | os.PathLike) -> dict[str, Any]:
         FileNotFoundError: the folder is not a finished cache.
         ValueError: ``cache.json`` is unreadable or has no grid ``shape``.
     """
+    return _read_cache_json(cache)[0]
+
+
+def _read_cache_json(cache: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
+    """:func:`read_cache_meta` and the raw bytes of ``cache.json`` (one read)."""
     path = Path(cache) / "cache.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {cache} is not a finished training cache (run `brainage preprocess`)")
+    raw = path.read_bytes()
     try:
-        meta = json.loads(path.read_text())
+        # decoded as Path.read_text would (the locale's preferred encoding)
+        meta = json.loads(raw.decode(locale.getpreferredencoding(False)))
         shape = tuple(int(s) for s in meta["shape"])
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a valid cache description ({err})") from err
     if len(shape) != 3:
         raise ValueError(f"{path}: grid shape {shape} is not 3-D")
     meta["shape"] = list(shape)
-    return meta
+    return meta, raw
 
 
 def cache_identity(cache: str | os.PathLike, split: str = "train", sample_rows: int = 32) -> dict[str, Any]:
@@ -100,8 +112,8 @@ def cache_identity(cache: str | os.PathLike, split: str = "train", sample_rows: 
     reads even for the full OpenBHB set.
     """
     cache = Path(cache)
-    meta = read_cache_meta(cache)
-    digest = hashlib.sha256((cache / "cache.json").read_bytes())
+    meta, raw = _read_cache_json(cache)
+    digest = hashlib.sha256(raw)
     table = cache / f"{split}.tsv"
     if table.is_file():
         digest.update(table.read_bytes())
@@ -154,8 +166,10 @@ def _check_split_signature(cache: Path, split: str, meta: dict[str, Any]) -> Non
         )
 
 
-def open_split(cache: str | os.PathLike, split: str) -> CacheSplit:
+def open_split(cache: str | os.PathLike, split: str, *, meta: dict[str, Any] | None = None) -> CacheSplit:
     """Memory-map one split of a cache and read its labels.
+
+    ``meta`` (internal) is the cache's :func:`read_cache_meta`, when the caller has read it already.
 
     Raises:
         ValueError: unknown split, table and array disagree, missing columns, bad ages, or a
@@ -167,7 +181,8 @@ def open_split(cache: str | os.PathLike, split: str) -> CacheSplit:
         raise ValueError(f"unknown split {split!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                          + f"; valid splits are: {', '.join(SPLITS)}")
     cache = Path(cache)
-    meta = read_cache_meta(cache)
+    if meta is None:
+        meta = read_cache_meta(cache)
     array_path, table_path = cache / f"{split}.npy", cache / f"{split}.tsv"
     for path in (array_path, table_path):
         if not path.is_file():
@@ -188,7 +203,7 @@ def open_split(cache: str | os.PathLike, split: str) -> CacheSplit:
         empty = np.zeros(0, dtype=str)
         return CacheSplit(split, volumes, np.zeros(0, np.float32), empty, empty, table_path)
     missing = [c for c in ("participant_id", "age") if c not in table]
-    if missing or not ("siteXacq" in table or "site" in table):
+    if missing or _site_column(table) not in table:
         raise ValueError(f"{table_path}: missing column(s) {missing or ['site']}; columns are {list(table)}")
     try:
         ages = np.asarray(table["age"], dtype=np.float32)
@@ -196,7 +211,7 @@ def open_split(cache: str | os.PathLike, split: str) -> CacheSplit:
         raise ValueError(f"{table_path}: non-numeric age ({err})") from err
     if not np.isfinite(ages).all():
         raise ValueError(f"{table_path}: {int((~np.isfinite(ages)).sum())} missing or non-finite age(s)")
-    sites = np.asarray(table["siteXacq" if "siteXacq" in table else "site"], dtype=str)
+    sites = np.asarray(table[_site_column(table)], dtype=str)
     return CacheSplit(split, volumes, ages, sites, np.asarray(table["participant_id"], dtype=str), table_path)
 
 
@@ -224,11 +239,10 @@ class TrainingCache:
     def split(self, name: str) -> CacheSplit:
         """One split, memory-mapped and checked against its table (see :func:`open_split`)."""
         if name not in self._splits:
-            self._splits[name] = open_split(self.path, name)
+            self._splits[name] = open_split(self.path, name, meta=self.meta)
         return self._splits[name]
 
 
 def site_labels(table: "pd.DataFrame") -> np.ndarray:
     """Site labels the OpenBHB site probe classifies: ``siteXacq`` if present, else ``site``."""
-    column = "siteXacq" if "siteXacq" in table.columns else "site"
-    return table[column].astype(str).to_numpy()
+    return table[_site_column(table.columns)].astype(str).to_numpy()

@@ -29,6 +29,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from brainage.data.cache import SPLITS, _site_column
+
 __all__ = [
     "MODALITIES",
     "Modality",
@@ -117,7 +119,6 @@ PARTICIPANT_COLUMNS: tuple[str, ...] = (
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("participant_id", "sex", "age", "site", "split")
 NUMERIC_COLUMNS: tuple[str, ...] = ("age", "tiv", "csfv", "gmv", "wmv", "magnetic_field_strength")
-SPLITS: tuple[str, ...] = ("train", "internal_test", "external_test")
 SPLIT_FOLDER = {"train": "train", "internal_test": "val", "external_test": "val"}
 AGE_RANGE = (0.0, 120.0)
 _SEX_VALUES = {"male": "male", "m": "male", "female": "female", "f": "female"}
@@ -489,29 +490,6 @@ def _check_finite_volume(volume: np.ndarray, mask: np.ndarray, where: str) -> No
         raise _nonfinite_error(where, count, first)
 
 
-def _check_finite_row(values: np.ndarray, mask: np.ndarray, where: str) -> None:
-    """Raise when a masked-voxel row holds NaN or inf; names the voxel of the mask grid."""
-    count, first = 0, None
-    for start in range(0, values.shape[0], _CHECK_CHUNK):
-        bad = np.isfinite(values[start : start + _CHECK_CHUNK])
-        np.invert(bad, out=bad)
-        n_bad = int(np.count_nonzero(bad))
-        if n_bad and first is None:
-            first = start + int(np.argmax(bad))
-        count += n_bad
-    if count:
-        raise _nonfinite_error(where, count, _masked_voxel(mask, first))
-
-
-def _masked_voxel(mask: np.ndarray, k: int) -> tuple[int, int, int]:
-    """(x, y, z) of the k-th voxel of ``mask`` in C order (the order of a masked row)."""
-    before = np.cumsum(mask.sum(axis=(1, 2)))
-    x = int(np.searchsorted(before, k, side="right"))
-    within = k - (int(before[x - 1]) if x else 0)
-    y, z = np.argwhere(mask[x])[within]
-    return x, int(y), int(z)
-
-
 def _check_float(array: np.ndarray, where: str) -> None:
     if not np.issubdtype(array.dtype, np.floating):
         raise OpenBHBError(f"{where}: dtype {array.dtype}, expected a floating-point array (float32)")
@@ -678,8 +656,8 @@ class RampLayout(OpenBHBDataset):
             if "split" not in table.columns:
                 if train_sites is None:
                     ref = load_participants(root / "train.tsv", default_split="train")
-                    train_sites = set(ref[_site_column(ref)])
-                seen = table[_site_column(table)].isin(train_sites)
+                    train_sites = set(ref[_site_column(ref.columns)])
+                seen = table[_site_column(table.columns)].isin(train_sites)
                 table["split"] = np.where(seen, "internal_test", "external_test")
             array = open_npy(root / f"{name}.npy")
             if array.ndim != 2 or array.shape[0] != len(table):
@@ -725,15 +703,12 @@ class RampLayout(OpenBHBDataset):
         rec = self.participants.iloc[index]
         values = self.row(index)[block]  # a memory-mapped view: nothing is read yet
         mask = self.mask(modality)
-        _check_finite_row(values, mask, f"{self.root / (rec['ramp_part'] + '.npy')}, row {int(rec['ramp_row'])} ({modality})")
-        return unmask_rows(values, mask, dtype=np.float32)
+        vol = unmask_rows(values, mask, dtype=np.float32)
+        _check_finite_volume(vol, mask, f"{self.root / (rec['ramp_part'] + '.npy')}, row {int(rec['ramp_row'])} ({modality})")
+        return vol
 
     def validate(self, modality: str = "vbm") -> None:
         self.row_slices()
-
-
-def _site_column(table: pd.DataFrame) -> str:
-    return "siteXacq" if "siteXacq" in table.columns else "site"
 
 
 def detect_layout(root: str | os.PathLike) -> str:

@@ -202,7 +202,7 @@ def preprocess(
         sig = split_signature(dataset, split, indices, modality, src_mask, params)
         if split in splits:
             _write_split(dataset, out, split, indices, modality, src_mask, mask, downsample, normalize,
-                         chunk, sig, signature, progress)
+                         chunk, sig, progress)
         elif not _split_is_done(out, split, sig, (len(indices),) + mask.shape):
             continue  # not asked for, and no up-to-date copy in the folder
         counts[split] = int(indices.size)
@@ -237,7 +237,6 @@ def _write_split(
     normalize: str,
     chunk: int,
     split_sig: str,
-    signature: str,
     progress: bool,
 ) -> None:
     final = out / f"{split}.npy"
@@ -293,4 +292,4 @@ def _write_split(
     save_table(out / f"{split}.tsv", table)
     os.replace(partial, final)
     state_file.unlink(missing_ok=True)
-    save_json(sidecar, {"split": split, "signature": split_sig, "shape": list(shape), "cache_signature": signature})
+    save_json(sidecar, {"signature": split_sig})

@@ -126,28 +126,23 @@ def _axis_linear(data: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarr
     return a + (b - a) * w.reshape(shape)
 
 
-def resample_axes(data: np.ndarray, positions: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+def resample_axes(
+    data: np.ndarray, positions: tuple[np.ndarray, np.ndarray, np.ndarray], sigma: float = 0.0
+) -> np.ndarray:
     """Trilinear interpolation of ``data`` (..., X, Y, Z) on a tensor grid of voxel positions.
 
     ``positions[a]`` holds the (fractional) voxel coordinates along the last three axes;
     positions outside the array take the edge value. Equivalent to
     ``scipy.ndimage.map_coordinates(order=1)`` on the product grid, in three 1-D passes.
+
+    ``sigma > 0`` first blurs with a Gaussian (sigma in voxels, truncated at 3 sigma), one axis
+    at a time: blurring and interpolating along one axis commute with both along another, so
+    reducing each axis right after blurring it gives the same result as blurring the whole
+    volume first, at a fraction of the cost.
     """
     out = data
-    for axis, pos in enumerate(positions):
-        out = _axis_linear(out, pos, out.ndim - 3 + axis)
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def _smooth_resample(field: np.ndarray, sigma: float, positions: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """Gaussian blur (sigma in voxels, 0 = none) then trilinear resampling, one axis at a time.
-
-    Blurring and interpolating along one axis commute with both along another, so reducing
-    each axis right after blurring it gives the same result as blurring the whole volume
-    first, at a fraction of the cost.
-    """
-    out = field
-    for axis, pos in enumerate(positions):
+    for a, pos in enumerate(positions):
+        axis = out.ndim - 3 + a
         if sigma > 0:
             out = ndi.gaussian_filter1d(out, sigma, axis=axis, truncate=3.0)
         out = _axis_linear(out, pos, axis)
@@ -466,7 +461,7 @@ def grid_fields(modality: str, factor: int) -> GridFields:
 
     tpl = template()
     work_pos = tuple(np.arange(0.0, n - 1 + 1e-6, work_spacing) for n in TEMPLATE_SHAPE)
-    work_arr = np.stack([_smooth_resample(getattr(tpl, name), presmooth, work_pos) for name in FIELD_NAMES])
+    work_arr = np.stack([resample_axes(getattr(tpl, name), work_pos, sigma=presmooth) for name in FIELD_NAMES])
 
     mask_image = np.ascontiguousarray(full_masks()[modality][::factor, ::factor, ::factor])
     mask = mask_image > mod.threshold

@@ -71,24 +71,24 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def _row(profile: str, g: pd.DataFrame) -> dict:
+    """One row of :func:`cohort_summary`: the sites, subjects and ages of the participants ``g``."""
+    return {
+        "profile": profile, "sites": g["site"].nunique(), "siteXacq": g["siteXacq"].nunique(),
+        "subjects": len(g), "external subjects": int((g["split"] == "external_test").sum()),
+        "age mean": g["age"].mean(), "age min": g["age"].min(), "age max": g["age"].max(),
+        "1.5 T share": (g["magnetic_field_strength"] < 2).mean(),
+    }
+
+
 def cohort_summary(n_subjects: int = 1000, seed: int = 0, n_sites: int | None = None) -> pd.DataFrame:
     """Sites, subjects and ages per site profile of the default design (the age confounding)."""
     from brainage.data.simulate.sites import default_n_sites, design_cohort
 
     cohort = design_cohort(n_subjects, n_sites or default_n_sites(n_subjects), seed)
     t = cohort.participants.assign(profile=[cohort.acquisitions[i].profile for i in cohort.participants["acq"]])
-    rows = []
-    for profile, g in t.groupby("profile", sort=False):
-        rows.append({
-            "profile": profile, "sites": g["site"].nunique(), "siteXacq": g["siteXacq"].nunique(),
-            "subjects": len(g), "external subjects": int((g["split"] == "external_test").sum()),
-            "age mean": g["age"].mean(), "age min": g["age"].min(), "age max": g["age"].max(),
-            "1.5 T share": (g["magnetic_field_strength"] < 2).mean(),
-        })
-    rows.append({"profile": "all", "sites": t["site"].nunique(), "siteXacq": t["siteXacq"].nunique(),
-                 "subjects": len(t), "external subjects": int((t["split"] == "external_test").sum()),
-                 "age mean": t["age"].mean(), "age min": t["age"].min(), "age max": t["age"].max(),
-                 "1.5 T share": (t["magnetic_field_strength"] < 2).mean()})
+    rows = [_row(profile, g) for profile, g in t.groupby("profile", sort=False)]
+    rows.append(_row("all", t))
     out = pd.DataFrame(rows).round(2)
     out.attrs["median_age"] = float(t["age"].median())
     out.attrs["sd_age"] = float(t["age"].std())

@@ -91,7 +91,6 @@ class SubjectDraw:
     density_coef: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     ventricle_shift: float = 0.0
     ventricle_deformation: float = 0.0
-    ventricle_erosion: float = 0.0
     jitter_shift_mm: np.ndarray = field(default_factory=lambda: np.zeros(3))
     jitter_rotation_deg: np.ndarray = field(default_factory=lambda: np.zeros(3))
     bias_coef: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
@@ -102,15 +101,20 @@ class SubjectDraw:
         """The noise-free average subject of an age: no gap, no deformation, mean TIV."""
         tiv = float(model.tiv_mean(age, sex == "male"))
         vent = float(model.ventricle_shift(age))
-        deform, erosion = _split_ventricle(vent, model)
+        deform = _ventricle_deformation(vent, model)
         return cls(
             age=age, sex=sex, gap=0.0, bio_age=age, tiv=tiv, tiv_scale=tiv / template().icv_cm3,
             deform=np.zeros((3,) + (DCT_ORDER,) * 3, dtype=np.float32),
             rate_coef=np.zeros((RATE_ORDER,) * 3, dtype=np.float32),
             density_coef=np.zeros((DENSITY_ORDER,) * 3, dtype=np.float32),
-            ventricle_shift=vent, ventricle_deformation=deform, ventricle_erosion=erosion,
+            ventricle_shift=vent, ventricle_deformation=deform,
             bias_coef=np.zeros((BIAS_ORDER,) * 3, dtype=np.float32),
         )
+
+    @property
+    def ventricle_erosion(self) -> float:
+        """Ventricle shift (mm) not made by deformation: periventricular tissue turned into CSF."""
+        return float(self.ventricle_shift - self.ventricle_deformation)
 
     def row(self) -> dict:
         """Scalar ground truth for ``simulation/ground_truth.tsv``."""
@@ -133,11 +137,10 @@ def _dct_rms(coef: np.ndarray) -> float:
     return float(np.sqrt(total))
 
 
-def _split_ventricle(shift: float, model: AgeingModel) -> tuple[float, float]:
-    """(deformation, erosion) in mm: the deformation's share, kept invertible, and the rest."""
+def _ventricle_deformation(shift: float, model: AgeingModel) -> float:
+    """The deformation's share (mm) of a ventricle shift, kept invertible; erosion makes the rest."""
     shrink, growth = ventricle_limits()
-    deform = float(np.clip(model.vent_deformation_fraction * shift, -shrink, growth))
-    return deform, float(shift - deform)
+    return float(np.clip(model.vent_deformation_fraction * shift, -shrink, growth))
 
 
 def draw_subject(seed: int, index: int, age: float, sex: str, model: AgeingModel) -> SubjectDraw:
@@ -154,12 +157,12 @@ def draw_subject(seed: int, index: int, age: float, sex: str, model: AgeingModel
     rate_coef = rng.standard_normal(_RATE_SD.shape) * _RATE_SD * model.rate_sd_regional
     density_coef = rng.standard_normal(_DENSITY_SD.shape) * _DENSITY_SD * DENSITY_RMS
     vent = float(model.ventricle_shift(bio) + rng.normal(0.0, model.vent_individual_sd))
-    deform_v, erosion_v = _split_ventricle(vent, model)
+    deform_v = _ventricle_deformation(vent, model)
     return SubjectDraw(
         age=float(age), sex=sex, gap=float(bio - age), bio_age=float(bio), tiv=tiv,
         tiv_scale=tiv / template().icv_cm3, deform=deform.astype(np.float32), rate_log=rate_log,
         rate_coef=rate_coef.astype(np.float32), density_coef=density_coef.astype(np.float32),
-        ventricle_shift=vent, ventricle_deformation=deform_v, ventricle_erosion=erosion_v,
+        ventricle_shift=vent, ventricle_deformation=deform_v,
         jitter_shift_mm=rng.normal(0.0, 0.5, 3), jitter_rotation_deg=rng.normal(0.0, 0.5, 3),
         bias_coef=(rng.standard_normal((BIAS_ORDER,) * 3) * bias_spectrum()).astype(np.float32),
         noise_seeds=(vbm_noise, qr_noise),
