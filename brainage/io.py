@@ -8,11 +8,12 @@ the temporary file is removed and any previous version of the target is left unt
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,8 @@ import pandas as pd
 __all__ = [
     "atomic_path",
     "atomic_open",
+    "temporary_affixes",
+    "remove_stale_temporaries",
     "save_npy",
     "save_npz",
     "save_table",
@@ -37,6 +40,37 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+_TMP_MARK = ".tmp"
+
+
+def temporary_affixes(path: str | os.PathLike, suffix: str | None = None) -> tuple[str, str]:
+    """``(prefix, suffix)`` of the temporary sibling :func:`atomic_path` creates for ``path``.
+
+    The temporary file is ``<prefix><random><suffix>`` in ``path``'s folder:
+    ``.<name>.<random>.tmp<suffix>``, ``suffix`` defaulting to the target's suffixes.
+    """
+    path = Path(path)
+    if suffix is None:
+        suffix = "".join(path.suffixes)
+    return f".{path.name}.", f"{_TMP_MARK}{suffix}"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporaries :func:`atomic_path` left in ``folder`` for the files ``names``.
+
+    A killed process cannot remove its temporary file; call this before writing those files
+    again. Returns the paths removed.
+    """
+    folder = Path(folder)
+    removed = []
+    for name in names:
+        prefix, _ = temporary_affixes(folder / name)
+        for stale in folder.glob(f"{glob.escape(prefix)}*{_TMP_MARK}*"):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
@@ -46,9 +80,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix is None:
-        suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    prefix, suffix = temporary_affixes(path, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

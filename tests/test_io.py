@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.io import atomic_open, save_json, save_npy, save_table
+from brainage.io import (
+    atomic_open,
+    atomic_path,
+    remove_stale_temporaries,
+    save_json,
+    save_npy,
+    save_table,
+    temporary_affixes,
+)
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
@@ -33,3 +41,21 @@ def test_round_trips_and_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(tmp_path / "j.json").st_mode) == 0o666 & ~umask
+
+
+def test_stale_temporaries_of_the_named_files_are_removed(tmp_path):
+    with atomic_path(tmp_path / "model.pt") as tmp:  # the affixes are those atomic_path uses
+        prefix, suffix = temporary_affixes(tmp_path / "model.pt")
+        assert tmp.name.startswith(prefix) and tmp.name.endswith(suffix)
+        tmp.write_bytes(b"x")
+    stale = []
+    for name in ("model.pt", "metrics.csv"):  # what a process killed while writing them leaves
+        prefix, suffix = temporary_affixes(tmp_path / name)
+        stale.append(tmp_path / f"{prefix}k1ll3d{suffix}")
+    for p in stale:
+        p.write_bytes(b"partial")
+    other = tmp_path / ".other.csv.k1ll3d.tmp.csv"
+    other.write_bytes(b"not ours")
+    removed = remove_stale_temporaries(tmp_path, ["model.pt", "metrics.csv", "config.json"])
+    assert sorted(removed) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", other.name])

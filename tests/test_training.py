@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from brainage.io import temporary_affixes
 from brainage.losses import KernelizedContrastiveLoss
 from brainage.models import BrainAgeNet
 from brainage.training import CheckpointError, TrainConfig, extract_features, load_config_file, load_model, train
@@ -181,7 +182,8 @@ def test_in_process_resume_matches(cache, tmp_path):
     full = train(tiny("thr", epochs=3), cache, tmp_path / "full")
     part = train(tiny("thr", epochs=3), cache, tmp_path / "part", stop_after=1)
     assert part.name == "checkpoint.pt" and not (tmp_path / "part" / "model.pt").exists()
-    leftover = tmp_path / "part" / ".checkpoint.pt.k1ll3d.tmp.pt"  # what a kill during a write leaves
+    prefix, suffix = temporary_affixes(tmp_path / "part" / "checkpoint.pt")
+    leftover = tmp_path / "part" / f"{prefix}k1ll3d{suffix}"  # what a kill during a write leaves
     leftover.write_bytes(b"partial")
     resumed = train(tiny("thr", epochs=3), cache, tmp_path / "part")
     assert not leftover.exists()

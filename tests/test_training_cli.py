@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from brainage.data.preprocess import preprocess
+from brainage.io import temporary_affixes
 from conftest import write_openbhb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +91,11 @@ def test_sigkill_then_resume_gives_identical_weights(cache, tmp_path):
     assert not (out / "model.pt").exists(), "the run finished before it was killed: nothing was tested"
     done_before = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
     assert 1 <= done_before < 24
+
+    # A kill rarely lands mid-write: plant the temporaries such a kill leaves, for the check below.
+    for name in ("checkpoint.pt", "metrics.csv"):
+        prefix, suffix = temporary_affixes(out / name)
+        (out / f"{prefix}k1ll3d{suffix}").write_bytes(b"partial")
 
     resumed = brainage(*args, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr

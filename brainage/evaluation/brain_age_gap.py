@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import KFold
 
+from brainage.evaluation.metrics import pearson_r
+
 __all__ = [
     "brain_age_gap",
     "AgeBiasCorrection",
@@ -149,9 +151,8 @@ def _corr(x: np.ndarray, y: np.ndarray) -> float | None:
     """Pearson r, None when undefined (a NaN entry, a constant vector, fewer than 2 values)."""
     if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
         return None
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = np.sqrt(np.sum(xc * xc) * np.sum(yc * yc))
-    return float(np.clip(np.sum(xc * yc) / denom, -1.0, 1.0)) if denom > 0 else None
+    r = pearson_r(x, y)
+    return r if np.isfinite(r) else None
 
 
 def held_out_gap_correction(
@@ -160,8 +161,8 @@ def held_out_gap_correction(
     n_splits: int = 5,
     random_state: int = 0,
     min_slope: float = 0.05,
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Age-bias-corrected gaps of the three evaluation splits and their summary.
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """Raw and age-bias-corrected gaps of the three evaluation splits and their summary.
 
     The correction line is fitted on the internal test set (held out from the age probe) and
     never on the subjects it corrects:
@@ -177,7 +178,8 @@ def held_out_gap_correction(
         age, predicted: ``{split: (n,) years}`` for ``train``, ``internal_test``, ``external_test``.
 
     Returns:
-        ``(corrected, summary)``: ``corrected`` maps each split to its corrected gaps (n,);
+        ``(raw, corrected, summary)``: ``raw`` and ``corrected`` map each split to its
+        gaps ``predicted - age`` and its corrected gaps (n,);
         ``summary`` (JSON-ready) holds ``slope``, ``intercept``, ``n_calibration`` of the line
         fitted on the whole internal test set, ``gap_stats`` and ``corrected_gap_stats`` (per
         split ``mean`` and sample ``std``, ddof=1, years; None where undefined) and
@@ -196,9 +198,9 @@ def held_out_gap_correction(
         },
     }
     try:
+        corr = AgeBiasCorrection(min_slope=min_slope).fit(a["internal_test"], p["internal_test"])
         for split in ("external_test", "train"):
-            corrected[split], corr = corrected_gap_from_reference(
-                a["internal_test"], p["internal_test"], a[split], p[split], min_slope=min_slope)
+            corrected[split] = corr.corrected_gap(p[split], a[split])
         corrected["internal_test"] = cross_fitted_corrected_gap(
             a["internal_test"], p["internal_test"], n_splits=n_splits, random_state=random_state,
             min_slope=min_slope)
@@ -213,4 +215,4 @@ def held_out_gap_correction(
     summary["gap_age_r"] = {
         s: {"raw": _corr(a[s], raw[s]), "corrected": _corr(a[s], corrected[s])} for s in GAP_SPLITS
     }
-    return corrected, summary
+    return raw, corrected, summary

@@ -155,7 +155,6 @@ def plot_embedding(
         for n, b in zip(names, blocks)
     ]
     split_of = np.concatenate([np.full(len(b), n) for n, b in zip(names, blocks)])
-    has_site = np.concatenate([np.full(len(b), sites.get(n) is not None) for n, b in zip(names, blocks)])
     x = np.concatenate(blocks)
     site_of = np.concatenate(labels)
     rng = np.random.default_rng(random_state)
@@ -175,12 +174,11 @@ def plot_embedding(
         perplexity = float(min(30.0, max(2.0, (len(keep) - 1) / 3)))
         emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state).fit_transform(x[keep])
         axis = ["t-SNE 1", "t-SNE 2"]
-    split_of, site_of, has_site = split_of[keep], site_of[keep], has_site[keep]
+    split_of, site_of = split_of[keep], site_of[keep]
     seen, external_only = site_order(sites)
     order = seen + external_only
     n_sites = len(order)
     index = {name: i for i, name in enumerate(order)}
-    site_idx = np.array([index[v] if ok else -1 for v, ok in zip(site_of, has_site)])  # -1: no site label
 
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import BoundaryNorm, ListedColormap
@@ -197,25 +195,26 @@ def plot_embedding(
     cmap = ListedColormap(palette)
     norm = BoundaryNorm(np.arange(max(n_sites, 1) + 1) - 0.5, cmap.N)
     handles = []
+    unlabelled_shown = False
     for name in names:
         external = name == "external_test"
         marker = SPLIT_STYLE.get(name, {}).get("marker", "o")
         # external-test subjects (unseen sites): bigger markers with a black edge
         edge = dict(s=22, edgecolors="k", linewidths=0.6) if external else dict(s=10, linewidths=0)
         sel = split_of == name
-        labelled = sel & (site_idx >= 0)
-        if labelled.any():
-            ax.scatter(emb[labelled, 0], emb[labelled, 1], marker=marker, alpha=0.8, c=site_idx[labelled],
+        if sel.any() and sites.get(name) is not None:
+            site_idx = np.array([index[v] for v in site_of[sel]])
+            ax.scatter(emb[sel, 0], emb[sel, 1], marker=marker, alpha=0.8, c=site_idx,
                        cmap=cmap, norm=norm, zorder=3 if external else 2, **edge)
-        if (sel & (site_idx < 0)).any():
-            unl = sel & (site_idx < 0)
-            ax.scatter(emb[unl, 0], emb[unl, 1], marker=marker, alpha=0.8, color="0.55",
+        elif sel.any():  # a split without site labels: grey
+            ax.scatter(emb[sel, 0], emb[sel, 1], marker=marker, alpha=0.8, color="0.55",
                        zorder=3 if external else 2, **edge)
+            unlabelled_shown = True
         handles.append(Line2D([], [], ls="", marker=marker, markersize=6 if external else 5,
                               markerfacecolor="0.75", markeredgecolor="k" if external else "0.75",
                               markeredgewidth=0.8 if external else 0,
                               label=SPLIT_NAMES.get(name, name) + (" (unseen sites)" if external else "")))
-    if (site_idx < 0).any():
+    if unlabelled_shown:
         handles.append(Line2D([], [], ls="", marker="o", markersize=5, color="0.55", label="no site label"))
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=7,
               frameon=False, handletextpad=0.2, columnspacing=1.0)

@@ -23,7 +23,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.evaluation.brain_age_gap import brain_age_gap
 from brainage.evaluation.features import SPLITS, FeatureSplit, load_feature_dir
 from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
@@ -159,7 +158,7 @@ def run_evaluation(
     preds_raw = res.pop("predictions")
     preds = {"train": preds_raw["train_oof"], "internal_test": preds_raw["internal"],
              "external_test": preds_raw["external"]}
-    corrected = preds_raw["corrected_gap"]
+    gap, corrected = preds_raw["gap"], preds_raw["corrected_gap"]
     rs = settings.random_state if settings.random_state is not None else 0
 
     scores: dict[str, Any] = {
@@ -199,7 +198,7 @@ def run_evaluation(
             "site": sp.site if sp.site is not None else "",
             "age": sp.age,
             "predicted_age": preds[split],
-            "gap": brain_age_gap(preds[split], sp.age),
+            "gap": gap[split],
             "corrected_gap": corrected[split],
         })
         if sp.prediction is not None:

@@ -238,9 +238,10 @@ def evaluate_features(
         training sites), ``alpha``, ``C``, the probes' cross-validated scores, counts, the
         settings, and ``predictions``: ``internal``, ``external`` (Ridge probe, years),
         ``train_oof`` (out-of-fold Ridge predictions at the selected alpha, same folds),
-        ``internal_site`` (site probe) and ``corrected_gap`` (``{split: (n,)}``, the
-        age-bias-corrected gaps). ``brain_age_gap`` summarises the gap and its age-bias
-        correction (:func:`~brainage.evaluation.brain_age_gap.held_out_gap_correction`: line
+        ``internal_site`` (site probe), ``gap`` and ``corrected_gap`` (``{split: (n,)}``, the
+        gaps ``predicted - age`` and the age-bias-corrected gaps). ``brain_age_gap``
+        summarises the gap and its age-bias correction
+        (:func:`~brainage.evaluation.brain_age_gap.held_out_gap_correction`: line
         fitted on the internal test set, cross-fitted over ``bias_cv`` folds for the internal
         subjects themselves, folds shuffled with the settings' ``random_state`` or 0): slope,
         intercept, mean and std of the raw and corrected gaps per split, and their correlation
@@ -314,7 +315,7 @@ def evaluate_features(
     refit = site.best_estimator_
     converged = bool(np.all(np.asarray(refit.n_iter_) < s.max_iter))
 
-    corrected_gap, gap_summary = held_out_gap_correction(
+    raw_gap, corrected_gap, gap_summary = held_out_gap_correction(
         {"train": y_tr, "internal_test": y_in, "external_test": y_ex},
         {"train": pred_tr_oof, "internal_test": pred_in, "external_test": pred_ex},
         n_splits=int(bias_cv),
@@ -355,6 +356,7 @@ def evaluate_features(
             "internal": pred_in,
             "external": pred_ex,
             "internal_site": np.asarray(site_in).astype(str),
+            "gap": raw_gap,
             "corrected_gap": corrected_gap,
         },
     }

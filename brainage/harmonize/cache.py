@@ -132,8 +132,8 @@ def harmonize_cache(
     if "train" not in splits:
         raise ValueError(f"{src.path}: the cache has no train split; ComBat is fitted on train")
     tables = {s: src.split(s).table for s in splits}
-    used = [s for s in splits if s != "external_test" or external == "transductive"]
-    frames = {s: covariate_frame(tables[s], covariates) for s in used}
+    harmonised = [s for s in splits if s != "external_test" or external == "transductive"]
+    frames = {s: covariate_frame(tables[s], covariates) for s in harmonised}
 
     mask = src.mask
     flat = np.flatnonzero(mask.ravel())
@@ -150,23 +150,16 @@ def harmonize_cache(
         unseen = sorted(set(frames["internal_test"][SITE]) - train_sites)
         if unseen:
             raise ValueError(f"internal_test has site(s) {unseen} that are not in train; ComBat cannot harmonise them")
-    if "external_test" in frames and external == "transductive":
+    if "external_test" in frames:  # only with the transductive strategy
         seen = sorted(set(frames["external_test"][SITE]) & train_sites)
         if seen:
             raise ValueError(f"external_test has site(s) {seen} that are also in train; they are not external")
-        sizes = frames["external_test"][SITE].value_counts()
-        if (sizes < 2).any():
-            raise ValueError(
-                f"external site(s) {sorted(sizes.index[sizes < 2])} have a single subject: the transductive "
-                "strategy estimates each external site from its own subjects and needs >= 2"
-            )
+        model.check_unseen_site_sizes(frames["external_test"][SITE])
 
     out.mkdir(parents=True, exist_ok=True)
     # A finished cache is recognised by cache.json: remove the old one before touching anything.
     (out / "cache.json").unlink(missing_ok=True)
 
-    harmonised = ["train", "internal_test"] + (["external_test"] if external == "transductive" else [])
-    harmonised = [s for s in harmonised if s in splits]
     partials = {s: out / f".{s}.npy.partial" for s in harmonised}
     try:
         for s in harmonised:

@@ -265,6 +265,22 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
                 f"first at row {int(row)}, feature {start + int(col)}"
             )
 
+    @staticmethod
+    def check_unseen_site_sizes(sites: Sequence, what: str | None = None) -> None:
+        """Raise ``ValueError`` when a site absent at fit time has a single subject.
+
+        The transductive strategy (:meth:`transform_unseen_columns`) estimates each such site's
+        location and scale from its own subjects, which needs >= 2 per site. ``what`` prefixes
+        the message.
+        """
+        values, counts = np.unique(np.asarray(sites), return_counts=True)
+        if (counts < 2).any():
+            raise ValueError(
+                (f"{what}: " if what else "")
+                + f"external site(s) {values[counts < 2].tolist()} have a single subject: the transductive "
+                "strategy estimates each external site from its own subjects and needs >= 2"
+            )
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "gamma_star_"):
             raise NotFittedError("this ComBatHarmonizer is not fitted: call fit (or load a saved model) first")
@@ -473,6 +489,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         if known.any():
             raise ValueError(f"transform_unseen_sites: site(s) {sorted(set(sites[known]))} were seen at fit time; use transform")
         self._check_finite(block, start, "transform_unseen_sites")
+        self.check_unseen_site_sizes(sites, "transform_unseen_sites")
         cols = slice(start, stop)
         # neuroCombat's design matrix holds covariates as float32; mirror it.
         cov = frame[list(covariates)].to_numpy(dtype=np.float32).astype(np.float64)
@@ -483,8 +500,6 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         out = block.copy()
         for site in np.unique(sites):
             rows = np.flatnonzero(sites == site)
-            if len(rows) < 2:
-                raise ValueError(f"transform_unseen_sites: site {site!r} has a single subject; its scale cannot be estimated")
             s = standardised[np.ix_(rows, np.flatnonzero(active))]
             g_hat, d_hat = s.mean(axis=0), s.var(axis=0, ddof=1)
             if self.eb and s.shape[1] > 1:

@@ -114,8 +114,10 @@ class FairKL(nn.Module):
             raise ValueError(f"FairKL needs class labels of shape ({batch},), got None")
         check_class_labels(labels, batch, "labels", features.shape)
         check_class_labels(bias, batch, "bias", features.shape)
-        check_unit_norm(features)  # every view, also those the reference formulation ignores
+        if self.formulation == "reference":
+            check_unit_norm(features)  # every view, also those the reference formulation ignores
         used = features[:, :1] if self.formulation == "reference" else features
+        # class_similarities checks that ``used`` is unit norm (all views for the paper form)
         s, off, same = class_similarities(used, labels, self.temperature)
         aligned = class_equality(bias, batch, used.shape[1], s.device)
         with full_precision(features.device):

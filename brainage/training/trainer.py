@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
-from brainage.io import atomic_open, save_json
+from brainage.io import atomic_open, remove_stale_temporaries, save_json
 from brainage.training.checkpoint import (
     CHECKPOINT_FORMAT,
     MODEL_FORMAT,
@@ -324,7 +324,7 @@ def train(
 
         ckpt_path = out / "checkpoint.pt"
         if ctx.is_main:
-            _remove_partial_files(out)
+            remove_stale_temporaries(out, _RUN_FILES)  # left by a killed run
         payload = _resumable_checkpoint(ckpt_path, config, identity, restart_on_mismatch, ctx)
         if payload is not None:
             load_state_strict(model, payload["model"], ckpt_path)
@@ -458,11 +458,8 @@ def _resident(option: str) -> bool | None:
     return {"auto": None, "on": True, "off": False}[option]
 
 
-def _remove_partial_files(out: Path) -> None:
-    """Delete temporary files a killed run left behind (see :func:`brainage.io.atomic_path`)."""
-    for name in ("checkpoint.pt", "model.pt", "metrics.csv", "config.json"):
-        for partial in out.glob(f".{name}.*.tmp*"):
-            partial.unlink(missing_ok=True)
+# The files a run writes atomically into its folder.
+_RUN_FILES = ("checkpoint.pt", "model.pt", "metrics.csv", "config.json")
 
 
 def _resumable_checkpoint(
