@@ -44,9 +44,9 @@ from brainage.training.trainer import (  # noqa: E402
     make_criterion,
     make_optimizer,
     regression_loss,
-    resolve_device,
     use_channels_last,
 )
+from brainage.training.distributed import resolve_device  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -88,6 +88,17 @@ def test_idx_and_fashion_sources(tmp_path, capsys):
     assert code == 2 and "nowhere" in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert _run(["debias-data", "biased-mnist", "--out", str(data), "--rho", "0.99",
+                 "--train", "2", "--val", "1", "--test", "1"], capsys)[0] == 0
+    code, err = _run(["debias-train", "--train", str(data / "train_rho0.99.npz"), "--val", str(data / "val.npz"),
+                      "--method", "ce", "--device", "cuda", "--out", str(tmp_path / "m.pt")], capsys)
+    assert code == 2 and "device 'cuda' requested but CUDA is not available" in err
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_bad_dfa_name_and_missing_cifar_batch(tmp_path, capsys):
     _png(tmp_path / "c" / "1pct" / "align" / "0" / "x_0_0.png", 1)
     _png(tmp_path / "c" / "1pct" / "conflict" / "0" / "x_0_zero.png", 1)

@@ -295,11 +295,10 @@ def train_step(
     from .methods import MethodConfig
     from .train import TrainConfig, train_model
 
-    config = dict(config)
-    if config.get("device", "cpu") == "auto":
-        import torch
+    from brainage.training.distributed import resolve_device  # torch only, not MONAI
 
-        config["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    config = dict(config)
+    config["device"] = str(resolve_device(config.get("device", "cpu")))
     method_cfg = MethodConfig(**method)
     train_cfg = TrainConfig(**config)
     train_set, val_set = load_array_set(train), load_array_set(val)

@@ -52,6 +52,7 @@ from brainage.training.distributed import (
     barrier,
     gather,
     gather_with_grad,
+    resolve_device,
     wrap_model,
 )
 
@@ -63,7 +64,6 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "regression_loss",
-    "resolve_device",
     "train",
 ]
 
@@ -72,28 +72,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDivergedError(ValueError):
     """The loss became NaN or infinite; the last checkpoint is left as it was."""
-
-
-def resolve_device(spec: str, ctx: DistContext | None = None) -> torch.device:
-    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a device.
-
-    ``auto`` picks CUDA when available (the process's ``local_rank`` GPU under torchrun).
-
-    Raises:
-        ValueError: CUDA requested but not available, or a GPU index out of range.
-    """
-    ctx = ctx or DistContext()
-    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError(
-            f"device {spec!r} requested but CUDA is not available here (torch {torch.__version__}, "
-            f"built with CUDA: {torch.version.cuda or 'no'}); use device 'cpu' or 'auto'"
-        )
-    index = int(spec.split(":")[1]) if ":" in spec else ctx.local_rank
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"device cuda:{index} requested but only {torch.cuda.device_count()} GPU(s) are visible")
-    return torch.device("cuda", index)
 
 
 def autocast_context(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
