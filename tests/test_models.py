@@ -20,7 +20,8 @@ def resnet18_3d_parameters(width: float = 1.0, in_channels: int = 1) -> int:
     """Parameters of a 3D ResNet-18 without classifier, counted from the architecture.
 
     Stem: 7^3 conv + BN; four stages of two basic blocks (two 3^3 convs + BN each); the first
-    block of stages 2-4 has a 1^3 projection shortcut with bias and BN (MONAI's shortcut "B").
+    block of stages 2-4 has a 1^3 projection shortcut without bias, then BN (shortcut "B" of the
+    reference network; MONAI's with ``bias_downsample=False``).
     """
     planes = [int(p * width) for p in (64, 128, 256, 512)]
     total = _conv(in_channels, planes[0], 7) + _bn(planes[0])
@@ -29,7 +30,7 @@ def resnet18_3d_parameters(width: float = 1.0, in_channels: int = 1) -> int:
         for block in range(2):
             total += _conv(cin, c, 3) + _bn(c) + _conv(c, c, 3) + _bn(c)
             if block == 0 and stage > 0:
-                total += _conv(cin, c, 1, bias=True) + _bn(c)
+                total += _conv(cin, c, 1) + _bn(c)
             cin = c
     return total
 
@@ -42,7 +43,7 @@ def test_width1_parameter_count_matches_resnet18():
     net = BrainAgeNet(widen_factor=1.0, head="projection")
     expected_encoder = resnet18_3d_parameters(1.0)
     assert count(net.encoder) == expected_encoder
-    assert abs(expected_encoder - 33.2e6) < 0.05e6  # the published ~33.2 M
+    assert expected_encoder == 33_160_000  # the reference network's encoder (no shortcut biases)
     assert count(net.head) == (512 * 512 + 512) + (512 * 128 + 128)
     reg = BrainAgeNet(widen_factor=1.0, head="regression")
     assert count(reg) == expected_encoder + 512 + 1

@@ -117,6 +117,34 @@ def test_mask_volumes_matches_nilearn_order_and_round_trips(openbhb_dir):
     np.testing.assert_array_equal(mask_volumes(back, mask_path), rows)
 
 
+def test_tpm_threshold_follows_the_kit_in_float64(tmp_path, monkeypatch):
+    """The kit builds the VBM mask as ``nib.load(path).get_fdata() > 0.05`` (float64 values).
+
+    A float32 TPM stores 0.05 as float32(0.05) = 0.0500000007..., which is inside the kit's mask;
+    comparing in float32 (float32(0.05) > float32(0.05)) would leave it out.
+    """
+    at = np.float32(0.05)
+    assert float(at) > 0.05  # the premise, in float64
+    values = np.zeros((6, 7, 5), np.float32)
+    values[1, :, :] = at
+    values[2, :, :] = np.nextafter(at, np.float32(0))  # 0.04999999..., outside for both rules
+    values[3, :, :] = 0.5
+    path = tmp_path / VBM_MASK_NAME
+    nib.save(nib.Nifti1Image(values, np.eye(4)), path)
+    assert nib.load(path).get_data_dtype() == np.float32
+    kit = nib.load(path).get_fdata() > 0.05  # the kit's own expression
+    expected = np.zeros(values.shape, bool)
+    expected[1] = expected[3] = True  # by hand
+    np.testing.assert_array_equal(kit, expected)
+    np.testing.assert_array_equal(openbhb.load_mask(path), expected)
+    np.testing.assert_array_equal(openbhb.load_mask(path, threshold=0.05), expected)
+    np.testing.assert_array_equal(openbhb.load_mask(values, threshold=0.05), expected)
+    from brainage.submission import ramp_estimator
+
+    monkeypatch.setenv("VBM_MASK", str(path))
+    np.testing.assert_array_equal(ramp_estimator.read_mask("vbm"), expected)
+
+
 def test_quasiraw_mask_threshold_is_zero(openbhb_dir):
     root, truth = openbhb_dir
     m = openbhb.load_mask(root / "resource" / QR_MASK_NAME)

@@ -307,7 +307,7 @@ def load_mask(
             raise OpenBHBError(
                 f"mask array has dtype {mask.dtype}: pass a boolean array or give threshold="
             )
-        return np.asarray(mask) > threshold
+        return _above(mask, threshold)
     name = ""
     if isinstance(mask, (str, os.PathLike)):
         name = str(mask)
@@ -317,12 +317,11 @@ def load_mask(
     else:
         img = mask
         name = img.get_filename() or ""
-    data = np.asanyarray(img.dataobj)
+    data = img.get_fdata(dtype=np.float64)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise OpenBHBError(f"mask image {name or '<in memory>'} must be 3-D, got shape {data.shape}")
-    data = np.asarray(data)
     if threshold is None:
         if "gm_TPM" in Path(name).name:
             threshold = MODALITIES["vbm"].threshold
@@ -336,7 +335,16 @@ def load_mask(
                     UserWarning,
                     stacklevel=2,
                 )
-    return data > threshold
+    return _above(data, threshold)
+
+
+def _above(values: np.ndarray, threshold: float) -> np.ndarray:
+    """``values > threshold`` compared in float64, as the challenge kit does (``get_fdata() > 0.05``).
+
+    Comparing in the stored dtype differs: float32(0.05) is 0.0500000007, above 0.05 in float64
+    but not above float32(0.05).
+    """
+    return np.asarray(values, dtype=np.float64) > float(threshold)
 
 
 def mask_volumes(

@@ -24,6 +24,10 @@ def resnet18_encoder(widen_factor: float = 1.0, in_channels: int = 1) -> nn.Modu
     The stem is a 7x7x7 convolution of stride 2 followed by a stride-2 max-pool, as in the
     2D ResNet of He et al. (CVPR 2016) and the brain-age model of Barbano et al. (ISBI 2023).
     MONAI's default stem stride is 1, which makes every later feature map 8 times larger.
+    The 1x1x1 projection shortcuts have no bias (``bias_downsample=False``), as in the reference
+    network: a bias right before BatchNorm is cancelled by its mean subtraction, so its true
+    gradient is zero, and Adam would turn the rounding noise of that gradient into full-size
+    steps (a random walk that differs between machines and memory layouts).
 
     Args:
         widen_factor: multiplies the channels of every stage (64, 128, 256, 512).
@@ -39,6 +43,7 @@ def resnet18_encoder(widen_factor: float = 1.0, in_channels: int = 1) -> nn.Modu
         conv1_t_stride=2,
         widen_factor=widen_factor,
         feed_forward=False,
+        bias_downsample=False,
     )
 
 
@@ -61,8 +66,8 @@ class BrainAgeNet(nn.Module):
     the encoder's width.
 
     Args:
-        widen_factor: channel multiplier of the encoder (1 = the published ResNet-18, 33.2 M
-            parameters in the encoder).
+        widen_factor: channel multiplier of the encoder (1 = the published ResNet-18,
+            33,160,000 parameters in the encoder).
         head: ``"projection"`` (contrastive methods) or ``"regression"`` (L1 baselines). Only
             the chosen head is built, so every parameter takes part in ``forward`` (required by
             DistributedDataParallel without ``find_unused_parameters``).

@@ -61,7 +61,7 @@ class ResidualBlock(nn.Module):
     """Basic 3-D residual block: two 3x3x3 convolutions, identity or 1x1x1 projection shortcut.
 
     Same parameter names and operation order as MONAI's ``ResNetBlock`` with shortcut type
-    "B" (the shortcut convolution has a bias).
+    "B" and ``bias_downsample=False`` (no bias in the shortcut convolution, as the reference).
     """
 
     def __init__(self, in_channels: int, channels: int, stride: int) -> None:
@@ -74,7 +74,7 @@ class ResidualBlock(nn.Module):
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != channels:
             self.downsample = nn.Sequential(
-                nn.Conv3d(in_channels, channels, 1, stride=stride, bias=True), nn.BatchNorm3d(channels)
+                nn.Conv3d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm3d(channels)
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -211,12 +211,13 @@ def read_mask(modality: str) -> np.ndarray:
         )
     if not Path(path).is_file():
         raise SubmissionError(f"{variable}={path}: no such mask image")
-    data = np.asanyarray(nibabel.load(path).dataobj)
+    # The kit's rule: float64 values (get_fdata), so float32(0.05) = 0.0500000007 is inside.
+    data = nibabel.load(path).get_fdata()
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise SubmissionError(f"{variable}={path}: the mask image must be 3-D, got shape {data.shape}")
-    return np.asarray(data) > MASK_THRESHOLDS[modality]
+    return data > MASK_THRESHOLDS[modality]
 
 
 def block_mean(volumes: np.ndarray, factor: int) -> np.ndarray:
