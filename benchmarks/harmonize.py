@@ -50,7 +50,8 @@ def site_labels(n: int, n_sites: int, rng: np.random.Generator) -> np.ndarray:
 
 def simulate(site: np.ndarray, p: int, seed: int, hetero: bool = False) -> tuple[np.ndarray, "object"]:
     """(n, p) features with per-site shifts N(0, 1) (x a ramp 0.2..2 over voxels when ``hetero``)
-    and scales exp(N(0, 0.3)), plus a sex effect of 0.5."""
+    and scales exp(N(0, 0.3)), plus a sex effect of 0.5; ages confounded with site (a centre per
+    site), without an effect on the features (the cost of ComBat does not depend on it)."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -60,7 +61,8 @@ def simulate(site: np.ndarray, p: int, seed: int, hetero: bool = False) -> tuple
     shift = rng.normal(0, 1, (n_sites, p)) * amplitude
     scale = np.exp(rng.normal(0, 0.3, (n_sites, p)))
     X = rng.normal(0, 1, p) + 0.5 * sex[:, None] + shift[site] + scale[site] * rng.normal(size=(n, p))
-    covars = pd.DataFrame({"SITE": [f"s{j:02d}" for j in site], "sex": sex})
+    age = np.clip(rng.normal(np.linspace(10, 70, n_sites)[site], 6.0), 6, 88)
+    covars = pd.DataFrame({"SITE": [f"s{j:02d}" for j in site], "sex": sex, "age": age})
     return X, covars
 
 
@@ -85,7 +87,7 @@ def child_chunk(n: int, p: int, n_sites: int, n_apply: int) -> dict:
         pass
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    h.transform(Xte, cte)
+    h.transform(Xte, cte["SITE"].to_numpy())
     apply_s = time.perf_counter() - t0
     return {"n": n, "p": p, "fit_s": fit_s, "apply_s": apply_s, "n_apply": n_apply,
             "baseline_gb": base, "peak_gb": peak_rss_gb(), "inputs_gb": (Xtr.nbytes + Xte.nbytes) / 1024 ** 3}

@@ -121,11 +121,12 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 def _register_harmonize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "harmonize",
-        help="training cache -> ComBat-harmonised cache (fitted on train, sex covariate, never age)",
+        help="training cache -> ComBat-harmonised cache (fitted on train with sex and age protected; "
+        "age-free transform)",
         description="Fit ComBat (neuroHarmonize) on the training split of a cache, chunked over "
-        "voxels, and write a harmonised cache in the same format plus model.npz. Internal-test "
-        "subjects (seen sites) are harmonised with the training model; external (unseen) sites "
-        "follow --external.",
+        "voxels, with sex and the training ages protected, and write a harmonised cache in the same "
+        "format plus model.npz. Every split, train included, goes through one age-free transform "
+        "(--adjust) that needs only the site label; external (unseen) sites follow --external.",
     )
     p.add_argument("--cache", required=True, type=Path, help="training cache folder (brainage preprocess)")
     p.add_argument("--out", required=True, type=Path, help="harmonised cache folder to write")
@@ -135,6 +136,12 @@ def _register_harmonize(sub: argparse._SubParsersAction) -> None:
                    help="external sites: none = left unharmonised (default, what a challenge submission "
                    "could do); transductive = estimated from the external subjects as a group (not "
                    "challenge-compliant)")
+    p.add_argument("--adjust", default="location",
+                   help="age-free transform: location = x - sigma*gamma_site (default); location-scale = "
+                   "(x - m_site - sigma*gamma_site)/sqrt(delta_site) + m_site (docs/harmonization.md)")
+    p.add_argument("--age-degree", type=int, default=2, choices=[0, 1, 2, 3],
+                   help="polynomial degree of the standardised training ages protected at fit time (default 2; "
+                   "0 = age not modelled)")
     p.add_argument("--no-eb", action="store_true", help="no empirical-Bayes shrinkage of the site effects")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_harmonize)
@@ -145,7 +152,7 @@ def _run_harmonize(args: argparse.Namespace) -> int:
 
     meta = harmonize_cache(
         args.cache, args.out, chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE, external=args.external,
-        eb=not args.no_eb, progress=not args.quiet,
+        eb=not args.no_eb, age_degree=args.age_degree, adjust=args.adjust, progress=not args.quiet,
     )
     info = meta["harmonization"]
     logging.getLogger("brainage").info(

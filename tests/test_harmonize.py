@@ -1,5 +1,6 @@
-"""ComBat harmonisation: against neuroHarmonize and closed-form expectations, chunking, the
-missing-site workaround, the npz model, age blindness, bad input, and the CLI end to end."""
+"""ComBat harmonisation with age protected at fit time: closed forms from an independent least
+squares, neuroHarmonize's estimates, ground truth on age-confounded sites, chunking, the npz
+model, the age-free transform, bad input, and the CLI end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from neuroHarmonize import harmonizationApply, harmonizationLearn
+from neuroHarmonize import harmonizationLearn
+from sklearn.linear_model import Ridge
 
 from brainage.cli import main
 from brainage.data.cache import TrainingCache
@@ -19,22 +21,32 @@ from brainage.harmonize import ComBatHarmonizer, chunk_bounds, covariate_frame, 
 from conftest import write_openbhb
 
 
-def simulate(sizes=(40, 40, 40, 40), p=400, seed=0, shift_sd=1.0, scale_sd=0.3):
-    """Features with known per-site additive (shift) and multiplicative (scale) effects.
+def simulate(sizes=(40, 40, 40, 40), p=400, seed=0, shift_sd=1.0, scale_sd=0.3, age_sd=5.0):
+    """Features of age-confounded sites with known effects, per feature.
 
-    x = alpha + beta * sex + shift[site] + scale[site] * noise, per feature.
+    Site j recruits ages around its own centre (12 to 60 years), so site and age are confounded.
+    x = alpha + beta * sex + age_effect(age) + shift[site] + scale[site] * noise, with a quadratic
+    age effect in decades from 40.
     """
     rng = np.random.default_rng(seed)
-    site = np.repeat(np.arange(len(sizes)), sizes)
+    k = len(sizes)
+    site = np.repeat(np.arange(k), sizes)
     n = len(site)
+    centres = np.linspace(12, 60, k)
+    age = np.clip(rng.normal(centres[site], age_sd), 6, 88)
     sex = rng.integers(0, 2, n).astype(float)
     alpha = rng.normal(0, 1, p)
     beta = rng.normal(0.5, 0.2, p)
-    shift = rng.normal(0, shift_sd, (len(sizes), p))
-    scale = np.exp(rng.normal(0, scale_sd, (len(sizes), p)))
-    X = alpha + sex[:, None] * beta + shift[site] + scale[site] * rng.normal(size=(n, p))
-    covars = pd.DataFrame({"SITE": [f"site{s}" for s in site], "sex": sex})
-    return X, covars, {"site": site, "sex": sex, "alpha": alpha, "beta": beta}
+    slope = rng.normal(-1.0, 0.3, p)
+    curve = rng.normal(0.0, 0.1, p)
+    decades = (age - 40) / 10
+    age_effect = decades[:, None] * slope + decades[:, None] ** 2 * curve
+    shift = rng.normal(0, shift_sd, (k, p))
+    scale = np.exp(rng.normal(0, scale_sd, (k, p)))
+    X = alpha + sex[:, None] * beta + age_effect + shift[site] + scale[site] * rng.normal(size=(n, p))
+    covars = pd.DataFrame({"SITE": [f"site{s}" for s in site], "sex": sex, "age": age})
+    truth = {"site": site, "sex": sex, "age": age, "clean": alpha + sex[:, None] * beta + age_effect}
+    return X, covars, truth
 
 
 def library_learn(X, covars, eb=True):
@@ -43,96 +55,140 @@ def library_learn(X, covars, eb=True):
         return harmonizationLearn(X, covars, eb=eb)
 
 
-def library_apply(X, covars, model):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PendingDeprecationWarning)
-        return harmonizationApply(X, covars, model)
+def ols(X, site, sex, age):
+    """Independent least squares of X on [site dummies, sex, age, age^2] (ages in years).
 
-
-def ols_site_sex(X, site, sex):
-    """Independent least squares of X on [site dummies, sex]: (site intercepts (K, p), sex slope (p,),
-    residual variance with divisor n (p,))."""
+    Returns the site intercepts (K, p), the covariate fit c.beta per subject (n, p) and the residual
+    variance with divisor n (p,). Differences of site intercepts, c.beta up to a constant shared by
+    all subjects, and the residuals do not depend on how the quadratic in age is parametrised.
+    """
     sites = np.unique(site)
-    design = np.column_stack([(site[:, None] == sites[None]).astype(float), sex])
+    covariates = np.column_stack([sex, age, age**2])
+    design = np.column_stack([(site[:, None] == sites[None]).astype(float), covariates])
     coef, *_ = np.linalg.lstsq(design, X, rcond=None)
     resid = X - design @ coef
-    return coef[:-1], coef[-1], (resid ** 2).mean(axis=0)
+    return coef[: len(sites)], covariates @ coef[len(sites):], (resid**2).mean(axis=0)
+
+
+# neuroCombat's make_design_matrix stores numeric covariates as float32, so the fit sees them rounded
+# to 2^-24 relative; effects of the order of the data then move by a few 2^-24 x |X|. Ten of them:
+def design_tolerance(X):
+    return 10 * 2.0**-24 * np.abs(X).max()
+
+
+def expected_location(X, site, sex, age):
+    """The location transform in closed form without EB: x - (B_j - sum_k n_k / n B_k)."""
+    intercepts, _, _ = ols(X, site, sex, age)
+    counts = np.bincount(site)
+    grand = counts @ intercepts / counts.sum()
+    return X - (intercepts - grand)[site]
+
+
+def split_rows(site, every=5):
+    """Every ``every``-th subject of each site is held out (internal test: sites seen in training)."""
+    rank = np.concatenate([np.arange(c) for c in np.bincount(site)])
+    return rank % every != 0, rank % every == 0
+
+
+def sites_of(covars):
+    return covars["SITE"].to_numpy()
 
 
 # --------------------------------------------------------------------------- the model itself
 
 
-def test_without_eb_site_means_and_variances_become_equal_in_closed_form():
+def test_location_transform_in_closed_form_without_eb():
     X, covars, truth = simulate(sizes=(30, 45, 25, 50))
-    site, sex = truth["site"], truth["sex"]
     H = ComBatHarmonizer(eb=False, chunk_size=150).fit_transform(X, covars)
+    expected = expected_location(X, truth["site"], truth["sex"], truth["age"])
+    np.testing.assert_allclose(H, expected, rtol=0, atol=design_tolerance(X))
 
-    intercepts, slope, sigma2 = ols_site_sex(X, site, sex)
+
+def test_location_scale_transform_in_closed_form_without_eb():
+    """(x - m_j - (B_j - alpha)) / sqrt(delta_j) + m_j with m_j = alpha + mean over site j of c.beta and
+    delta_j = the site's residual variance (ddof 1) over the pooled one (divisor n)."""
+    X, covars, truth = simulate(sizes=(30, 45, 25, 50), seed=3)
+    site = truth["site"]
+    H = ComBatHarmonizer(eb=False, adjust="location-scale", chunk_size=400).fit_transform(X, covars)
+    intercepts, fitted, sigma2 = ols(X, site, truth["sex"], truth["age"])
     counts = np.bincount(site)
-    grand_mean = counts @ intercepts / counts.sum()
-    resid_before = X - sex[:, None] * slope
-    resid_after = H - sex[:, None] * slope
-    before = np.array([resid_before[site == j].mean(axis=0) for j in range(4)])
-    after = np.array([resid_after[site == j].mean(axis=0) for j in range(4)])
-    assert np.ptp(before, axis=0).mean() > 1.0  # the simulated site effect is there
-    # Without EB the site location is the site's mean residual and is removed exactly: every site's
-    # sex-adjusted mean is the grand mean and every within-site variance the pooled variance.
-    np.testing.assert_allclose(after, np.broadcast_to(grand_mean, after.shape), atol=1e-9)
-    var_after = np.array([resid_after[site == j].var(axis=0, ddof=1) for j in range(4)])
-    np.testing.assert_allclose(var_after, np.broadcast_to(sigma2, var_after.shape), rtol=1e-9)
+    alpha = counts @ intercepts / counts.sum()
+    resid = X - intercepts[site] - fitted
+    for j in range(4):
+        rows = site == j
+        m = alpha + fitted[rows].mean(axis=0)
+        delta = resid[rows].var(axis=0, ddof=1) / sigma2
+        expected = (X[rows] - m - (intercepts[j] - alpha)) / np.sqrt(delta) + m
+        np.testing.assert_allclose(H[rows], expected, rtol=0, atol=design_tolerance(X))
 
 
-def test_eb_removes_known_site_effects():
-    X, covars, truth = simulate(sizes=(40, 40, 40, 40), p=600, seed=1)
-    site, sex = truth["site"], truth["sex"]
-    H = ComBatHarmonizer(chunk_size=300).fit_transform(X, covars)
-    clean_before = X - sex[:, None] * truth["beta"]
-    clean_after = H - sex[:, None] * truth["beta"]
-
-    def mean_spread(values):
-        return np.ptp([values[site == j].mean(axis=0) for j in range(4)], axis=0).mean()
-
-    def sd_ratio(values):
-        sds = np.array([values[site == j].std(axis=0) for j in range(4)])
-        return (sds.max(axis=0) / sds.min(axis=0)).mean()
-
-    # site means: spread of ~2 (shift sd 1, 4 sites) falls to the noise of 40-subject means
-    assert mean_spread(clean_before) > 1.5
-    assert mean_spread(clean_after) < 0.45  # 4-site range of N(0, 1/40) means with estimated slope: ~0.35
-    assert mean_spread(clean_after) < 0.25 * mean_spread(clean_before)
-    # site scales: exp(N(0, 0.3)) factors converge to a common scale
-    assert sd_ratio(clean_before) > 1.5
-    assert sd_ratio(clean_after) < 1.3  # max/min of 4 sample sds of 40 subjects: ~1.25
-    assert sd_ratio(clean_after) < sd_ratio(clean_before) - 0.3
-
-
-def test_unchunked_equals_neuroharmonize_and_apply_matches():
+def test_parameters_are_neuroharmonize_fit_with_age_protected():
     X, covars, _ = simulate(p=300, seed=2)
-    rng = np.random.default_rng(5)
-    test = rng.permutation(len(X))[:40]
-    train = np.setdiff1d(np.arange(len(X)), test)
-    cov_train, cov_test = covars.iloc[train].reset_index(drop=True), covars.iloc[test].reset_index(drop=True)
-    assert set(cov_test["SITE"]) == set(cov_train["SITE"])
-
-    model, expected = library_learn(X[train], cov_train)
-    ours = ComBatHarmonizer(chunk_size=300)
-    H = ours.fit_transform(X[train], cov_train)
-    np.testing.assert_allclose(H, expected, rtol=0, atol=1e-12)
+    z = (covars["age"] - covars["age"].mean()) / covars["age"].std(ddof=0)
+    frame = pd.DataFrame({"SITE": covars["SITE"], "sex": covars["sex"], "age_z": z, "age_z^2": z**2})
+    model, _ = library_learn(X, frame)
+    ours = ComBatHarmonizer(chunk_size=300).fit(X, covars)
+    assert ours.covariates_.tolist() == ["sex", "age_z", "age_z^2"]
     np.testing.assert_allclose(ours.gamma_star_, model["gamma_star"], atol=1e-12)
     np.testing.assert_allclose(ours.delta_star_, model["delta_star"], atol=1e-12)
-    np.testing.assert_allclose(ours.transform(X[test], cov_test), library_apply(X[test], cov_test, model), atol=1e-12)
+    np.testing.assert_allclose(ours.var_pooled_, model["var_pooled"][:, 0], rtol=1e-12)
+    np.testing.assert_allclose(ours.coef_, model["B_hat"][4:], atol=1e-12)
+
+
+def test_training_rows_get_the_transform_test_rows_get():
+    X, covars, _ = simulate(p=120, seed=4)
+    for adjust in ("location", "location-scale"):
+        h = ComBatHarmonizer(adjust=adjust, chunk_size=50)
+        H = h.fit_transform(X, covars)
+        np.testing.assert_array_equal(H, h.transform(X, sites_of(covars)))
+        # any subset of sites, a single subject: each row on its own
+        subset = covars["SITE"].isin(["site0", "site2"]).to_numpy()
+        np.testing.assert_array_equal(h.transform(X[subset], sites_of(covars)[subset]), H[subset])
+        # (m_j of location-scale is a 3-term product recomputed per batch shape: a few ulps)
+        np.testing.assert_allclose(h.transform(X[:1], sites_of(covars)[:1]), H[:1], rtol=0,
+                                   atol=8 * np.finfo(float).eps * np.abs(X).max())
+
+
+def test_ground_truth_site_means_equal_at_fixed_age_and_age_signal_kept():
+    """Age-confounded sites: ComBat with age protected removes the site shifts and keeps the age
+    signal; without age it removes the between-site age differences too (the control)."""
+    X, covars, truth = simulate(sizes=(60,) * 6, p=300, seed=1, shift_sd=1.0, scale_sd=0.2, age_sd=8.0)
+    site = truth["site"]
+    train, test = split_rows(site)
+    tr = covars[train].reset_index(drop=True)
+    with_age = ComBatHarmonizer(chunk_size=300).fit(X[train], tr)
+    H = with_age.transform(X, sites_of(covars))
+
+    def site_spread(values):  # range over sites of the mean residual from the true covariate effects
+        resid = values - truth["clean"]
+        return np.ptp([resid[site == j].mean(axis=0) for j in range(6)], axis=0).mean()
+
+    before, after = site_spread(X), site_spread(H)
+    assert before > 2.0  # range of 6 N(0, 1) shifts: ~2.5
+    # the range of 6 means of 60 N(0, ~1) noises, 2.5 / sqrt(60) = 0.33, plus the error of the
+    # estimated age effect across the sites' age ranges (~0.1): 0.40 measured
+    assert after < 0.55 and after < 0.2 * before
+
+    def ridge_mae(features):
+        model = Ridge(alpha=1.0).fit(features[train], truth["age"][train])
+        return np.abs(model.predict(features[test]) - truth["age"][test]).mean()
+
+    no_age = ComBatHarmonizer(age_degree=0, chunk_size=300).fit(X[train], tr[["SITE", "sex"]])
+    mean_predictor = np.abs(truth["age"][test] - truth["age"][train].mean()).mean()
+    raw, harmonised, blind = ridge_mae(X), ridge_mae(H), ridge_mae(no_age.transform(X, sites_of(covars)))
+    assert harmonised < 1.15 * raw  # about as good as on the raw features
+    assert blind > 1.5 * harmonised  # the control: most between-site age signal removed
+    assert harmonised < 0.5 * mean_predictor
 
 
 def test_chunking_changes_only_the_eb_priors():
     X, covars, _ = simulate(p=2000, seed=3, sizes=(30, 30, 30, 30))
     # no EB: nothing is estimated across features, so chunks change nothing
-    _, expected = library_learn(X, covars, eb=False)
+    one = ComBatHarmonizer(eb=False, chunk_size=2000).fit_transform(X, covars)
     chunked = ComBatHarmonizer(eb=False, chunk_size=500).fit_transform(X, covars)
-    np.testing.assert_allclose(chunked, expected, atol=1e-12)
+    np.testing.assert_allclose(chunked, one, rtol=0, atol=1e-12 * np.abs(X).max())
 
-    # EB: each chunk of 500 features gets its own priors. Measured on this case: mean |difference|
-    # 0.0031 (0.43 % of the mean ComBat correction, 0.71), max 0.095 (0.053 data sd),
-    # correlation of the corrections 0.99998.
+    # EB: each chunk of 500 features gets its own priors, which move the shrunk locations a little.
     ref = ComBatHarmonizer(chunk_size=2000).fit_transform(X, covars)
     four = ComBatHarmonizer(chunk_size=500).fit_transform(X, covars)
     diff = np.abs(four - ref)
@@ -151,103 +207,74 @@ def test_chunk_bounds_are_balanced():
         chunk_bounds(10, 1)
 
 
-def test_missing_site_workaround():
-    X, covars, _ = simulate(p=120, seed=4)
-    train = np.arange(len(X)) % 4 != 0
-    test = ~train
-    cov_train = covars[train].reset_index(drop=True)
-    model, _ = library_learn(X[train], cov_train)
-    h = ComBatHarmonizer(chunk_size=120).fit(X[train], cov_train)
-
-    cov_test = covars[test].reset_index(drop=True)
-    full = library_apply(X[test], cov_test, model)  # the library on a batch with every site
-    subset = cov_test["SITE"].isin(["site0", "site2"]).to_numpy()
-    with pytest.raises((ValueError, IndexError)):  # "shapes not aligned" or an index error, by case
-        library_apply(X[test][subset], cov_test[subset].reset_index(drop=True), model)
-    ours = h.transform(X[test][subset], cov_test[subset].reset_index(drop=True))
-    np.testing.assert_allclose(ours, full[subset], atol=1e-12)
-    # one subject alone (three sites missing)
-    one = h.transform(X[test][:1], cov_test[:1])
-    np.testing.assert_allclose(one, full[:1], atol=1e-12)
-    # chunked model: a subset gives, row for row, what the complete batch gives
-    chunked = ComBatHarmonizer(chunk_size=40).fit(X[train], cov_train)
-    np.testing.assert_array_equal(
-        chunked.transform(X[test][subset], cov_test[subset].reset_index(drop=True)),
-        chunked.transform(X[test], cov_test)[subset],
-    )
-
-
-def test_npz_round_trip_equals_the_in_memory_neuroharmonize_model(tmp_path):
+def test_npz_round_trip(tmp_path):
     X, covars, _ = simulate(p=200, seed=6)
-    train = np.arange(len(X)) % 5 != 0
-    cov_train, cov_test = covars[train].reset_index(drop=True), covars[~train].reset_index(drop=True)
-    lib_model, _ = library_learn(X[train], cov_train)
-    h = ComBatHarmonizer(chunk_size=500).fit(X[train], cov_train)
+    train, test = split_rows(np.repeat(np.arange(4), 40))
+    h = ComBatHarmonizer(adjust="location-scale", chunk_size=500).fit(X[train], covars[train].reset_index(drop=True))
     h.save(tmp_path / "model.npz")
-
     with np.load(tmp_path / "model.npz", allow_pickle=False) as z:
-        assert set(z.files) == {"format", "sites", "covariates", "grand_mean", "coef", "var_pooled",
-                                "gamma_star", "delta_star", "passthrough", "chunk_bounds", "eb", "chunk_size"}
         assert not any(z[k].dtype.hasobject for k in z.files)
         assert z["sites"].tolist() == ["site0", "site1", "site2", "site3"]
-        assert z["covariates"].tolist() == ["sex"]
+        assert z["covariates"].tolist() == ["sex", "age_z", "age_z^2"]
+        assert str(z["adjust"]) == "location-scale" and int(z["age_degree"]) == 2
+        assert float(z["age_mean"]) == pytest.approx(covars["age"][train].mean(), rel=1e-12)
     loaded = ComBatHarmonizer.load(tmp_path / "model.npz")
-    expected = library_apply(X[~train], cov_test, lib_model)
-    np.testing.assert_allclose(loaded.transform(X[~train], cov_test), expected, atol=1e-12)
-    np.testing.assert_array_equal(loaded.transform(X[~train], cov_test), h.transform(X[~train], cov_test))
+    sites = sites_of(covars)[test]
+    np.testing.assert_array_equal(loaded.transform(X[test], sites), h.transform(X[test], sites))
 
 
 def test_constant_feature_passes_through():
     X, covars, _ = simulate(p=50, seed=7)
     X[:, 10] = 3.25
-    h = ComBatHarmonizer(chunk_size=50)
+    h = ComBatHarmonizer(chunk_size=50, adjust="location-scale")
     H = h.fit_transform(X, covars)
     assert h.passthrough_.tolist() == [i == 10 for i in range(50)]
     assert np.all(H[:, 10] == 3.25) and np.all(np.isfinite(H))
-    _, expected = library_learn(np.delete(X, 10, axis=1), covars)
-    np.testing.assert_allclose(np.delete(H, 10, axis=1), expected, atol=1e-12)
+    rest = ComBatHarmonizer(chunk_size=50, adjust="location-scale").fit_transform(np.delete(X, 10, axis=1), covars)
+    np.testing.assert_allclose(np.delete(H, 10, axis=1), rest, atol=1e-12)
 
 
 def test_transductive_option_aligns_new_sites_to_the_training_reference():
     X, covars, truth = simulate(sizes=(40, 40, 40, 30, 30), p=200, seed=8)
-    site, sex = truth["site"], truth["sex"]
+    site = truth["site"]
     train, new = site < 3, site >= 3
     h = ComBatHarmonizer(eb=False, chunk_size=200).fit(X[train], covars[train].reset_index(drop=True))
-    cov_new = covars[new].reset_index(drop=True)
+    new_sites = sites_of(covars)[new]
     with pytest.raises(ValueError, match="site3"):
-        h.transform(X[new], cov_new)
-    assert np.isnan(h.set_params(unseen_sites="nan").transform(X[new], cov_new)).all()
-    np.testing.assert_array_equal(h.set_params(unseen_sites="passthrough").transform(X[new], cov_new), X[new])
+        h.transform(X[new], new_sites)
+    assert np.isnan(h.set_params(unseen_sites="nan").transform(X[new], new_sites)).all()
+    np.testing.assert_array_equal(h.set_params(unseen_sites="passthrough").transform(X[new], new_sites), X[new])
 
-    H = h.transform_unseen_sites(X[new], cov_new)
-    intercepts, slope, sigma2 = ols_site_sex(X[train], site[train], sex[train])
+    # location, no EB: each new site's mean becomes the training subjects' mean fit without site
+    H = h.transform_unseen_sites(X[new], new_sites)
+    intercepts, fitted, _ = ols(X[train], site[train], truth["sex"][train], truth["age"][train])
     counts = np.bincount(site[train])
-    grand_mean = counts @ intercepts / counts.sum()
+    reference = counts @ intercepts / counts.sum() + fitted.mean(axis=0)
     for j in (3, 4):
         rows = site[new] == j
-        resid = H[rows] - sex[new][rows, None] * slope
-        np.testing.assert_allclose(resid.mean(axis=0), grand_mean, atol=1e-9)
-        np.testing.assert_allclose(resid.var(axis=0, ddof=1), sigma2, rtol=1e-9)
+        np.testing.assert_allclose(H[rows].mean(axis=0), reference, rtol=0, atol=design_tolerance(X))
+        np.testing.assert_allclose(H[rows] - X[new][rows], np.broadcast_to((H[rows] - X[new][rows])[0], (rows.sum(), 200)),
+                                   atol=1e-12 * np.abs(X).max())  # one shift per site
 
 
 # --------------------------------------------------------------------------- age and bad input
 
 
-def test_age_can_not_reach_the_harmonisation():
+def test_age_reaches_the_fit_only():
     table = pd.DataFrame({"siteXacq": ["a", "b"], "site": ["x", "y"], "sex": ["male", "female"], "age": [10.0, 70.0]})
     frame = covariate_frame(table)
-    assert list(frame.columns) == ["SITE", "sex"]
+    assert list(frame.columns) == ["SITE", "sex", "age"]
     assert frame["SITE"].tolist() == ["a", "b"] and frame["sex"].tolist() == [1.0, 0.0]
+    assert list(covariate_frame(table, age=False).columns) == ["SITE", "sex"]
     with pytest.raises(ValueError, match="age"):
         covariate_frame(table, ("sex", "age"))
     X, covars, _ = simulate(p=20)
     with pytest.raises(ValueError, match="age"):
-        ComBatHarmonizer(covariates=("sex", "age")).fit(X, covars.assign(age=1.0))
-    with pytest.raises(ValueError, match="age"):
-        ComBatHarmonizer(covariates=("Age_z",)).fit(X, covars)
+        ComBatHarmonizer(covariates=("sex", "Age_z")).fit(X, covars)
     h = ComBatHarmonizer().fit(X, covars)
     with pytest.raises(ValueError, match="age"):
-        h.transform(X, covars.assign(age=np.arange(len(X), dtype=float)))
+        h.transform(X, covars)  # a frame with an age column is refused: the transform is age-free
+    np.testing.assert_array_equal(h.transform(X, covars[["SITE"]]), h.transform(X, sites_of(covars)))
 
 
 def test_encode_sex():
@@ -263,13 +290,17 @@ def test_encode_sex():
     ("lonely", r"\['site3'\] have a single training subject"),
     ("nan", "NaN/inf value.*row 5, feature 7"),
     ("sex_constant", "'sex' has no variance"),
+    ("age_constant", "age has no variance"),
+    ("age_nan", "covariate 'age' has NaN/inf at row 3"),
     ("sex_confounded", "confounded with SITE"),
-    ("rows", "X has 160 rows but covars has 159"),
+    ("rows", "X has 160 rows but there are 159 site labels"),
     ("columns", "exactly the columns"),
     ("strings", "must be numeric"),
+    ("adjust", "adjust must be one of"),
 ])
 def test_bad_input_is_named(case, message):
     X, covars, _ = simulate(p=30)
+    options = {}
     if case == "one_site":
         covars["SITE"] = "site0"
     elif case == "lonely":
@@ -278,6 +309,10 @@ def test_bad_input_is_named(case, message):
         X[5, 7] = np.nan
     elif case == "sex_constant":
         covars["sex"] = 1.0
+    elif case == "age_constant":
+        covars["age"] = 30.0
+    elif case == "age_nan":
+        covars.loc[3, "age"] = np.nan
     elif case == "sex_confounded":
         covars["sex"] = (covars["SITE"].isin(["site0", "site1"])).astype(float)
     elif case == "rows":
@@ -286,8 +321,10 @@ def test_bad_input_is_named(case, message):
         covars = covars.assign(tiv=1.0)
     elif case == "strings":
         covars["sex"] = np.where(covars["sex"] > 0, "male", "female")
+    elif case == "adjust":
+        options["adjust"] = "scale"
     with pytest.raises(ValueError, match=message):
-        ComBatHarmonizer(chunk_size=10).fit(X, covars)
+        ComBatHarmonizer(chunk_size=10, **options).fit(X, covars)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -305,27 +342,34 @@ def _masked(cache: TrainingCache, split: str) -> np.ndarray:
     return np.asarray(cache.split(split).volumes)[:, cache.mask].astype(np.float64)
 
 
-def test_cli_end_to_end_against_neuroharmonize(tiny_cache, capsys):
+def test_cli_end_to_end_in_closed_form(tiny_cache):
+    """Without EB the default (location) transform is x - (B_j - alpha) from a least squares on the
+    training split only; every split is transformed from its site labels."""
     root = tiny_cache
     out = root / "combat"
-    assert main(["harmonize", "--cache", str(root / "cache"), "--out", str(out), "--chunk-size", "100000", "--quiet"]) == 0
+    assert main(["harmonize", "--cache", str(root / "cache"), "--out", str(out), "--chunk-size", "100000",
+                 "--no-eb", "--quiet"]) == 0
     src, dst = TrainingCache(root / "cache"), TrainingCache(out)
     mask = src.mask
     np.testing.assert_array_equal(dst.mask, mask)
 
     tables = {s: src.split(s).table for s in ("train", "internal_test", "external_test")}
-    cov = {s: pd.DataFrame({"SITE": t["siteXacq"].astype(str).to_numpy(),
-                            "sex": (t["sex"] == "male").astype(float).to_numpy()}) for s, t in tables.items()}
-    model, expected_train = library_learn(_masked(src, "train"), cov["train"])
-    internal = _masked(src, "internal_test")
-    assert set(cov["internal_test"]["SITE"]) == set(cov["train"]["SITE"])
-    expected_internal = library_apply(internal, cov["internal_test"], model)
-
-    for split, expected in (("train", expected_train), ("internal_test", expected_internal)):
+    train = tables["train"]
+    site = train["siteXacq"].astype(str).to_numpy()
+    names, index = np.unique(site, return_inverse=True)
+    x_train = _masked(src, "train")
+    intercepts, _, _ = ols(x_train, index, (train["sex"] == "male").to_numpy(float), train["age"].to_numpy(float))
+    shift = intercepts - np.bincount(index) @ intercepts / len(index)
+    internal = tables["internal_test"]["siteXacq"].astype(str).to_numpy()
+    expected = {"train": x_train - shift[index],
+                "internal_test": _masked(src, "internal_test") - shift[np.searchsorted(names, internal)]}
+    for split, values in expected.items():
         vols = np.asarray(dst.split(split).volumes)
         assert vols.dtype == np.float16 and vols.shape == (len(tables[split]),) + tuple(mask.shape)
         assert np.all(vols[:, ~mask] == 0)
-        np.testing.assert_array_equal(vols[:, mask], expected.astype(np.float16))
+        # float16 storage: within one float16 spacing of the float64 closed form
+        spacing = np.spacing(np.abs(values).astype(np.float16)).astype(np.float64)
+        assert np.all(np.abs(vols[:, mask].astype(np.float64) - values) <= spacing + design_tolerance(values))
         pd.testing.assert_frame_equal(dst.split(split).table, tables[split])
     # external sites are unseen: left as they were (the default strategy)
     np.testing.assert_array_equal(np.asarray(dst.split("external_test").volumes), np.asarray(src.split("external_test").volumes))
@@ -333,29 +377,39 @@ def test_cli_end_to_end_against_neuroharmonize(tiny_cache, capsys):
     meta = json.loads((out / "cache.json").read_text())
     info = meta["harmonization"]
     assert info["external_strategy"] == "none" and "unharmonised" in info["external_test"]
-    assert info["covariates"] == ["sex"] and info["age_used"] is False and info["n_chunks"] == 1
+    assert info["covariates"] == ["sex", "age_z", "age_z^2"] and info["n_chunks"] == 1
+    assert info["adjust"] == "location" and "training split only" in info["age_used"]
     assert meta["shape"] == src.meta["shape"] and meta["splits"] == src.meta["splits"]
     loaded = ComBatHarmonizer.load(out / "model.npz")
-    np.testing.assert_allclose(loaded.transform(internal, cov["internal_test"]), expected_internal, atol=1e-12)
+    np.testing.assert_allclose(loaded.transform(_masked(src, "internal_test"), internal), expected["internal_test"],
+                               rtol=0, atol=design_tolerance(expected["internal_test"]))
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["cache.json", "mask.nii.gz", "model.npz"] + [f"{s}.{e}" for s in tables for e in ("npy", "tsv")])
 
 
-def test_cli_outputs_do_not_depend_on_ages(tiny_cache):
+def test_cli_outputs_do_not_depend_on_test_ages(tiny_cache):
+    """Test-split ages never reach the harmonisation; the training ages do (age is protected)."""
     root = tiny_cache
-    permuted = root / "cache_permuted_ages"
-    shutil.copytree(root / "cache", permuted)
     rng = np.random.default_rng(0)
-    for split in ("train", "internal_test", "external_test"):
-        table = pd.read_csv(permuted / f"{split}.tsv", sep="\t", dtype=str)
-        table["age"] = rng.permutation(table["age"].to_numpy())[::-1]
-        table.to_csv(permuted / f"{split}.tsv", sep="\t", index=False)
-    for name, cache in (("a", root / "cache"), ("b", permuted)):
+
+    def permuted(name: str, splits: tuple[str, ...]):
+        cache = root / name
+        shutil.copytree(root / "cache", cache)
+        for split in splits:
+            table = pd.read_csv(cache / f"{split}.tsv", sep="\t", dtype=str)
+            table["age"] = rng.permutation(table["age"].to_numpy())[::-1]
+            table.to_csv(cache / f"{split}.tsv", sep="\t", index=False)
+        return cache
+
+    caches = {"a": root / "cache", "b": permuted("test_ages", ("internal_test", "external_test")),
+              "c": permuted("train_ages", ("train",))}
+    for name, cache in caches.items():
         assert main(["harmonize", "--cache", str(cache), "--out", str(root / f"ages_{name}"),
                      "--chunk-size", "300", "--external", "transductive", "--quiet"]) == 0
     for split in ("train", "internal_test", "external_test"):
         a, b = (np.load(root / f"ages_{n}" / f"{split}.npy") for n in "ab")
         np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(np.load(root / "ages_a" / "train.npy"), np.load(root / "ages_c" / "train.npy"))
     ext = np.load(root / "ages_a" / "external_test.npy")
     assert not np.array_equal(ext, np.load(root / "cache" / "external_test.npy"))  # transductive did act
     meta = json.loads((root / "ages_a" / "cache.json").read_text())["harmonization"]

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from brainage import __version__
 from brainage.data.cache import TrainingCache
+from brainage.data.cache import site_labels
 from brainage.harmonize.combat import DEFAULT_CHUNK_SIZE, SITE, ComBatHarmonizer, covariate_frame
 from brainage.io import atomic_path, save_json
 
@@ -44,10 +45,16 @@ EXTERNAL_STRATEGIES: dict[str, str] = {
     "transductive": (
         "TRANSDUCTIVE, not challenge-compliant: each external site's location/scale estimated from "
         "its own external subjects (site labels and group statistics of the test set are used; "
-        "ages are not) against the training grand mean, sex coefficients and pooled variance"
+        "ages are not) against the training model at the training subjects' mean covariates"
     ),
 }
 SPLITS = ("train", "internal_test", "external_test")
+#: What each age-free transform does, as recorded in cache.json.
+ADJUST_TEXT: dict[str, str] = {
+    "location": "x - sigma * gamma*_site (site location removed; covariate and age effects pass through)",
+    "location-scale": ("(x - m_site - sigma * gamma*_site) / sqrt(delta*_site) + m_site, m_site = the site's "
+                       "mean fitted covariate effect over its training subjects"),
+}
 
 
 class _NpyFile:
@@ -101,6 +108,8 @@ def harmonize_cache(
     external: str = "none",
     eb: bool = True,
     covariates: Sequence[str] = ("sex",),
+    age_degree: int = 2,
+    adjust: str = "location",
     progress: bool = True,
 ) -> dict:
     """Fit ComBat on the cache's training split and write the harmonised cache to ``out``.
@@ -111,7 +120,10 @@ def harmonize_cache(
         chunk_size: voxels per chunk (see :class:`ComBatHarmonizer`).
         external: key of :data:`EXTERNAL_STRATEGIES`.
         eb: empirical-Bayes site effects.
-        covariates: participants columns used as covariates besides SITE (never age).
+        covariates: participants columns used as covariates besides SITE and age.
+        age_degree: polynomial degree of the training ages protected at fit time (0: none).
+        adjust: the age-free transform applied to every split (``location`` or
+            ``location-scale``, see :mod:`brainage.harmonize.combat`).
         progress: tqdm bar over chunks.
 
     Returns:
@@ -133,28 +145,31 @@ def harmonize_cache(
         raise ValueError(f"{src.path}: the cache has no train split; ComBat is fitted on train")
     tables = {s: src.split(s).table for s in splits}
     harmonised = [s for s in splits if s != "external_test" or external == "transductive"]
-    frames = {s: covariate_frame(tables[s], covariates) for s in harmonised}
+    # Ages of the training split only: every split (train included) is transformed from its sites.
+    fit_frame = covariate_frame(tables["train"], covariates, age=age_degree > 0)
+    sites = {s: site_labels(tables[s]) for s in harmonised}
 
     mask = src.mask
     flat = np.flatnonzero(mask.ravel())
     n_voxels = len(flat)
-    model = ComBatHarmonizer(covariates=tuple(covariates), eb=eb, chunk_size=chunk_size)
+    model = ComBatHarmonizer(covariates=tuple(covariates), age_degree=age_degree, adjust=adjust, eb=eb,
+                             chunk_size=chunk_size)
     n_train = len(tables["train"])
     readers: dict[str, _NpyFile] = {}
     writers: dict[str, _NpyFile] = {}
     # Validates sites and covariates now, before anything is written; reads lazily.
-    chunks = model.fit_chunks(lambda a, b: _read_chunk(readers["train"], flat, a, b), n_train, n_voxels, frames["train"])
+    chunks = model.fit_chunks(lambda a, b: _read_chunk(readers["train"], flat, a, b), n_train, n_voxels, fit_frame)
 
-    train_sites = set(frames["train"][SITE])
-    if "internal_test" in frames:
-        unseen = sorted(set(frames["internal_test"][SITE]) - train_sites)
+    train_sites = set(fit_frame[SITE])
+    if "internal_test" in sites:
+        unseen = sorted(set(sites["internal_test"]) - train_sites)
         if unseen:
             raise ValueError(f"internal_test has site(s) {unseen} that are not in train; ComBat cannot harmonise them")
-    if "external_test" in frames:  # only with the transductive strategy
-        seen = sorted(set(frames["external_test"][SITE]) & train_sites)
+    if "external_test" in sites:  # only with the transductive strategy
+        seen = sorted(set(sites["external_test"]) & train_sites)
         if seen:
             raise ValueError(f"external_test has site(s) {seen} that are also in train; they are not external")
-        model.check_unseen_site_sizes(frames["external_test"][SITE])
+        model.check_unseen_site_sizes(sites["external_test"])
 
     out.mkdir(parents=True, exist_ok=True)
     # A finished cache is recognised by cache.json: remove the old one before touching anything.
@@ -177,9 +192,9 @@ def harmonize_cache(
                         continue
                     values = _read_chunk(readers[s], flat, start, stop)
                     if s == "external_test":
-                        result = model.transform_unseen_columns(values, frames[s], start, stop)
+                        result = model.transform_unseen_columns(values, sites[s], start, stop)
                     else:
-                        result = model.transform_columns(values, frames[s], start, stop)
+                        result = model.transform_columns(values, sites[s], start, stop)
                     _write_chunk(writers[s], flat, start, stop, result)
                 bar.update(1)
         finally:
@@ -213,20 +228,27 @@ def harmonize_cache(
         "sites": model.sites_.tolist(),
         "covariates": list(model.covariates_),
         "sex_coding": {"female": 0, "male": 1},
-        "age_used": False,
+        "age_used": (
+            f"protected at fit time on the training split only (polynomial of degree {age_degree} in "
+            f"(age - {model.age_mean_:.2f}) / {model.age_scale_:.2f}); never used by the transform"
+            if age_degree else False
+        ),
+        "adjust": adjust,
+        "transform": ADJUST_TEXT[adjust],
         "eb": bool(eb),
         "eb_priors": "estimated per voxel chunk" if eb else "none (eb off)",
         "chunk_size": int(chunk_size),
         "n_chunks": int(len(model.chunk_bounds_) - 1),
         "n_passthrough_voxels": int(model.passthrough_.sum()),
-        "internal_test": "harmonised with the training model (missing training sites padded with filler rows, then dropped)",
+        "train": "the same age-free transform as the test splits (not neuroHarmonize's fit output)",
+        "internal_test": "harmonised with the training model, from the site labels only",
         "external_strategy": external,
         "external_test": EXTERNAL_STRATEGIES[external],
         "model": "model.npz",
     }
     meta = dict(src.meta)
     params = {"source_signature": src.meta.get("signature"), "chunk_size": int(chunk_size), "external": external,
-              "eb": bool(eb), "covariates": list(model.covariates_)}
+              "eb": bool(eb), "covariates": list(model.covariates_), "adjust": adjust, "age_degree": int(age_degree)}
     meta.update({
         "source_cache": str(src.path.resolve()),
         "source_signature": src.meta.get("signature"),

@@ -1,5 +1,6 @@
 # Harmonisation stage of the ComBat baseline: training cache -> ComBat-harmonised cache
-# (fitted on train with SITE and sex, never age; see docs/harmonization.md).
+# (fitted on train with SITE, sex and the training ages protected; age-free transform of every
+# split; see docs/harmonization.md).
 
 
 if "combat_l1" in config.get("train", {}).get("methods", ["l1", "combat_l1", "yaware", "thr", "exp"]):
@@ -19,12 +20,15 @@ if "combat_l1" in config.get("train", {}).get("methods", ["l1", "combat_l1", "ya
             chunk=config["harmonize"]["chunk_size"],
             external=config["harmonize"]["external"],
             eb="" if config["harmonize"]["eb"] else "--no-eb",
+            adjust=config["harmonize"]["adjust"],
+            age_degree=config["harmonize"]["age_degree"],
         log:
             f"{LOGS}/harmonize.log",
         benchmark:
             f"{BENCH}/harmonize.tsv"
         shell:
             "brainage harmonize --cache {params.cache} --out {params.out} "
-            "--chunk-size {params.chunk} --external {params.external} {params.eb} > {log} 2>&1"
+            "--chunk-size {params.chunk} --external {params.external} --adjust {params.adjust} "
+            "--age-degree {params.age_degree} {params.eb} > {log} 2>&1"
 
     TARGETS.append(rules.harmonize.output.meta)
