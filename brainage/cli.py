@@ -312,6 +312,12 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="ResNet-18", help="model name shown in the table (default ResNet-18)")
     p.add_argument("--label", help="method name shown in the table (default: the usual name of --method)")
     p.add_argument("--details", help="appended to the method name in the table, e.g. 'rbf, sigma 2'")
+    p.add_argument("--formulation",
+                   help="paper or reference: which equation of the contrastive loss was trained; the table names it")
+    p.add_argument("--reference",
+                   help="constant or age-oracle: score a reference instead of the folder's features, for the same subjects: constant "
+                   "features (chance BAcc, mean-predictor MAE) or the true age z-scored (the BAcc that age "
+                   "confounding alone gives); no figures")
     p.add_argument("--cv", type=int, default=5, help="grid-search folds (challenge: 5)")
     p.add_argument("--alphas", type=_float_list, default=None,
                    help="Ridge alpha grid, comma-separated (challenge: 0.01,0.1,1,10,100)")
@@ -345,7 +351,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     folds = load_folds(args.folds, args.fold_ids) if args.folds else None
     run_evaluation(
         args.features, args.out, method=args.method, seed=args.seed, model=args.model, label=args.label,
-        details=args.details,
+        details=args.details, formulation=args.formulation, reference=args.reference,
         settings=settings, folds=folds, bias_cv=args.bias_cv, tsne=args.tsne,
         allow_over_limit=args.allow_over_limit, provenance={"command": _command_line(args)},
     )

@@ -29,6 +29,8 @@ from brainage.evaluation import (
     per_site_mae,
     rmse,
 )
+from brainage.evaluation.pipeline import run_evaluation
+from brainage.evaluation.protocol import ProbeSettings, collateral_scores, residualize_on_age
 from brainage.evaluation.table import load_scores, write_table
 from conftest import REPO
 
@@ -260,11 +262,13 @@ def write_scores(path, method, seed, int_mae, bacc, ext_mae, **extra):
 def test_aggregation_mean_and_std_by_hand_and_table_layout(tmp_path):
     ev = tmp_path / "evaluation"
     paths = [
-        write_scores(ev / "l1/seed0/scores.json", "l1", 0, 2.0, 0.10, 4.0),
-        write_scores(ev / "l1/seed1/scores.json", "l1", 1, 3.0, 0.20, 4.0),
-        write_scores(ev / "l1/seed2/scores.json", "l1", 2, 4.0, 0.30, 4.0),
-        write_scores(ev / "exp/seed0/scores.json", "exp", 0, 2.5, 0.05, 3.0, details="rbf, sigma 2"),
+        write_scores(ev / "l1/seed0/scores.json", "l1", 0, 2.0, 0.10, 4.0, site_given_age_bacc=0.05, sex_bacc=0.6),
+        write_scores(ev / "l1/seed1/scores.json", "l1", 1, 3.0, 0.20, 4.0, site_given_age_bacc=0.07, sex_bacc=0.8),
+        write_scores(ev / "l1/seed2/scores.json", "l1", 2, 4.0, 0.30, 4.0, site_given_age_bacc=0.09, sex_bacc=None),
+        write_scores(ev / "exp/seed0/scores.json", "exp", 0, 2.5, 0.05, 3.0, details="rbf, sigma 2",
+                     formulation="reference"),
         write_scores(ev / "combat_l1/seed0/scores.json", "combat_l1", 0, 4.0, 0.04, 5.0),
+        write_scores(ev / "reference/age-oracle/scores.json", "ref_age_oracle", None, 0.1, 0.12, 0.2),
     ]
     meta = tmp_path / "cache.json"
     meta.write_text(json.dumps({"harmonization": {
@@ -275,7 +279,9 @@ def test_aggregation_mean_and_std_by_hand_and_table_layout(tmp_path):
     csv = pd.read_csv(written["csv"])
     assert list(csv.columns[:6]) == ["method", "model", "Int. MAE", "BAcc %", "Ext. MAE", "L_c"]
     ours = csv[csv["source"] == "computed (this run)"].set_index("method_id")
-    assert list(ours.index) == ["l1", "combat_l1", "exp"]
+    assert list(ours.index) == ["ref_age_oracle", "l1", "combat_l1", "exp"]
+    assert ours.loc["ref_age_oracle", "method"] == "reference: age oracle (true age, z-scored)"
+    assert bool(ours.loc["ref_age_oracle", "reference"]) and not bool(ours.loc["l1", "reference"])
     l1 = ours.loc["l1"]
     assert l1["n_replicates"] == 3
     assert l1["int_mae_mean"] == pytest.approx(3.0) and l1["int_mae_std"] == pytest.approx(1.0)
@@ -286,8 +292,12 @@ def test_aggregation_mean_and_std_by_hand_and_table_layout(tmp_path):
     m = sum(lcs) / 3
     assert l1["challenge_score_std"] == pytest.approx(math.sqrt(sum((v - m) ** 2 for v in lcs) / 2))
     assert l1["Int. MAE"] == "3.00 ± 1.00" and l1["BAcc %"] == "20.0 ± 10.0"
+    # analysis columns: over the replicates that have them (sex: 2 of 3)
+    assert l1["site given age %"] == "7.0 ± 2.0" and l1["sex BAcc %"] == "70.0 ± 14.1"
+    assert pd.isna(ours.loc["exp", "site given age %"])  # not recorded: empty cell
     assert ours.loc["exp", "Int. MAE"] == "2.50"  # one replicate: no ±
-    assert ours.loc["exp", "method"] == "L^exp (rbf, sigma 2)"
+    assert ours.loc["exp", "method"] == "L^exp [reference-code form] (rbf, sigma 2)"
+    assert ours.loc["combat_l1", "method"] == "ComBat + L1 †" and not bool(ours.loc["combat_l1", "challenge_compliant"])
     assert "left unharmonised on purpose" in ours.loc["combat_l1", "harmonization"]
     published = csv[csv["source"].str.startswith("published")]
     assert len(published) == 8
@@ -296,7 +306,9 @@ def test_aggregation_mean_and_std_by_hand_and_table_layout(tmp_path):
 
     md = written["md"].read_text()
     header = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
-    assert header == ["method", "model", "Int. MAE", "BAcc %", "Ext. MAE", "L_c"]
+    assert header == ["method", "model", "Int. MAE", "BAcc %", "Ext. MAE", "L_c", "site given age %", "sex BAcc %"]
+    assert "†ComBat + L1: not challenge-compliant: harmonised with the internal-test subjects' site labels" in md
+    assert "Reference rows" in md and "Analysis columns, not challenge scores" in md
     assert "Published reference numbers (not computed here)" in md
     assert md.index("this run") < md.index("Published")
     assert "left unharmonised on purpose" in md
@@ -496,3 +508,105 @@ def test_cli_leaves_the_corrected_gap_empty_when_predictions_ignore_age(tmp_path
     assert "hardly follows true age" in scores["brain_age_gap"]["error"]
     pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert pred["corrected_gap"].isna().all() and pred["gap"].notna().all()
+
+
+# ------------------------------------------------------------------ reference rows, analysis probes
+
+
+def confounded_dir(folder, seed=0):
+    """Three sites with disjoint age ranges (6-15, 30-45, 60-80), unequal sizes, random sex."""
+    rng = np.random.default_rng(seed)
+    ranges = {"a": (6, 15), "b": (30, 45), "c": (60, 80)}
+    sizes = {"train": (40, 30, 20), "internal_test": (12, 9, 6), "external_test": (10, 0, 10)}
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for split, counts in sizes.items():
+        names = ["x", "y", "z"] if split == "external_test" else list(ranges)
+        site = np.repeat(names, counts)
+        age = np.concatenate([rng.uniform(*ranges[k], c) for k, c in zip(ranges, counts)])
+        sex = rng.choice(["female", "male"], len(age))
+        np.savez(folder / f"{split}.npz", features=rng.normal(size=(len(age), 3)).astype(np.float32), age=age,
+                 site=site, sex=sex, participant_id=np.array([f"{split[:3]}{i:03d}" for i in range(len(age))]))
+        data[split] = (age, site, sex)
+    return data
+
+
+def test_reference_constant_features_by_hand(tmp_path):
+    data = confounded_dir(tmp_path / "f")
+    scores = run_evaluation(tmp_path / "f", tmp_path / "out", reference="constant")
+    (y_tr, s_tr, _), (y_in, s_in, _), (y_ex, _, _) = data.values()
+    # zero features: the Ridge probe predicts the training mean age
+    assert scores["int_mae"] == pytest.approx(np.mean(np.abs(y_in - y_tr.mean())), rel=1e-9)
+    assert scores["ext_mae"] == pytest.approx(np.mean(np.abs(y_ex - y_tr.mean())), rel=1e-9)
+    # the site probe can only predict one class, the most frequent training site ("a", 40 of 90):
+    # its recall is 1, the other two 0, so BAcc = 1/3 (and the same on the residualised zeros)
+    assert scores["bacc"] == pytest.approx(1 / 3) and scores["site_given_age_bacc"] == pytest.approx(1 / 3)
+    assert scores["sex_bacc"] == pytest.approx(0.5) and scores["sex_chance"] == 0.5
+    assert scores["challenge_score"] == pytest.approx((1 / 3) ** 0.3 * scores["ext_mae"])
+    assert scores["method"] == "ref_constant" and scores["reference"] == "constant"
+    assert not (tmp_path / "out" / "figures").exists()
+
+
+def test_reference_age_oracle_by_hand(tmp_path):
+    data = confounded_dir(tmp_path / "f")
+    scores = run_evaluation(tmp_path / "f", tmp_path / "out", reference="age-oracle")
+    (y_tr, _, _), (y_in, _, _), (y_ex, _, _) = data.values()
+    # z = (age - mean) / sd over train, sum z^2 = n: Ridge gives slope n sd / (n + alpha) at the
+    # smallest alpha of the grid (0.01; the fit is exact, so the least shrinkage wins), hence
+    # predicted - age = -sd alpha / (n + alpha) z.
+    n, sd, alpha = len(y_tr), y_tr.std(), 0.01
+    assert scores["alpha"] == alpha
+    z_in, z_ex = (y_in - y_tr.mean()) / sd, (y_ex - y_tr.mean()) / sd
+    assert scores["int_mae"] == pytest.approx(sd * alpha / (n + alpha) * np.mean(np.abs(z_in)), rel=1e-6)
+    assert scores["ext_mae"] == pytest.approx(sd * alpha / (n + alpha) * np.mean(np.abs(z_ex)), rel=1e-6)
+    # disjoint age ranges: age alone tells the site of every internal subject
+    assert scores["bacc"] == pytest.approx(1.0)
+    # and nothing is left once age is removed: the one-class prediction of the constant case
+    assert scores["site_given_age_bacc"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # saga at max_iter=150, as the kit
+def test_site_given_age_separates_age_from_site_information():
+    """Features that carry age only lose their site BAcc once age is removed; features that carry
+    the site beyond age keep it."""
+    rng = np.random.default_rng(4)
+    sites = np.array(["a", "b", "c", "d"])
+    centre = {"a": 10.0, "b": 25.0, "c": 45.0, "d": 65.0}
+
+    def split(n):
+        site = rng.choice(sites, n)
+        age = np.array([rng.normal(centre[s], 6.0) for s in site])
+        return age, site
+
+    (y_tr, s_tr), (y_in, s_in) = split(300), split(200)
+    settings = ProbeSettings()
+    age_only = [np.c_[np.sin(y / 15), (y / 40) ** 2, rng.normal(0, 0.1, (len(y), 2))] for y in (y_tr, y_in)]
+    onehot = [(s[:, None] == sites[None]).astype(float) for s in (s_tr, s_in)]
+    with_site = [np.c_[a, 2.0 * o] for a, o in zip(age_only, onehot)]
+    for x, leaks in ((age_only, False), (with_site, True)):
+        res = collateral_scores((x[0], y_tr, s_tr), (x[1], y_in, s_in), None, settings)
+        site_probe_alone = balanced_accuracy_score(
+            s_in, GridSearchCV(LogisticRegression(solver="saga", max_iter=150, random_state=0),
+                               {"C": 10.0 ** np.arange(-2, 3)}, cv=5, scoring="balanced_accuracy")
+            .fit(x[0], s_tr).predict(x[1]))
+        assert site_probe_alone > 0.6  # age alone already tells the site (chance 0.25)
+        if leaks:
+            assert res["site_given_age_bacc"] > 0.6  # measured 0.77: site information beyond age
+        else:
+            assert res["site_given_age_bacc"] < 0.4, res  # chance 0.25; measured 0.25
+        assert res["sex_bacc"] is None
+
+
+def test_residualize_on_age_removes_cubic_functions_of_age():
+    rng = np.random.default_rng(0)
+    y_tr, y_in = rng.uniform(6, 80, 200), rng.uniform(10, 70, 50)
+
+    def f(y):  # cubic polynomials of age lie in the span of the cubic B-spline basis
+        t = y / 40
+        return np.c_[1 + 2 * t, t**3 - t, 0.5 * t**2]
+
+    r_tr, r_in = residualize_on_age(f(y_tr), y_tr, f(y_in), y_in)
+    assert np.abs(r_tr).max() < 1e-9 and np.abs(r_in).max() < 1e-9
+    noise = rng.normal(size=(200, 1))
+    r_noise, _ = residualize_on_age(noise, y_tr, noise[:50], y_in)
+    assert np.abs(r_noise).mean() > 0.5  # what age does not explain stays

@@ -55,6 +55,7 @@ class CacheSplit:
         sites: ``(n,)`` unicode site labels (``siteXacq`` when the table has it, else ``site``).
         participant_id: ``(n,)`` unicode participant identifiers.
         table_path: the split's ``<split>.tsv``.
+        sex: ``(n,)`` unicode sex labels as written in the table, or None without a ``sex`` column.
     """
 
     name: str
@@ -63,6 +64,7 @@ class CacheSplit:
     sites: np.ndarray
     participant_id: np.ndarray
     table_path: Path
+    sex: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.volumes.shape[0])
@@ -212,7 +214,8 @@ def open_split(cache: str | os.PathLike, split: str, *, meta: dict[str, Any] | N
     if not np.isfinite(ages).all():
         raise ValueError(f"{table_path}: {int((~np.isfinite(ages)).sum())} missing or non-finite age(s)")
     sites = np.asarray(table[_site_column(table)], dtype=str)
-    return CacheSplit(split, volumes, ages, sites, np.asarray(table["participant_id"], dtype=str), table_path)
+    sex = np.asarray(table["sex"], dtype=str) if "sex" in table else None
+    return CacheSplit(split, volumes, ages, sites, np.asarray(table["participant_id"], dtype=str), table_path, sex)
 
 
 class TrainingCache:

@@ -1,8 +1,8 @@
 """Reading the per-split feature files written by feature extraction.
 
 Each split is an ``.npz`` holding ``features`` (n, p) float, ``age`` (n,) years, ``site`` (n,)
-str (siteXacq labels), ``participant_id`` (n,) str and, for models with a regression head,
-``prediction`` (n,) years.
+str (siteXacq labels), ``participant_id`` (n,) str, optionally ``sex`` (n,) str and, for models
+with a regression head, ``prediction`` (n,) years.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class FeatureSplit:
         site: (n,) str site labels, or None when the file has none.
         participant_id: (n,) str.
         prediction: (n,) network regression-head output in years, or None.
+        sex: (n,) str sex labels, or None when the file has none (or some are missing).
     """
 
     name: str
@@ -40,6 +41,7 @@ class FeatureSplit:
     site: np.ndarray | None
     participant_id: np.ndarray
     prediction: np.ndarray | None = None
+    sex: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -80,7 +82,14 @@ def load_split(path: str | os.PathLike, name: str | None = None) -> FeatureSplit
         if not np.isfinite(pred).all():
             row = int(np.flatnonzero(~np.isfinite(pred))[0])
             raise ValueError(f"{path}: prediction is NaN or inf at row {row} (participant {ids[row]})")
-    return FeatureSplit(name=name, path=path, features=x, age=y, site=s, participant_id=ids, prediction=pred)
+    sex = arrays.get("sex")
+    if sex is not None:
+        sex = np.asarray(sex).astype(str).ravel()
+        if sex.shape[0] != len(y):
+            raise ValueError(f"{path}: {len(y)} feature rows but {sex.shape[0]} sex labels")
+        if np.isin(np.char.lower(np.char.strip(sex)), ["", "nan", "n/a", "na"]).any():
+            sex = None  # the sex probe needs every label
+    return FeatureSplit(name=name, path=path, features=x, age=y, site=s, participant_id=ids, prediction=pred, sex=sex)
 
 
 def load_feature_dir(folder: str | os.PathLike) -> dict[str, FeatureSplit]:

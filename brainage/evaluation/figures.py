@@ -245,25 +245,32 @@ def plot_embedding(
 
 
 def plot_table_summary(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Bars (mean +- std over replicates) of Int. MAE, BAcc %, Ext. MAE and L_c per method.
+    """Bars (mean +- std over replicates) per row: Int. MAE, BAcc %, Ext. MAE, L_c, then the
+    analysis columns site given age % and sex BAcc % when present.
 
     Args:
         table: the computed rows of the aggregated table, with ``method`` and
             ``<metric>_mean`` / ``<metric>_std`` columns for int_mae, bacc_pct, ext_mae,
-            challenge_score.
+            challenge_score (and site_given_age_pct, sex_bacc_pct).
     """
     panels = [("int_mae", "Int. MAE (years)"), ("bacc_pct", "BAcc (%)"),
               ("ext_mae", "Ext. MAE (years)"), ("challenge_score", "L_c (lower is better)")]
-    fig, axes = _figure(12.0, 3.4, ncols=4)
+    panels += [(key, title) for key, title in (("site_given_age_pct", "site given age BAcc (%), analysis"),
+                                               ("sex_bacc_pct", "sex BAcc (%), analysis"))
+               if f"{key}_mean" in table and table[f"{key}_mean"].notna().any()]
+    fig, axes = _figure(3.0 * len(panels), 3.6, ncols=len(panels))
     pos = np.arange(len(table))
+    colors = ["0.6" if ref else "tab:blue" for ref in table.get("reference", pd.Series(False, index=table.index))]
     for ax, (key, label) in zip(axes, panels):
         std = table[f"{key}_std"].fillna(0.0).to_numpy()
-        ax.bar(pos, table[f"{key}_mean"].to_numpy(), yerr=std, capsize=3, color="tab:blue")
-        ax.set_xticks(pos, table["method"].tolist(), rotation=30, ha="right", fontsize=8)
-        ax.set_title(label, fontsize=10)
+        ax.bar(pos, table[f"{key}_mean"].fillna(0.0).to_numpy(), yerr=std, capsize=3, color=colors)
+        ax.set_xticks(pos, table["method"].tolist(), rotation=35, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
     if "bacc_chance_pct_mean" in table:
-        axes[1].axhline(float(table["bacc_chance_pct_mean"].mean()), color="k", ls="--", lw=1, label="chance")
-        axes[1].legend(fontsize=7)
+        for ax, key in zip(axes, [k for k, _ in panels]):
+            if key in ("bacc_pct", "site_given_age_pct"):
+                ax.axhline(float(table["bacc_chance_pct_mean"].mean()), color="k", ls="--", lw=1, label="chance")
+                ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -273,29 +280,41 @@ METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 def plot_tradeoff(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     """BAcc (%) vs Ext. MAE per method with iso-L_c curves: lower-left is better.
 
-    One colour and marker per method, named in the legend; error bars: one sample std.
+    One colour and marker per method, named in the legend; error bars: one sample std. Rows
+    that are not challenge-compliant (``challenge_compliant`` False) are hollow and marked in
+    the legend; reference rows (``reference`` True) are vertical lines at their BAcc (chance
+    for constant features, the age-confounding floor for the age oracle).
     """
     from matplotlib import colormaps
 
-    fig, (ax,) = _figure(7.0, 4.5)
-    b = table["bacc_pct_mean"].to_numpy(dtype=float)
-    e = table["ext_mae_mean"].to_numpy(dtype=float)
-    bs = table["bacc_pct_std"].fillna(0.0).to_numpy(dtype=float)
-    es = table["ext_mae_std"].fillna(0.0).to_numpy(dtype=float)
-    methods = [str(m) for m in table["method"]]
-    models = [str(m) for m in table["model"]] if "model" in table else [""] * len(table)
+    fig, (ax,) = _figure(7.5, 4.5)
+    refs = table["reference"].to_numpy(dtype=bool) if "reference" in table else np.zeros(len(table), bool)
+    compliant = (table["challenge_compliant"].to_numpy(dtype=bool) if "challenge_compliant" in table
+                 else np.ones(len(table), bool))
+    rows = table[~refs]
+    b = rows["bacc_pct_mean"].to_numpy(dtype=float)
+    e = rows["ext_mae_mean"].to_numpy(dtype=float)
+    bs = rows["bacc_pct_std"].fillna(0.0).to_numpy(dtype=float)
+    es = rows["ext_mae_std"].fillna(0.0).to_numpy(dtype=float)
+    methods = [str(m) for m in rows["method"]]
+    models = [str(m) for m in rows["model"]] if "model" in rows else [""] * len(rows)
     # the model is named only where one method appears with several models
     labels = [f"{m} ({mod})" if methods.count(m) > 1 and mod else m for m, mod in zip(methods, models)]
     palette = colormaps["tab10"]
-    for i, (name, xi, yi, xs, ys) in enumerate(zip(labels, b, e, bs, es)):
-        ax.errorbar([xi], [yi], xerr=[xs], yerr=[ys], fmt=METHOD_MARKERS[i % len(METHOD_MARKERS)],
-                    color=palette(i % 10), markersize=7, capsize=3, label=name)
+    for i, (name, xi, yi, xs, ys, ok) in enumerate(zip(labels, b, e, bs, es, compliant[~refs])):
+        color = palette(i % 10)
+        ax.errorbar([xi], [yi], xerr=[xs], yerr=[ys], fmt=METHOD_MARKERS[i % len(METHOD_MARKERS)], color=color,
+                    markersize=7, capsize=3, markerfacecolor=color if ok else "none",
+                    label=name if ok else f"{name} (not challenge-compliant)")
+    for k, (_, ref) in enumerate(table[refs].iterrows()):
+        ax.axvline(float(ref["bacc_pct_mean"]), color="0.35", ls=("--", "-.", ":")[k % 3], lw=1,
+                   label=f"{ref['method']}: BAcc")
     bx = np.linspace(max(min(b.min() * 0.8, b.min() - 1), 0.1), max(b.max() * 1.2, b.max() + 1), 200)
-    levels = np.quantile(table["challenge_score_mean"].to_numpy(), [0.0, 0.5, 1.0])
+    levels = np.quantile(rows["challenge_score_mean"].to_numpy(), [0.0, 0.5, 1.0])
     for lc in np.unique(np.round(levels, 3)):
         ax.plot(bx, lc / (bx / 100.0) ** 0.3, color="0.7", lw=0.8, ls=":", zorder=0)
         ax.annotate(f"L_c={lc:.2f}", (bx[-1], lc / (bx[-1] / 100.0) ** 0.3), fontsize=7, color="0.4")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="method",
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, title="method",
               title_fontsize=8)
     ax.set_xlabel("BAcc of the site probe (%), internal test")
     ax.set_ylabel("Ext. MAE (years)")

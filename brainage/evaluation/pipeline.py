@@ -14,6 +14,7 @@ folds), since the probe's own in-sample predictions on its training set are opti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import pandas as pd
 from brainage.evaluation.features import SPLITS, FeatureSplit, load_feature_dir
 from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
+from brainage.evaluation.reference import reference_features, reference_method_id
 from brainage.io import save_json, save_table
 
 __all__ = ["load_folds", "evaluate_folds", "run_evaluation", "SCORE_KEYS"]
@@ -33,7 +35,7 @@ __all__ = ["load_folds", "evaluate_folds", "run_evaluation", "SCORE_KEYS"]
 log = logging.getLogger(__name__)
 
 SCORE_KEYS = ("int_mae", "bacc", "ext_mae", "challenge_score", "int_rmse", "ext_rmse", "int_r", "ext_r",
-              "bacc_chance")
+              "bacc_chance", "site_given_age_bacc", "sex_bacc")
 
 
 def load_folds(
@@ -78,6 +80,13 @@ def load_folds(
     return folds
 
 
+def _sex(splits: Mapping[str, FeatureSplit], names: Sequence[str] = ("train", "internal_test")) -> tuple | None:
+    """(train sex, internal sex) for the sex probe when both splits have every label, else None."""
+    if any(splits[n].sex is None for n in names):
+        return None
+    return tuple(splits[n].sex for n in names)
+
+
 def _stack(splits: Mapping[str, FeatureSplit]) -> tuple[pd.Index, np.ndarray, np.ndarray, np.ndarray]:
     ids = np.concatenate([s.participant_id for s in splits.values()])
     index = pd.Index(ids)
@@ -101,6 +110,8 @@ def evaluate_folds(
 ) -> list[dict[str, Any]]:
     """Run the protocol once per fold; subjects are looked up by participant id in every split."""
     index, x, age, site = _stack(splits)
+    sex = (np.concatenate([s.sex for s in splits.values()])
+           if all(s.sex is not None for s in splits.values()) else None)
     results = []
     for name, sets in folds.items():
         triples = []
@@ -113,8 +124,10 @@ def evaluate_folds(
                 raise ValueError(f"fold {name!r} {split}: some subjects have no site label")
             sites = site[rows] if split != "external_test" or (site[rows] != "").all() else None
             triples.append((x[rows], age[rows], sites))
+        fold_sex = None if sex is None else tuple(
+            sex[index.get_indexer(list(sets[split]))] for split in ("train", "internal_test"))
         res = evaluate_features(*triples, settings=settings, allow_over_limit=allow_over_limit,
-                                names=[f"fold {name} {s}" for s in SPLITS], bias_cv=bias_cv)
+                                names=[f"fold {name} {s}" for s in SPLITS], bias_cv=bias_cv, sex=fold_sex)
         res.pop("predictions")
         res["fold"] = name
         results.append(res)
@@ -136,24 +149,37 @@ def run_evaluation(
     tsne: bool = False,
     allow_over_limit: bool = False,
     provenance: Mapping[str, Any] | None = None,
+    reference: str | None = None,
+    formulation: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one feature folder and write ``scores.json``, ``predictions.csv``, figures.
 
     ``scores.json`` holds the challenge scores on the split files as given; with ``folds``
     it also holds one score set per fold under ``"folds"`` (the table then aggregates those).
+    ``reference`` (one of :data:`~brainage.evaluation.reference.REFERENCE_KINDS`) scores that
+    reference's features instead of the folder's, for the same subjects (no figures).
+    ``formulation`` (``paper`` / ``reference``) records which equation of the loss was trained.
     Returns the scores written.
     """
-    from brainage.evaluation import figures
+    from brainage.evaluation.table import EQUATIONS
 
+    formulations = sorted({f for _, f in EQUATIONS})
+    if formulation is not None and formulation not in formulations:
+        raise ValueError(f"unknown formulation {formulation!r}; valid choices are: {', '.join(formulations)}")
     settings = settings or ProbeSettings()
     out_dir = Path(out_dir)
     splits = load_feature_dir(features_dir)
+    if reference is not None:
+        feats = reference_features(reference, {s: splits[s].age for s in SPLITS})
+        splits = {s: dataclasses.replace(splits[s], features=feats[s], prediction=None) for s in SPLITS}
+        method = method or reference_method_id(reference)
     res = evaluate_features(
         *(splits[s].triple() for s in SPLITS),
         settings=settings,
         allow_over_limit=allow_over_limit,
         names=[str(splits[s].path) for s in SPLITS],
         bias_cv=bias_cv,
+        sex=_sex(splits),
     )
     preds_raw = res.pop("predictions")
     preds = {"train": preds_raw["train_oof"], "internal_test": preds_raw["internal"],
@@ -167,6 +193,8 @@ def run_evaluation(
         "model": model,
         "label": label,
         "details": details,
+        "formulation": formulation,
+        "reference": reference,
         "features_dir": str(features_dir),
         **res,
     }
@@ -189,6 +217,21 @@ def run_evaluation(
 
     scores["provenance"] = {"brainage_version": __version__, **dict(provenance or {})}
 
+    table = _prediction_table(splits, preds, gap, corrected)
+    tag = " / ".join(str(v) for v in (method, f"seed {seed}" if seed is not None else None) if v)
+    if reference is None:
+        _write_figures(splits, preds, res, out_dir / "figures", tag, tsne, rs)
+    save_table(out_dir / "predictions.csv", table)
+    save_json(out_dir / "scores.json", scores)
+    log.info("%s: Int. MAE %.2f, BAcc %.1f %% (chance %.1f %%), Ext. MAE %.2f, L_c %.3f",
+             tag or features_dir, scores["int_mae"], 100 * scores["bacc"], 100 * scores["bacc_chance"],
+             scores["ext_mae"], scores["challenge_score"])
+    return scores
+
+
+def _prediction_table(splits: Mapping[str, FeatureSplit], preds: Mapping[str, np.ndarray],
+                      gap: Mapping[str, np.ndarray], corrected: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One row per subject: ids, split, site, age, predicted age, gap, corrected gap (and head output)."""
     rows = []
     for split in SPLITS:
         sp = splits[split]
@@ -204,10 +247,14 @@ def run_evaluation(
         if sp.prediction is not None:
             frame["head_predicted_age"] = sp.prediction
         rows.append(frame)
-    table = pd.concat(rows, ignore_index=True)
+    return pd.concat(rows, ignore_index=True)
 
-    tag = " / ".join(str(v) for v in (method, f"seed {seed}" if seed is not None else None) if v)
-    fig_dir = out_dir / "figures"
+
+def _write_figures(splits: Mapping[str, FeatureSplit], preds: Mapping[str, np.ndarray], res: Mapping[str, Any],
+                   fig_dir: Path, tag: str, tsne: bool, random_state: int) -> None:
+    """Predicted vs true age, MAE per site, and the embedding(s) coloured by site."""
+    from brainage.evaluation import figures
+
     figures.plot_predicted_vs_true(
         {s: (splits[s].age, preds[s]) for s in SPLITS}, fig_dir / "predicted_vs_true.png",
         title=f"Predicted vs true age {tag}".strip())
@@ -216,13 +263,6 @@ def run_evaluation(
         fig_dir / "per_site_mae.png", title=f"MAE per site {tag}".strip())
     feats = {s: splits[s].features for s in SPLITS}
     sites = {s: splits[s].site for s in SPLITS}
-    figures.plot_embedding(feats, sites, fig_dir / "embedding_pca.png", method="pca", random_state=rs)
+    figures.plot_embedding(feats, sites, fig_dir / "embedding_pca.png", method="pca", random_state=random_state)
     if tsne:
-        figures.plot_embedding(feats, sites, fig_dir / "embedding_tsne.png", method="tsne", random_state=rs)
-
-    save_table(out_dir / "predictions.csv", table)
-    save_json(out_dir / "scores.json", scores)
-    log.info("%s: Int. MAE %.2f, BAcc %.1f %% (chance %.1f %%), Ext. MAE %.2f, L_c %.3f",
-             tag or features_dir, scores["int_mae"], 100 * scores["bacc"], 100 * scores["bacc_chance"],
-             scores["ext_mae"], scores["challenge_score"])
-    return scores
+        figures.plot_embedding(feats, sites, fig_dir / "embedding_tsne.png", method="tsne", random_state=random_state)

@@ -32,6 +32,12 @@ Decisions, each matching the kit unless stated:
 - The RAMP kit's leaderboard column "challenge_metric" computes ``ext_mae * bacc + mae / n_sites``,
   not the paper's ``L_c``. This project reports the ``L_c`` of the OpenBHB and ISBI 2023 papers,
   whose published numbers it compares with; the kit formula is not used.
+
+Analysis scores next to the challenge's (not part of it): where sites and age are confounded,
+BAcc above chance does not show that features encode the scanner, since age alone predicts
+the site. ``site_given_age_bacc`` refits the same site probe on the features minus what a cubic
+spline of age explains (fitted on the training split, applied to the internal test split with
+its true ages), and ``sex_bacc`` is the same probe for sex, a second collateral attribute.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV, cross_val_predict
+from sklearn.preprocessing import SplineTransformer
 
 from brainage.evaluation.brain_age_gap import held_out_gap_correction
 from brainage.evaluation.metrics import mae, pearson_r, per_site_mae, rmse
@@ -61,7 +68,9 @@ __all__ = [
     "site_probe",
     "challenge_score",
     "check_features",
+    "collateral_scores",
     "evaluate_features",
+    "residualize_on_age",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +82,8 @@ CHALLENGE_ALPHAS: tuple[float, ...] = tuple(float(v) for v in 10.0 ** np.arange(
 CHALLENGE_CS: tuple[float, ...] = tuple(float(v) for v in 10.0 ** np.arange(-2, 3))
 CHALLENGE_CV = 5
 CHALLENGE_MAX_ITER = 150
+#: Cubic B-spline basis of age (years) that ``residualize_on_age`` regresses the features on.
+AGE_SPLINE = {"n_knots": 5, "degree": 3, "extrapolation": "linear"}
 
 Triple = Sequence[Any]
 
@@ -205,6 +216,76 @@ def check_features(
     return x, y, s
 
 
+def _fit_classifier(settings: ProbeSettings, x: np.ndarray, labels: np.ndarray) -> tuple[GridSearchCV, int]:
+    """The site probe's pipeline fitted on (x, labels); returns it and its saga convergence warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe = clone(site_probe(settings)).fit(x, labels)
+    n_conv = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    if caught:
+        log.info("probe: %d warning(s) while fitting (%d saga convergence, max_iter=%d as in the challenge)",
+                 len(caught), n_conv, settings.max_iter)
+    return probe, n_conv
+
+
+def _balanced_accuracy(true: np.ndarray, predicted: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(true, predicted))
+
+
+def residualize_on_age(
+    train: np.ndarray, train_ages: np.ndarray, test: np.ndarray, test_ages: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features minus what age explains: an ANALYSIS transform, never part of the challenge.
+
+    A least-squares fit of the (n, p) training features on a cubic B-spline basis of age
+    (:data:`AGE_SPLINE`, knots at training-age quantiles, linear beyond them) is subtracted from
+    both splits; the test split uses its *true* ages, which a submission never has.
+
+    Returns:
+        (train residuals (n_train, p), test residuals (n_test, p)), float64.
+    """
+    basis = SplineTransformer(knots="quantile", **AGE_SPLINE).fit(np.asarray(train_ages, float)[:, None])
+    b_tr = basis.transform(np.asarray(train_ages, float)[:, None])
+    b_te = basis.transform(np.asarray(test_ages, float)[:, None])
+    x_tr = np.asarray(train, dtype=np.float64)
+    coef, *_ = np.linalg.lstsq(b_tr, x_tr, rcond=None)
+    return x_tr - b_tr @ coef, np.asarray(test, dtype=np.float64) - b_te @ coef
+
+
+def collateral_scores(
+    train: tuple[np.ndarray, np.ndarray, np.ndarray],
+    internal: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sex: tuple[np.ndarray, np.ndarray] | None,
+    settings: ProbeSettings,
+) -> dict[str, Any]:
+    """Analysis probes on the internal test set: site given age, and sex (balanced accuracies).
+
+    Args:
+        train, internal: ``(features, ages, sites)`` of the split, validated.
+        sex: ``(train sex, internal sex)`` labels, or None when sex is unknown.
+        settings: the challenge's probe settings (the same saga probe is used for both).
+
+    Returns:
+        ``site_given_age_bacc`` (fraction), ``sex_bacc`` and ``sex_chance`` (None without sex).
+    """
+    (x_tr, y_tr, s_tr), (x_in, y_in, s_in) = train, internal
+    r_tr, r_in = residualize_on_age(x_tr, y_tr, x_in, y_in)
+    probe, _ = _fit_classifier(settings, r_tr, s_tr)
+    out: dict[str, Any] = {"site_given_age_bacc": _balanced_accuracy(s_in, probe.predict(r_in)),
+                           "sex_bacc": None, "sex_chance": None}
+    if sex is not None:
+        sex_tr, sex_in = (np.asarray(v).astype(str) for v in sex)
+        if np.unique(sex_tr).size < 2:
+            log.warning("one sex only in the training split: no sex probe")
+        else:
+            probe, _ = _fit_classifier(settings, x_tr, sex_tr)
+            out["sex_bacc"] = _balanced_accuracy(sex_in, probe.predict(x_in))
+            out["sex_chance"] = 1.0 / np.unique(sex_tr).size
+    return out
+
+
 def _unpack(triple: Triple, name: str) -> tuple[Any, Any, Any]:
     if len(triple) != 3:
         raise ValueError(f"{name}: expected a (features, ages, sites) triple, got {len(triple)} items")
@@ -220,8 +301,10 @@ def evaluate_features(
     allow_over_limit: bool = False,
     names: Sequence[str] = ("train", "internal_test", "external_test"),
     bias_cv: int = 5,
+    sex: tuple[Any, Any] | None = None,
+    analysis: bool = True,
 ) -> dict[str, Any]:
-    """Score frozen features exactly as the OpenBHB challenge does.
+    """Score frozen features exactly as the OpenBHB challenge does, plus the analysis probes.
 
     Args:
         train, internal, external: ``(features (n, p), ages (n,) years, sites (n,))`` triples;
@@ -230,6 +313,9 @@ def evaluate_features(
         allow_over_limit: accept more than 10,000 feature columns (warns; not the challenge).
         names: labels of the three splits in error messages (e.g. their file names).
         bias_cv: folds for cross-fitting the internal test set's age-bias correction.
+        sex: ``(train sex (n_train,), internal sex (n_internal,))`` labels for the sex probe, or None.
+        analysis: compute :func:`collateral_scores` (``site_given_age_bacc``, ``sex_bacc``);
+            otherwise they are None.
 
     Returns:
         A dict with ``int_mae``, ``bacc`` (fraction), ``ext_mae``, ``challenge_score``,
@@ -246,6 +332,8 @@ def evaluate_features(
         subjects themselves, folds shuffled with the settings' ``random_state`` or 0): slope,
         intercept, mean and std of the raw and corrected gaps per split, and their correlation
         with age. When the correction is undefined it warns and the corrected gaps are NaN.
+        ``site_given_age_bacc``, ``sex_bacc``, ``sex_chance``: the analysis probes
+        (:func:`collateral_scores`), not challenge scores.
 
     Raises:
         ValueError: bad input (see :func:`check_features`), a training set with one site,
@@ -287,15 +375,7 @@ def evaluate_features(
         )
 
     age = clone(age_probe(s)).fit(x_tr, y_tr)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        site = clone(site_probe(s)).fit(x_tr, s_tr)
-    n_conv = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-    if caught:
-        log.info(
-            "site probe: %d warning(s) while fitting (%d saga convergence, max_iter=%d as in the challenge)",
-            len(caught), n_conv, s.max_iter,
-        )
+    site, n_conv = _fit_classifier(s, x_tr, s_tr)
 
     alpha = float(age.best_params_["alpha"])
     c_value = float(site.best_params_["C"])
@@ -303,9 +383,7 @@ def evaluate_features(
     pred_ex = age.predict(x_ex).astype(float)
     pred_tr_oof = cross_val_predict(Ridge(alpha=alpha), x_tr, y_tr, cv=int(s.cv)).astype(float)
     site_in = site.predict(x_in)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        bacc = float(balanced_accuracy_score(s_in, site_in))
+    bacc = _balanced_accuracy(s_in, site_in)
     if np.unique(s_in).size == 1:
         log.warning("%s: one site only; BAcc is then that site's recall, not a balanced accuracy", n_int)
     unseen = sorted(set(np.unique(s_in)) - set(train_sites))
@@ -313,6 +391,12 @@ def evaluate_features(
         log.warning("%s: site(s) %s absent from %s; the probe cannot predict them (recall 0)",
                     n_int, unseen, n_train)
     refit = site.best_estimator_
+    if sex is not None:
+        for labels, n, nm in ((sex[0], len(y_tr), n_train), (sex[1], len(y_in), n_int)):
+            if len(labels) != n:
+                raise ValueError(f"{nm}: {n} feature rows but {len(labels)} sex labels")
+    collateral = (collateral_scores((x_tr, y_tr, s_tr), (x_in, y_in, s_in), sex, s) if analysis
+                  else {"site_given_age_bacc": None, "sex_bacc": None, "sex_chance": None})
     converged = bool(np.all(np.asarray(refit.n_iter_) < s.max_iter))
 
     raw_gap, corrected_gap, gap_summary = held_out_gap_correction(
@@ -336,6 +420,7 @@ def evaluate_features(
         "int_per_site_mae": per_site_mae(y_in, pred_in, s_in),
         "ext_per_site_mae": per_site_mae(y_ex, pred_ex, s_ex) if s_ex is not None else None,
         "bacc_chance": 1.0 / train_sites.size,
+        **collateral,
         "n_sites_train": int(train_sites.size),
         "internal_sites_unseen_in_train": unseen,
         "alpha": alpha,

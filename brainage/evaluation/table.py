@@ -4,7 +4,9 @@ Each ``scores.json`` contributes its replicates: the per-fold scores when it hol
 otherwise its one score set. Per method (and model) the table gives mean +- sample standard
 deviation (``ddof=1``; blank with one replicate) of Int. MAE, BAcc (%), Ext. MAE and L_c,
 where L_c is averaged over replicates (each replicate's own ``BAcc ** 0.3 * Ext. MAE``), as
-the challenge server averages its per-fold scores.
+the challenge server averages its per-fold scores; then the analysis columns site given age (%) and
+sex BAcc (%). Reference rows (constant features, age oracle) come first; rows that are not
+challenge-compliant are marked with a dagger; contrastive rows name the equation trained.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 METHOD_LABELS: dict[str, str] = {
+    "ref_constant": "reference: constant features",
+    "ref_age_oracle": "reference: age oracle (true age, z-scored)",
     "l1": "L1 baseline",
     "combat_l1": "ComBat + L1",
     "yaware": "y-aware",
@@ -42,8 +46,22 @@ METHOD_LABELS: dict[str, str] = {
     "exp": "L^exp",
 }
 COLUMNS = ["method", "model", "Int. MAE", "BAcc %", "Ext. MAE", "L_c"]
+#: Analysis columns after the challenge's (not challenge scores).
+ANALYSIS_COLUMNS = {"site given age %": "site_given_age_pct", "sex BAcc %": "sex_bacc_pct"}
 METRICS = ("int_mae", "bacc_pct", "ext_mae", "challenge_score")
 DECIMALS = {"int_mae": 2, "bacc_pct": 1, "ext_mae": 2, "challenge_score": 2}
+#: Methods whose numbers need something the challenge server never gives a submission.
+NOT_COMPLIANT: dict[str, str] = {
+    "combat_l1": "harmonised with the internal-test subjects' site labels at test time; the challenge "
+                 "server gives a submission the image only",
+}
+DAGGER = " †"
+#: The equation a contrastive row was trained with, by (method, formulation) (docs/losses.md).
+EQUATIONS: dict[tuple[str, str], str] = {
+    ("yaware", "paper"): "Eq. 9", ("yaware", "reference"): "Eq. 9",
+    ("thr", "paper"): "Eq. 10", ("thr", "reference"): "reference-code threshold form",
+    ("exp", "paper"): "Eq. 11", ("exp", "reference"): "reference-code form",
+}
 
 PUBLISHED_SOURCE = ("published: Barbano et al., ISBI 2023, RAMP private test set, 3 folds "
                     "(not computed here)")
@@ -51,12 +69,12 @@ PUBLISHED_SOURCE = ("published: Barbano et al., ISBI 2023, RAMP private test set
 PUBLISHED: tuple[tuple[Any, ...], ...] = (
     ("L1 baseline", "ResNet-18", 2.67, 0.05, 6.7, 0.1, 4.18, 0.01, 1.86),
     ("ComBat + L1", "ResNet-18", 4.15, 0.01, 4.5, 0.0, 4.76, 0.03, 1.88),
-    ("L^exp (rbf, sigma 2)", "ResNet-18", 2.55, 0.00, 5.1, 0.1, 3.76, 0.01, 1.54),
-    ("L^thr (rbf, sigma 2)", "ResNet-18", 2.95, None, 5.73, None, 4.10, None, 1.74),
-    ("y-aware (rbf, sigma 2)", "ResNet-18", 2.66, None, 6.60, None, 4.10, None, 1.82),
-    ("y-aware (rbf, sigma 1)", "ResNet-18", 2.85, None, 6.63, None, 5.49, None, 2.43),
-    ("L^exp (rbf, sigma 1)", "ResNet-18", 2.82, None, 4.97, None, 3.88, None, 1.58),
-    ("L^exp (cauchy, gamma 2)", "ResNet-18", 2.67, None, 5.00, None, 4.55, None, 1.85),
+    ("L^exp [reference-code form] (rbf, sigma 2)", "ResNet-18", 2.55, 0.00, 5.1, 0.1, 3.76, 0.01, 1.54),
+    ("L^thr [reference-code threshold form] (rbf, sigma 2)", "ResNet-18", 2.95, None, 5.73, None, 4.10, None, 1.74),
+    ("y-aware [Eq. 9] (rbf, sigma 2)", "ResNet-18", 2.66, None, 6.60, None, 4.10, None, 1.82),
+    ("y-aware [Eq. 9] (rbf, sigma 1)", "ResNet-18", 2.85, None, 6.63, None, 5.49, None, 2.43),
+    ("L^exp [reference-code form] (rbf, sigma 1)", "ResNet-18", 2.82, None, 4.97, None, 3.88, None, 1.58),
+    ("L^exp [reference-code form] (cauchy, gamma 2)", "ResNet-18", 2.67, None, 5.00, None, 4.55, None, 1.85),
 )
 
 _PATH_RE = re.compile(r"(?:^|/)(?P<method>[^/]+)/seed(?P<seed>-?\d+)/[^/]+\.json$")
@@ -81,7 +99,8 @@ def resolve_score_paths(items: Iterable[str | os.PathLike]) -> list[Path]:
 
 def _replicate(rec: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     row = {k: rec.get(k) for k in ("int_mae", "bacc", "ext_mae", "challenge_score", "bacc_chance",
-                                   "int_rmse", "ext_rmse", "int_r", "ext_r", "challenge_protocol")}
+                                   "int_rmse", "ext_rmse", "int_r", "ext_r", "challenge_protocol",
+                                   "site_given_age_bacc", "sex_bacc")}
     missing = [k for k in ("int_mae", "bacc", "ext_mae", "challenge_score") if row[k] is None]
     if missing:
         raise ValueError(f"{extra.get('path')}: scores lack {missing}")
@@ -113,9 +132,7 @@ def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
                 f"{path}: no method recorded (pass --method to `brainage evaluate`, or keep the "
                 "<method>/seed<N>/scores.json layout)"
             )
-        label = rec.get("label") or METHOD_LABELS.get(method, method)
-        if rec.get("details"):
-            label = f"{label} ({rec['details']})"
+        label = _label(method, rec)
         probe = rec.get("probe_settings")
         # saga's seed: "0", ... ; "none" when unseeded (as the kit); "" when not recorded
         saga = "" if not isinstance(probe, Mapping) or "random_state" not in probe else (
@@ -131,7 +148,20 @@ def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["bacc_pct"] = 100.0 * df["bacc"].astype(float)
     df["bacc_chance_pct"] = 100.0 * df["bacc_chance"].astype(float)
+    for key, column in (("site_given_age_bacc", "site_given_age_pct"), ("sex_bacc", "sex_bacc_pct")):
+        df[column] = 100.0 * pd.to_numeric(df[key], errors="coerce").astype(float)
     return df
+
+
+def _label(method: str, rec: Mapping[str, Any]) -> str:
+    """Table name of a row: the label, [the equation trained], (details), and a dagger when not compliant."""
+    label = rec.get("label") or METHOD_LABELS.get(method, method)
+    equation = EQUATIONS.get((method, str(rec.get("formulation"))))
+    if equation:
+        label = f"{label} [{equation}]"
+    if rec.get("details"):
+        label = f"{label} ({rec['details']})"
+    return label + (DAGGER if method in NOT_COMPLIANT else "")
 
 
 def aggregate(replicates: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFrame:
@@ -141,7 +171,7 @@ def aggregate(replicates: pd.DataFrame, order: Sequence[str] | None = None) -> p
         replicates: output of :func:`load_scores`.
         order: method ids in display order (others follow, sorted).
     """
-    keys = list(METRICS) + ["bacc_chance_pct", "int_rmse", "ext_rmse", "int_r", "ext_r"]
+    keys = list(METRICS) + ["bacc_chance_pct", *ANALYSIS_COLUMNS.values(), "int_rmse", "ext_rmse", "int_r", "ext_r"]
     out = []
     for (method, model), grp in replicates.groupby(["method_id", "model"], sort=False):
         row: dict[str, Any] = {
@@ -152,10 +182,13 @@ def aggregate(replicates: pd.DataFrame, order: Sequence[str] | None = None) -> p
             "seeds": ",".join(str(s) for s in sorted({int(s) for s in grp["seed"] if pd.notna(s)})),
             "folds": ",".join(sorted({str(f) for f in grp["fold"] if pd.notna(f)})),
             "challenge_protocol": bool(grp["challenge_protocol"].fillna(False).astype(bool).all()),
+            "challenge_compliant": method not in NOT_COMPLIANT,
+            "reference": str(method).startswith("ref_"),
         }
         for k in keys:
             vals = grp[k].astype(float).to_numpy()
-            row[f"{k}_mean"] = float(np.mean(vals))
+            vals = vals[~np.isnan(vals)] if k in ANALYSIS_COLUMNS.values() else vals
+            row[f"{k}_mean"] = float(np.mean(vals)) if len(vals) else float("nan")
             row[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
         out.append(row)
     agg = pd.DataFrame(out)
@@ -174,8 +207,8 @@ def _cell(mean: float | None, std: float | None, decimals: int) -> str:
 
 
 def format_table(agg: pd.DataFrame) -> pd.DataFrame:
-    """The six Table 3 columns as display strings (``mean ± std``)."""
-    return pd.DataFrame({
+    """The six Table 3 columns and the analysis columns as display strings (``mean ± std``)."""
+    table = pd.DataFrame({
         "method": agg["method"],
         "model": agg["model"],
         "Int. MAE": [_cell(m, s, 2) for m, s in zip(agg["int_mae_mean"], agg["int_mae_std"])],
@@ -183,6 +216,10 @@ def format_table(agg: pd.DataFrame) -> pd.DataFrame:
         "Ext. MAE": [_cell(m, s, 2) for m, s in zip(agg["ext_mae_mean"], agg["ext_mae_std"])],
         "L_c": [_cell(m, s, 2) for m, s in zip(agg["challenge_score_mean"], agg["challenge_score_std"])],
     })
+    for column, key in ANALYSIS_COLUMNS.items():
+        if f"{key}_mean" in agg:
+            table[column] = [_cell(m, s, 1) for m, s in zip(agg[f"{key}_mean"], agg[f"{key}_std"])]
+    return table
 
 
 def published_table() -> pd.DataFrame:
@@ -242,6 +279,44 @@ def _saga_clause(replicates: pd.DataFrame) -> str:
     return text + (" (some runs unseeded)" if "none" in values else "")
 
 
+def _notes(agg: pd.DataFrame, replicates: pd.DataFrame, reps: str, harmonization: str | None) -> list[str]:
+    """How the table was made and how to read it, as Markdown bullet texts."""
+    chance = agg["bacc_chance_pct_mean"]
+    notes = [
+        "Computed by `brainage evaluate` (OpenBHB protocol: Ridge and saga LogisticRegression "
+        "probes, 5-fold grid searches, fitted on the training features only, no standardisation"
+        f"{_saga_clause(replicates)}).",
+        "Cells: mean ± sample standard deviation over replicates (no ± with one replicate). "
+        "L_c = BAcc^0.3 × Ext. MAE per replicate, then averaged. Lower is better for every column.",
+        f"Replicates: {reps}.",
+        f"BAcc chance level (1 / number of training sites): {chance.min():.1f} %"
+        + (f" to {chance.max():.1f} %" if chance.max() - chance.min() > 0.05 else "") + ".",
+    ]
+    refs = agg.loc[agg["reference"], "method"].tolist()
+    if refs:
+        notes.append(
+            "Reference rows, scored by the same protocol code on one feature column: constant features "
+            "(the mean predictor's MAE, chance BAcc) and the age oracle (the true age, z-scored with the "
+            "training mean and sd: its BAcc is what age alone tells the site probe where sites recruit "
+            "different ages). A method's BAcc between the oracle's and its own is age; only BAcc above "
+            "the oracle's can be scanner information.")
+    if any(f"{key}_mean" in agg for key in ANALYSIS_COLUMNS.values()):
+        notes.append(
+            "Analysis columns, not challenge scores: `site given age %` is the BAcc of the same site probe on "
+            "the features minus a cubic spline of age fitted on the training split (the internal test "
+            "split uses its true ages, which a submission never has): site information beyond age. "
+            "`sex BAcc %` is the same probe for sex (chance 50 %), a second collateral attribute.")
+    flagged = agg.loc[~agg["challenge_compliant"], ["method", "method_id"]]
+    for row in flagged.itertuples():
+        notes.append(f"†{row.method.replace(DAGGER, '')}: not challenge-compliant: {NOT_COMPLIANT[row.method_id]}.")
+    if not agg["challenge_protocol"].all():
+        off = ", ".join(agg.loc[~agg["challenge_protocol"], "method"])
+        notes.append(f"Not challenge-compliant settings (probe grids/folds changed or > 10,000 features): {off}.")
+    if harmonization and "combat_l1" in set(agg["method_id"]):
+        notes.append(f"ComBat + L1, external (unseen) sites: {harmonization}")
+    return notes
+
+
 def write_table(
     replicates: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -273,22 +348,7 @@ def write_table(
         + (f" (seeds {r.seeds})" if r.seeds else "") + (f" (folds {r.folds})" if r.folds else "")
         for r in agg.itertuples()
     )
-    chance = agg["bacc_chance_pct_mean"]
-    notes = [
-        "Computed by `brainage evaluate` (OpenBHB protocol: Ridge and saga LogisticRegression "
-        "probes, 5-fold grid searches, fitted on the training features only, no standardisation"
-        f"{_saga_clause(replicates)}).",
-        "Cells: mean ± sample standard deviation over replicates (no ± with one replicate). "
-        "L_c = BAcc^0.3 × Ext. MAE per replicate, then averaged. Lower is better for every column.",
-        f"Replicates: {reps}.",
-        f"BAcc chance level (1 / number of training sites): {chance.min():.1f} %"
-        + (f" to {chance.max():.1f} %" if chance.max() - chance.min() > 0.05 else "") + ".",
-    ]
-    if not agg["challenge_protocol"].all():
-        off = ", ".join(agg.loc[~agg["challenge_protocol"], "method"])
-        notes.append(f"Not challenge-compliant settings (probe grids/folds changed or > 10,000 features): {off}.")
-    if harmonization and "combat_l1" in set(agg["method_id"]):
-        notes.append(f"ComBat + L1, external (unseen) sites: {harmonization}")
+    notes = _notes(agg, replicates, reps, harmonization)
     if provenance:
         notes.append(f"Made by: `{provenance}`")
     with atomic_open(out_dir / f"{name}.md", "w") as fh:

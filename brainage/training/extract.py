@@ -75,8 +75,8 @@ def extract_features(
     """Write ``<out>/<split>.npz`` for every split: features, ages, sites, participant ids.
 
     Each file holds ``features`` (n, p) float32, ``age`` (n,) float32 years, ``site`` (n,)
-    unicode, ``participant_id`` (n,) unicode and, for L1 models, ``prediction`` (n,) float32
-    years. L1 models give the ``E``-d embedding; contrastive models the run's configured kind
+    unicode, ``participant_id`` (n,) unicode, ``sex`` (n,) unicode when the cache table has it
+    (for the sex probe) and, for L1 models, ``prediction`` (n,) float32 years. L1 models give the ``E``-d embedding; contrastive models the run's configured kind
     unless ``kind`` is given. All splits are computed and checked before any file is written.
 
     Args:
@@ -139,6 +139,8 @@ def extract_features(
             "site": arrays.sites.astype(str),
             "participant_id": arrays.participant_id.astype(str),
         }
+        if arrays.sex is not None:
+            entry["sex"] = arrays.sex.astype(str)
         if raw is not None:
             entry["prediction"] = (raw * float(info["age_std"]) + float(info["age_mean"])).astype(np.float32)
         results[split] = entry

@@ -48,6 +48,7 @@ CACHE_SPLITS = ["train", "internal_test", "external_test"]
 # ---- file naming shared by the brain-age stages (train -> features -> evaluate -> table)
 # Methods: l1 (regression baseline), combat_l1 (ComBat-harmonised images + l1),
 # yaware, thr, exp (kernel contrastive losses).
+CONTRASTIVE_METHODS = ("yaware", "thr", "exp")
 
 
 def harmonized_cache_dir():
@@ -64,6 +65,14 @@ def features_path(method, seed, split):
 
 def evaluation_path(method, seed):
     return f"{RESULTS}/evaluation/{method}/seed{seed}/scores.json"
+
+
+# The reference rows of the results table (`brainage evaluate --reference`).
+REFERENCE_KINDS = ["constant", "age-oracle"]
+
+
+def reference_path(kind):
+    return f"{RESULTS}/evaluation/reference/{kind}/scores.json"
 
 
 # ---- training options (train.smk)

@@ -7,7 +7,8 @@ EVAL_METHODS = list(config.get("train", {}).get("methods", []))
 EVAL_SEEDS = list(config.get("train", {}).get("seeds", []))
 TABLE_DIR = f"{RESULTS}/tables"
 TRAIN_CFG = config.get("train", {})
-# Table labels: the kernel of the contrastive losses, the width of the network.
+# Table labels: the kernel of the contrastive losses (and, via --formulation, the equation
+# trained), the width of the network.
 EVAL_DETAILS = (
     f"{TRAIN_CFG['kernel']}, sigma {TRAIN_CFG['sigma']:g}"
     if "kernel" in TRAIN_CFG and "sigma" in TRAIN_CFG
@@ -89,8 +90,8 @@ rule evaluate:
         out=lambda wildcards, output: os.path.dirname(output.scores),
         options=EVAL_OPTIONS,
         details=lambda wc: (
-            f"--details '{EVAL_DETAILS}'"
-            if EVAL_DETAILS and wc.method in ("yaware", "thr", "exp")
+            f"--details '{EVAL_DETAILS}' --formulation {TRAIN_CFG.get('formulation', 'reference')}"
+            if EVAL_DETAILS and wc.method in CONTRASTIVE_METHODS
             else ""
         ),
     log:
@@ -104,11 +105,40 @@ rule evaluate:
         "> {log} 2>&1"
 
 
+# The reference rows (constant features, age oracle) are scored on the subjects of one method's
+# feature files: every method's files hold the same subjects, ages, sites and sex.
 if EVAL_METHODS and EVAL_SEEDS:
+
+    rule evaluate_reference:
+        input:
+            unpack(
+                lambda wc: {
+                    s: features_path(EVAL_METHODS[0], EVAL_SEEDS[0], s)
+                    for s in CACHE_SPLITS
+                }
+            ),
+        output:
+            scores=reference_path("{kind}"),
+            predictions=f"{RESULTS}/evaluation/reference/{{kind}}/predictions.csv",
+        wildcard_constraints:
+            kind="|".join(REFERENCE_KINDS),
+        params:
+            features=lambda wildcards, input: os.path.dirname(input.train),
+            out=lambda wildcards, output: os.path.dirname(output.scores),
+            options=EVAL_OPTIONS,
+        log:
+            f"{LOGS}/evaluate/reference_{{kind}}.log",
+        benchmark:
+            f"{BENCH}/evaluate/reference_{{kind}}.tsv"
+        threads: EVAL["n_jobs"]
+        shell:
+            "brainage evaluate --features {params.features} --out {params.out} "
+            "--reference {wildcards.kind} {params.options} > {log} 2>&1"
 
     rule table:
         input:
-            [evaluation_path(m, s) for m in EVAL_METHODS for s in EVAL_SEEDS],
+            [evaluation_path(m, s) for m in EVAL_METHODS for s in EVAL_SEEDS]
+            + [reference_path(k) for k in REFERENCE_KINDS],
         output:
             csv=report(
                 f"{TABLE_DIR}/openbhb_table.csv",
