@@ -192,6 +192,20 @@ def test_in_process_resume_matches(cache, tmp_path):
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
 
 
+def test_rerun_after_a_workflow_removed_the_outputs_of_a_finished_checkpoint(cache, tmp_path):
+    """Snakemake deletes the declared outputs (model.pt, metrics.csv) of a job killed after its last
+    checkpoint; the rerun resumes at the last epoch, trains nothing and must write both again."""
+    run = tmp_path / "run"
+    train(tiny("thr", epochs=2), cache, run)
+    metrics, model = (run / "metrics.csv").read_text(), weights(run / "model.pt")
+    (run / "metrics.csv").unlink()
+    (run / "model.pt").unlink()
+    train(tiny("thr", epochs=2), cache, run)
+    assert (run / "metrics.csv").read_text() == metrics
+    again = weights(run / "model.pt")
+    assert all(torch.equal(model[k], again[k]) for k in model)
+
+
 def test_step_schedule_and_l1_learns(cache, tmp_path):
     cfg = tiny("l1", epochs=12, lr=3e-3, step_size=4, step_gamma=0.5, batch_size=6)
     train(cfg, cache, tmp_path / "run")

@@ -412,6 +412,9 @@ def train(
 
         done = len(metrics) >= config.epochs
         if done and ctx.is_main:
+            # again here: a rerun that resumes a finished checkpoint (a workflow manager removed the
+            # incomplete outputs of a killed job, metrics.csv among them) runs no epoch
+            _write_metrics(out / "metrics.csv", metrics)
             save_file(out / "model.pt", {
                 "format": MODEL_FORMAT,
                 "version": VERSION,
