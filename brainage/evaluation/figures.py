@@ -33,10 +33,10 @@ SPLIT_STYLE = {
 SPLIT_NAMES = {"train": "train", "internal_test": "internal test", "external_test": "external test"}
 
 
-def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1) -> tuple[Figure, list]:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(ncols * nrows)]
     return fig, axes
 
 
@@ -258,7 +258,9 @@ def plot_table_summary(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     panels += [(key, title) for key, title in (("site_given_age_pct", "site given age BAcc (%), analysis"),
                                                ("sex_bacc_pct", "sex BAcc (%), analysis"))
                if f"{key}_mean" in table and table[f"{key}_mean"].notna().any()]
-    fig, axes = _figure(3.0 * len(panels), 3.6, ncols=len(panels))
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = _figure(4.0 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
     pos = np.arange(len(table))
     colors = ["0.6" if ref else "tab:blue" for ref in table.get("reference", pd.Series(False, index=table.index))]
     for ax, (key, label) in zip(axes, panels):

@@ -172,7 +172,7 @@ def run_evaluation(
     if reference is not None:
         feats = reference_features(reference, {s: splits[s].age for s in SPLITS})
         splits = {s: dataclasses.replace(splits[s], features=feats[s], prediction=None) for s in SPLITS}
-        method = method or reference_method_id(reference)
+        method, model = method or reference_method_id(reference), ""  # no network behind a reference row
     res = evaluate_features(
         *(splits[s].triple() for s in SPLITS),
         settings=settings,
