@@ -108,10 +108,13 @@ def test_nan_volume_named(tmp_path):
 
 
 def test_unknown_augmentation():
-    with pytest.raises(ValueError, match="unknown augmentation 'RandFlipd'"):
+    with pytest.raises(ValueError, match=r"augmentations\[0\]: 'RandFlipd' is not an allowed augmentation \(did you "
+                       r"mean 'RandFlip'\?\)"):
         build_augmentation([{"name": "RandFlipd", "keys": ["x"]}])
-    with pytest.raises(ValueError, match="unknown augmentation 'RandFlp'.*RandFlip"):
-        build_augmentation([{"name": "RandFlp"}])
+    with pytest.raises(ValueError, match=r"augmentations\[1\]: 'RandFlp' is not an allowed augmentation.*RandFlip"):
+        build_augmentation([{"name": "RandFlip"}, {"name": "RandFlp"}])
+    with pytest.raises(ValueError, match=r"augmentations\[0\] \(RandFlip\): unknown argument\(s\) \['axis'\]"):
+        build_augmentation([{"name": "RandFlip", "axis": 0}])
 
 
 # ----------------------------------------------------------------------------- identical views
