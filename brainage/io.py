@@ -202,45 +202,42 @@ def output_lock(output: str | os.PathLike, command: str = "") -> Iterator[Path]:
 
     output = Path(os.path.abspath(output))
     path = lock_path(output)
-    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = None
+    fd, locked = -1, False
     try:
-        while fd is None:
+        while not locked:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _lock_holder(fd)
-                os.close(fd)
                 raise OutputLockedError(
-                    f"{output} is being written by another process ({holder}; lock file {path}): wait for it to "
-                    "finish, or stop it; a lock whose process has ended does not block"
+                    f"{output} is being written by another process: {_lock_holder(fd)} (lock file {path}). "
+                    "Wait for it to finish, or stop it; the lock of a process that has ended does not block"
                 ) from None
             except OSError as err:  # a file system without flock (some network mounts)
                 log.warning("cannot lock %s (%s): a concurrent writer of %s would not be detected", path, err, output)
-                os.close(fd)
-                fd = -1
                 break
             # Its previous holder may have removed the file between our open and flock: retry on the new one.
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
+                locked = os.path.samestat(os.fstat(fd), os.stat(path))
             except FileNotFoundError:
-                same = False
-            if not same:
+                locked = False
+            if not locked:
                 os.close(fd)
-                fd = None
-        if fd >= 0:
+                fd = -1
+        if locked:
             info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),
                     "since": datetime.datetime.now().isoformat(timespec="seconds")}
             os.ftruncate(fd, 0)
             os.write(fd, (json.dumps(info) + "\n").encode())
         yield path
     finally:
-        if fd is not None and fd >= 0:
+        if locked:
             path.unlink(missing_ok=True)  # before unlocking, so no process locks a file that is then removed
+        if fd >= 0:
             os.close(fd)
-        for folder in created:  # deepest first
+        for folder in created:
             try:
                 folder.rmdir()
             except OSError:
@@ -252,7 +249,7 @@ def _lock_holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         info = json.loads(os.read(fd, 65536).decode() or "{}")
-        return f"pid {info['pid']} on host {info['host']} since {info['since']} ({info['command']})"
+        return f"pid {info['pid']} on host {info['host']}, since {info['since']}, running `{info['command']}`"
     except (OSError, ValueError, KeyError, TypeError):
         return "a process whose pid the lock file does not record"
 
