@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brainage.errors import ConfigError
+from brainage.errors import BrainAgeError, ConfigError
 
 __all__ = [
     "AUGMENTATIONS",
@@ -325,7 +325,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} not found")
-    text = read_text(path)
+    try:
+        text = read_text(path)
+    except BrainAgeError as err:
+        raise ConfigError(str(err)) from None
     if path.suffix == ".json":
         try:
             values = json.loads(text)
