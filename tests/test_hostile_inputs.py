@@ -348,3 +348,34 @@ def test_two_writers_of_one_output_folder(openbhb_dir, cache, tmp_path):
     res = brainage(*commands[out])
     assert res.returncode == 0, res.stderr
     assert (out / "cache.json").is_file() and not lock_path(out).exists()
+
+
+# --------------------------------------------------------------------------- 10. another machine
+
+# Tests that compare two code paths in floating point (tolerances from the computation, see
+# conftest.ROUNDING_MARGIN), and an environment that makes this machine sum as another x86-64 CPU
+# would: ATen, oneDNN, OpenBLAS and numpy kernels without AVX (other vector widths, other orders of
+# every sum) and two threads (other splits of the sums).
+TWO_PATH_TESTS = [
+    "tests/test_training.py::test_one_forward_equals_stacked_views_with_batchnorm",
+    "tests/test_training.py::test_features_files",
+    "tests/test_submission.py::test_plain_network_matches_monai_network",
+    "tests/test_submission.py::test_features_equal_the_project_network_on_the_cache",
+    "tests/test_preprocess.py::test_cache_from_both_layouts_agree",
+    "tests/test_losses_kernelized.py",
+]
+
+
+def test_two_path_tolerances_hold_on_another_cpu():
+    import numpy.core._multiarray_umath as umath
+
+    vector = [f for f in umath.__cpu_dispatch__ if f.startswith("AVX") or f in ("F16C", "FMA3")]
+    env = {**ENV, "ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "NEHALEM",
+           "NPY_DISABLE_CPU_FEATURES": " ".join(vector), "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip() == "DEFAULT", probe.stderr  # the narrower kernels are in use
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TWO_PATH_TESTS], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert re.search(r"\b\d+ passed", res.stdout) and "failed" not in res.stdout, res.stdout[-2000:]
