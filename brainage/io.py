@@ -32,6 +32,7 @@ from brainage.errors import BrainAgeError, OutputLockedError
 __all__ = [
     "atomic_path",
     "atomic_open",
+    "lock_path",
     "output_lock",
     "read_table",
     "read_text",
