@@ -8,7 +8,9 @@ stays fast. Handlers return a process exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -756,6 +758,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_lock(args: argparse.Namespace, argv: Sequence[str] | None) -> contextlib.AbstractContextManager:
+    """Lock the output a command writes (``--out`` / ``--out-dir``): see :func:`brainage.io.output_lock`.
+
+    Under torchrun every process runs the same command and only rank 0 writes, so only rank 0
+    locks; when it finds the output locked it exits and torchrun stops the other processes.
+    """
+    out = getattr(args, "out", None) or getattr(args, "out_dir", None)
+    if out is None or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    from brainage.io import output_lock
+
+    return output_lock(out, command=" ".join(["brainage", *(sys.argv[1:] if argv is None else argv)]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -765,7 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        return int(args.func(args) or 0)
+        with _output_lock(args, argv):
+            return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError, FileExistsError) as err:
         if args.verbose:
             raise

@@ -1,16 +1,25 @@
-"""Atomic file output: every file the project writes appears whole or not at all.
+"""File input and output: atomic writes, output-folder locks, strict reading of user text files.
 
-A writer produces a temporary sibling (same directory, so the final ``os.replace`` is an
-atomic rename on POSIX) and renames it only after it has been written and flushed. On error
-the temporary file is removed and any previous version of the target is left untouched.
+Every file the project writes appears whole or not at all: a writer produces a temporary
+sibling (same directory, so the final ``os.replace`` is an atomic rename on POSIX) and renames
+it only after it has been written and flushed. On error the temporary file is removed and any
+previous version of the target is left untouched. :func:`output_lock` keeps two processes from
+writing the same output at once. :func:`read_text` and :func:`read_table` read files users
+make (configs, participants tables) with errors that name the file and line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import datetime
 import glob
+import io
 import json
+import logging
 import os
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -18,9 +27,15 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from brainage.errors import BrainAgeError, OutputLockedError
+
 __all__ = [
     "atomic_path",
     "atomic_open",
+    "lock_path",
+    "output_lock",
+    "read_table",
+    "read_text",
     "temporary_affixes",
     "remove_stale_temporaries",
     "save_npy",
@@ -157,3 +172,164 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+# --------------------------------------------------------------------------- output locks
+
+log = logging.getLogger(__name__)
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of an output (folder or file): ``.<name>.lock`` beside it."""
+    output = Path(os.path.abspath(output))
+    return output.parent / f".{output.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike, command: str = "") -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder (or file) while this process writes it.
+
+    The lock is an ``fcntl.flock`` on :func:`lock_path`, a file beside the output that holds the
+    owner's pid, host, start time and ``command``; it is removed on exit. The kernel drops a
+    flock when its process ends however it ends (SIGKILL included), so the file a killed
+    process leaves behind never blocks the next run. Folders created only to hold the lock are
+    removed again if they stay empty.
+
+    Raises:
+        OutputLockedError: another process holds the lock; the message names the output and
+            the holder's pid and host.
+    """
+    import fcntl
+
+    output = Path(os.path.abspath(output))
+    path = lock_path(output)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, locked = -1, False
+    try:
+        while not locked:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputLockedError(
+                    f"{output} is being written by another process: {_lock_holder(fd)} (lock file {path}). "
+                    "Wait for it to finish, or stop it; the lock of a process that has ended does not block"
+                ) from None
+            except OSError as err:  # a file system without flock (some network mounts)
+                log.warning("cannot lock %s (%s): a concurrent writer of %s would not be detected", path, err, output)
+                break
+            # Its previous holder may have removed the file between our open and flock: retry on the new one.
+            try:
+                locked = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                locked = False
+            if not locked:
+                os.close(fd)
+                fd = -1
+        if locked:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),
+                    "since": datetime.datetime.now().isoformat(timespec="seconds")}
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps(info) + "\n").encode())
+        yield path
+    finally:
+        if locked:
+            path.unlink(missing_ok=True)  # before unlocking, so no process locks a file that is then removed
+        if fd >= 0:
+            os.close(fd)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _lock_holder(fd: int) -> str:
+    """``pid N on host H since T (command)`` from a lock file's content, as far as it can be read."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 65536).decode() or "{}")
+        return f"pid {info['pid']} on host {info['host']}, since {info['since']}, running `{info['command']}`"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process whose pid the lock file does not record"
+
+
+# --------------------------------------------------------------------------- reading user files
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The UTF-8 text of a file a user made (a leading byte-order mark is dropped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        BrainAgeError: not UTF-8; the message names the file, the line and the byte.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise BrainAgeError(
+            f"{path}, line {line}: byte {err.object[err.start]:#04x} is not UTF-8 text; save the file as UTF-8"
+        ) from None
+
+
+def read_table(path: str | os.PathLike, sep: str | None = "\t") -> pd.DataFrame:
+    """A delimited text table a user made, read strictly, every value a string.
+
+    Unlike ``pandas.read_csv`` it never takes the first column as an index (which pandas does
+    when a row has one field more than the header, e.g. from a trailing tab: every column then
+    shifts) and refuses any row whose field count differs from the header's. Quoting follows
+    the ``csv`` module (as pandas). Lines without any value are skipped.
+
+    Args:
+        path: the table.
+        sep: field delimiter; ``None`` takes a tab when the header line has one, else a comma.
+
+    Returns:
+        DataFrame of ``str`` whose columns are the header's (stripped) names and whose index is
+        each row's 1-based line number in the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        BrainAgeError: empty file, not UTF-8, bad quoting, duplicate column names, or a row of
+            another length than the header; the message names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"table not found: {path}")
+    text = read_text(path)
+    if not text.strip():
+        raise BrainAgeError(f"{path}: the file is empty; expected a header line naming the columns, then one "
+                            "line per row")
+    if sep is None:
+        first = next(line for line in text.splitlines() if line.strip())
+        sep = "\t" if "\t" in first else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    header: list[str] | None = None
+    rows, lines = [], []
+    try:
+        for row in reader:
+            if not any(field.strip() for field in row):
+                continue
+            if header is None:
+                header, header_line = [name.strip() for name in row], reader.line_num
+            elif len(row) != len(header):
+                delimiter = "tab" if sep == "\t" else repr(sep)
+                raise BrainAgeError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, but the header (line {header_line}) has "
+                    f"{len(header)}; look for a missing, extra or trailing {delimiter} on that line"
+                )
+            else:
+                rows.append(row)
+                lines.append(reader.line_num)
+    except csv.Error as err:
+        raise BrainAgeError(f"{path}, line {reader.line_num}: not a valid delimited table ({err})") from None
+    if header is None:
+        raise BrainAgeError(f"{path}: no line holds a value; expected a header line naming the columns")
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise BrainAgeError(f"{path}, line {header_line}: column name(s) {duplicated} appear more than once")
+    return pd.DataFrame(rows, columns=header, index=pd.Index(lines, name="line"), dtype=str)

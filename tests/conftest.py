@@ -102,6 +102,48 @@ def write_openbhb(
             "vbm_affine": vbm_affine, "quasiraw_affine": qr_affine}
 
 
+# --------------------------------------------------------------------------- float tolerances
+# Two code paths that compute the same float32 function (another batch composition, memory
+# layout, process split or implementation of the same operations) differ only by rounding, and
+# by how much depends on the CPU: SIMD width, oneDNN/BLAS blocking and the thread count set the
+# order of every sum. Each path lies within E of the exact result, E being the float32 rounding
+# error of the computation, which a test measures where it runs as |float32 - float64| of the
+# same computation on the same inputs. Two paths then differ by at most about 2E; the margin
+# leaves another factor 4 for the variation of E between summation orders.
+ROUNDING_MARGIN = 8.0
+EPS32 = float(np.finfo(np.float32).eps)  # 2^-23
+U16 = 2.0**-11  # unit roundoff of float16: |fl16(x) - x| <= U16 * |x| (round to nearest)
+
+
+def rounding_error(float32_result, float64_result) -> float:
+    """max |float32 - float64| of one computation, at least float32 epsilon times its largest value."""
+    low = np.asarray(float32_result, dtype=np.float64)
+    exact = np.asarray(float64_result, dtype=np.float64)
+    return max(float(np.abs(low - exact).max()), EPS32 * float(np.abs(exact).max()))
+
+
+def network_rounding(model, volumes, kind: str | None = None) -> float:
+    """:func:`rounding_error` of a network's forward pass (eval mode) on ``volumes`` (n, [1,] X, Y, Z).
+
+    Outputs are ``model.features(x, kind)``, or ``model(x)`` without ``kind``; the float64
+    reference runs a double copy of ``model``.
+    """
+    import copy
+
+    import torch
+
+    x = torch.as_tensor(np.asarray(volumes, dtype=np.float32))
+    x = x[:, None] if x.ndim == 4 else x
+    exact_model = copy.deepcopy(model).double().eval()
+    model.eval()
+    with torch.no_grad():
+        if kind is None:
+            low, exact = model(x), exact_model(x.double())
+        else:
+            low, exact = model.features(x, kind), exact_model.features(x.double(), kind)
+    return rounding_error(low.numpy(), exact.numpy())
+
+
 @pytest.fixture(scope="session")
 def openbhb_dir(tmp_path_factory):
     """A read-only tiny OpenBHB folder in both layouts (copy it before corrupting it)."""

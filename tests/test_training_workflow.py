@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from brainage.training.config import METHODS, WORKFLOW_KEYS, TrainConfig
+from brainage.training.config import AUGMENTATIONS, METHODS, WORKFLOW_KEYS, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -34,6 +34,7 @@ def test_schema_mirrors_train_config():
         assert TRAIN_SCHEMA["properties"][name].get("description") or name in (
             "optimizer", "weight_decay", "step_size", "step_gamma"), name
     assert TRAIN_SCHEMA["properties"]["methods"]["items"]["enum"] == list(METHODS)
+    assert TRAIN_SCHEMA["properties"]["augmentations"]["items"]["properties"]["name"]["enum"] == list(AUGMENTATIONS)
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "openbhb.yaml"])

@@ -69,6 +69,7 @@ def openbhb_config(tmp_path_factory):
     write_openbhb(base / "openBHB", n=12)
     config = yaml.safe_load((REPO / "configs" / "openbhb.yaml").read_text())
     config["data"]["root"] = str(base / "openBHB")
+    config["train"]["batch_size"] = 4  # the 12 subjects hold 6 training ones (the dry run checks it)
     path = base / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return base, path

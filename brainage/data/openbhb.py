@@ -21,6 +21,7 @@ import difflib
 import json
 import os
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -28,8 +29,11 @@ from typing import Iterator, Sequence
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.filebasedimages import ImageFileError
 
 from brainage.data.cache import SPLITS, _site_column
+from brainage.errors import BrainAgeError
+from brainage.io import read_table
 
 __all__ = [
     "MODALITIES",
@@ -148,17 +152,17 @@ def load_participants(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        OpenBHBError: missing or misnamed columns, unknown split values, duplicate ids,
+        OpenBHBError: an empty or non-UTF-8 file, a row with another number of fields than
+            the header, missing or misnamed columns, unknown split values, duplicate ids,
             missing or non-numeric values, ages outside [0, 120] years, unknown sex codes.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"participants table not found: {path}")
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except pd.errors.ParserError as err:
-        raise OpenBHBError(f"{path}: not a valid tab-separated table ({err})") from err
-    table.columns = [c.strip() for c in table.columns]
+        table = read_table(path, sep="\t")  # indexed by file line
+    except BrainAgeError as err:
+        raise OpenBHBError(str(err)) from None
     if "split" not in table.columns and default_split is not None:
         if default_split not in SPLITS:
             raise OpenBHBError(f"default_split must be one of {SPLITS}, got {default_split!r}")
@@ -181,8 +185,8 @@ def load_participants(
     for col in table.columns:
         table[col] = table[col].str.strip()
 
-    def line(idx: int) -> int:  # 1-based file line of a row (header is line 1)
-        return int(idx) + 2
+    def line(idx: int) -> int:  # 1-based file line of a row
+        return int(idx)
 
     empty_id = table.index[table["participant_id"] == ""]
     if len(empty_id):
@@ -534,15 +538,31 @@ class OpenBHBDataset:
         return len(self.participants)
 
     def mask(self, modality: str) -> np.ndarray:
-        """Boolean (X, Y, Z) mask of a modality, thresholded as the challenge does."""
+        """Boolean (X, Y, Z) mask of a modality, thresholded as the challenge does.
+
+        Raises:
+            FileNotFoundError: no mask image.
+            OpenBHBError: an unreadable (truncated) image, an empty mask, or a grid or affine
+                that is not the modality's OpenBHB grid; the message names the mask's path.
+        """
         if modality not in self._masks:
             mod = _modality(modality)
             path = self.mask_paths.get(modality)
             if path is None or not Path(path).is_file():
                 raise FileNotFoundError(f"{modality} mask not found: expected {path or mod.mask_file}")
-            img = nib.load(path)
-            data = load_mask(img, threshold=mod.threshold)
-            grid_factor(modality, data.shape, img.affine)
+            try:
+                img = nib.load(path)
+                data = load_mask(img, threshold=mod.threshold)
+            except (ImageFileError, OSError, EOFError, zlib.error) as err:
+                raise OpenBHBError(f"{path}: the {modality} mask image cannot be read, truncated or not NIfTI "
+                                   f"({type(err).__name__}: {err})") from err
+            if not data.any():
+                raise OpenBHBError(f"{path}: empty {modality} mask: no voxel is above the mask threshold "
+                                   f"{mod.threshold:g}; expected the OpenBHB mask {mod.mask_file}")
+            try:
+                grid_factor(modality, data.shape, img.affine)
+            except OpenBHBError as err:
+                raise OpenBHBError(f"{path}: {err}") from None
             self._masks[modality] = data
         return self._masks[modality]
 

@@ -173,11 +173,17 @@ def preprocess(
         raise ValueError(f"unknown split(s) {unknown}; expected a subset of {list(SPLITS)}")
     dataset = data if isinstance(data, OpenBHBDataset) else open_dataset(data, layout=layout)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
 
     dataset.validate(modality)
     src_mask = dataset.mask(modality)
     mask = downsample_mask(src_mask, downsample)
+    if not mask.any():
+        raise OpenBHBError(
+            f"{dataset.mask_paths.get(modality)}: no {downsample}x{downsample}x{downsample} block is at least half "
+            f"inside the {modality} mask ({int(src_mask.sum())} voxels), so the cache would hold no voxel; "
+            "use a smaller downsample"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     affine = downsampled_affine(dataset.affine(modality), downsample)
     params = {
         "source": str(Path(dataset.root).resolve()),

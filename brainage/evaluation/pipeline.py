@@ -28,7 +28,7 @@ from brainage.evaluation.features import SPLITS, FeatureSplit, load_feature_dir
 from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.evaluation.reference import reference_features, reference_method_id
-from brainage.io import save_json, save_table
+from brainage.io import read_table, read_text, save_json, save_table
 
 __all__ = ["load_folds", "evaluate_folds", "run_evaluation", "SCORE_KEYS"]
 
@@ -49,15 +49,17 @@ def load_folds(
     """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_text(path))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable JSON fold file ({err})") from err
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"{path}: expected a non-empty mapping of fold name -> splits")
     ids_by_row: np.ndarray | None = None
     if id_table is not None:
-        ids_by_row = pd.read_csv(id_table, sep=None, engine="python", dtype={"participant_id": str})[
-            "participant_id"].astype(str).to_numpy()
+        table = read_table(id_table, sep=None)
+        if "participant_id" not in table.columns:
+            raise ValueError(f"{id_table}: no participant_id column (columns: {list(table.columns)})")
+        ids_by_row = table["participant_id"].str.strip().to_numpy()
     folds: dict[str, dict[str, list[str]]] = {}
     for name, sets in raw.items():
         if not isinstance(sets, dict) or any(k not in sets for k in SPLITS):

@@ -5,18 +5,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brainage.errors import BrainAgeError, ConfigError
+
 __all__ = [
+    "AUGMENTATIONS",
     "CHOICES",
     "CONTRASTIVE_METHODS",
     "REGRESSION_METHODS",
     "METHODS",
     "TrainConfig",
+    "check_augmentations",
     "load_config_file",
 ]
 
@@ -48,6 +53,58 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 """The valid values of every option that takes a name."""
 
+SPATIAL_AUGMENTATIONS: tuple[str, ...] = (
+    "RandFlip", "RandAxisFlip", "RandRotate", "RandZoom", "RandAffine", "Rand3DElastic", "RandGridDistortion",
+    "RandSimulateLowResolution",
+)
+INTENSITY_AUGMENTATIONS: tuple[str, ...] = (
+    "RandGaussianNoise", "RandRicianNoise", "RandShiftIntensity", "RandStdShiftIntensity", "RandScaleIntensity",
+    "RandScaleIntensityFixedMean", "RandBiasField", "RandAdjustContrast", "RandGaussianSmooth",
+    "RandGaussianSharpen", "RandHistogramShift", "RandGibbsNoise", "RandKSpaceSpikeNoise", "RandCoarseDropout",
+    "RandCoarseShuffle",
+)
+AUGMENTATIONS: tuple[str, ...] = SPATIAL_AUGMENTATIONS + INTENSITY_AUGMENTATIONS
+"""The MONAI array transforms ``augmentations`` may name: random spatial and intensity transforms of
+one ``(1, X, Y, Z)`` volume that keep its shape. Any other name is refused, because MONAI resolves
+some arguments of other transforms as importable names (``LoadImage(reader="subprocess.Popen",
+...)`` runs a command) or takes code (``RandLambda``)."""
+
+
+def _plain_value(value: Any) -> bool:
+    """A number (finite), string, boolean, null, or a (nested) list of them."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (list, tuple)) and all(_plain_value(v) for v in value)
+
+
+def check_augmentations(specs: Any) -> None:
+    """Raise :class:`~brainage.errors.ConfigError` unless ``specs`` is a list of allowed transforms.
+
+    Each entry is ``{"name": <one of AUGMENTATIONS>, **arguments}`` whose arguments are plain
+    values (:func:`_plain_value`); the message names the entry and the refused transform.
+    """
+    if not isinstance(specs, list):
+        raise ConfigError(f"augmentations must be a list of {{'name': <transform>, **arguments}} mappings, "
+                          f"got {specs!r}")
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ConfigError(f"augmentations[{i}]: expected a mapping {{'name': <transform>, **arguments}}, "
+                              f"got {spec!r}")
+        name = spec["name"]
+        if name not in AUGMENTATIONS:
+            hint = difflib.get_close_matches(name, AUGMENTATIONS, n=1)
+            raise ConfigError(
+                f"augmentations[{i}]: {name!r} is not an allowed augmentation"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; allowed are these MONAI random spatial and intensity transforms: {', '.join(AUGMENTATIONS)}"
+            )
+        for key, value in spec.items():
+            if key != "name" and not _plain_value(value):
+                raise ConfigError(f"augmentations[{i}] ({name}): argument {key!r} must be a finite number, a "
+                                  f"string, a boolean, null or a list of them, got {value!r}")
+
 
 def _choice(value: Any, valid: tuple[str, ...], name: str) -> None:
     if value not in valid:
@@ -73,8 +130,9 @@ class TrainConfig:
             each subject once per step).
         augmentations: MONAI array transforms applied independently to each view, as
             ``{"name": "RandFlip", **kwargs}`` dicts (e.g. ``{"name": "RandGaussianNoise",
-            "prob": 0.5, "std": 0.1}``). Empty (the reference) makes all views identical, and
-            the trainer then runs one forward pass per subject and repeats its output.
+            "prob": 0.5, "std": 0.1}``); only the names in :data:`AUGMENTATIONS`. Empty (the
+            reference) makes all views identical, and the trainer then runs one forward pass per
+            subject and repeats its output.
         width: ``widen_factor`` of the ResNet-18 (1 = the published network).
         projection_dim: size of the normalised projection (128 in the paper).
         projection_hidden: hidden size of the projection head; ``None`` = the embedding size.
@@ -151,14 +209,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("width", "lr", "sigma", "temperature"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
         if int(512 * self.width) < 1:
             raise ValueError(f"width {self.width} leaves no channel in the last ResNet stage (512 * width < 1)")
         for name in ("weight_decay", "momentum"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be a finite non-negative number, got {value!r}")
         if not 0 < self.step_gamma <= 1:
             raise ValueError(f"step_gamma must be in (0, 1], got {self.step_gamma!r}")
         if self.projection_hidden is not None and (
@@ -169,13 +227,7 @@ class TrainConfig:
             raise ValueError(f"num_threads must be a positive integer or null, got {self.num_threads!r}")
         if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"unknown device {self.device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
-        if not isinstance(self.augmentations, list) or not all(
-            isinstance(a, dict) and isinstance(a.get("name"), str) for a in self.augmentations
-        ):
-            raise ValueError(
-                "augmentations must be a list of {'name': <MONAI transform>, **kwargs} mappings, "
-                f"got {self.augmentations!r}"
-            )
+        check_augmentations(self.augmentations)
 
     @property
     def is_contrastive(self) -> bool:
@@ -260,31 +312,56 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML (or, by the ``.json`` suffix, JSON) mapping of training options.
 
     A file with a top-level ``train:`` section (a workflow config) is read from that section,
-    ignoring the workflow-only keys ``methods``, ``seeds`` and ``threads``.
+    ignoring the workflow-only keys ``methods``, ``seeds`` and ``threads``. YAML is read with
+    ``yaml.safe_load``: tags that build Python objects (``!!python/...``) are refused.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a mapping, or a key that is not a training option (the message names the file).
+        ConfigError: not UTF-8, not valid YAML/JSON, not a mapping, a key that is not a training
+            option or an invalid value; the message names the file.
     """
+    from brainage.io import read_text
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} not found")
+    try:
+        text = read_text(path)
+    except BrainAgeError as err:
+        raise ConfigError(str(err)) from None
     if path.suffix == ".json":
-        values = json.loads(path.read_text())
-    else:
         try:
-            import yaml
-        except ImportError as err:
-            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or pass a .json file") from err
-        values = yaml.safe_load(path.read_text())
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON ({err})") from err
+    else:
+        values = _safe_load_yaml(text, path)
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a training config must be a mapping of options, got {type(values).__name__}")
+        raise ConfigError(f"{path}: a training config must be a mapping of options, got {type(values).__name__}")
     if "train" in values and isinstance(values["train"], dict):
         values = {k: v for k, v in values["train"].items() if k not in WORKFLOW_KEYS}
     TrainConfig.check_keys(values, source=str(path))
+    try:  # the values themselves, so that an error names this file
+        TrainConfig.from_dict({"method": METHODS[0], **values})
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from err
     return values
+
+
+def _safe_load_yaml(text: str, path: Path) -> Any:
+    try:
+        import yaml
+    except ImportError as err:
+        raise ConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or pass a .json file") from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        raise ConfigError(f"{path}: a YAML tag that is not plain data ({err}); a config holds numbers, strings, "
+                          "booleans, lists and mappings only") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
 
 
 WORKFLOW_KEYS: tuple[str, ...] = ("methods", "seeds", "threads")

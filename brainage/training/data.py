@@ -6,13 +6,15 @@ have only torch, monai and numpy).
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from brainage.errors import ConfigError
+from brainage.training.config import check_augmentations
 
 __all__ = [
     "VolumeStore",
@@ -101,31 +103,35 @@ class VolumeStore:
 def build_augmentation(specs: Sequence[dict[str, Any]]):
     """A MONAI ``Compose`` of array transforms from ``{"name": ..., **kwargs}`` specs, or ``None``.
 
-    Each transform works on one ``(1, X, Y, Z)`` channel-first volume.
+    Each transform works on one ``(1, X, Y, Z)`` channel-first volume. Only the transforms of
+    :data:`brainage.training.config.AUGMENTATIONS` are built, and only with the arguments their
+    constructor names.
 
     Raises:
-        ValueError: unknown transform name (close matches listed) or invalid arguments.
+        ConfigError: a transform outside the allow-list (named), an argument it does not take,
+            or invalid argument values.
     """
     if not specs:
         return None
+    import inspect
+
     import monai.transforms as mt
 
+    check_augmentations(list(specs))
     transforms = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         name = spec["name"]
         kwargs = {k: v for k, v in spec.items() if k != "name"}
-        cls = getattr(mt, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, mt.Transform)) or issubclass(cls, mt.MapTransform):
-            candidates = [n for n in dir(mt) if n.startswith("Rand") and not n.endswith("d")]
-            hint = difflib.get_close_matches(name, candidates, n=3)
-            raise ValueError(
-                f"unknown augmentation {name!r}: expected the name of a MONAI array transform "
-                f"(monai.transforms, not a dictionary 'd' transform)" + (f"; close matches: {hint}" if hint else "")
-            )
+        cls = getattr(mt, name)
+        params = inspect.signature(cls.__init__).parameters
+        valid = [p for p, v in params.items() if p != "self" and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+        unknown = [k for k in kwargs if k not in valid]
+        if unknown:
+            raise ConfigError(f"augmentations[{i}] ({name}): unknown argument(s) {unknown}; {name} takes {valid}")
         try:
             transforms.append(cls(**kwargs))
-        except TypeError as err:
-            raise ValueError(f"augmentation {name}: invalid arguments {kwargs} ({err})") from err
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"augmentations[{i}] ({name}): invalid arguments {kwargs} ({err})") from err
     return mt.Compose(transforms)
 
 

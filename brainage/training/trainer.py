@@ -299,6 +299,7 @@ def train(
         scheduler = make_scheduler(config, optimizer)
         metrics: list[dict[str, Any]] = []
         start_epoch = 0
+        threads_used = [torch.get_num_threads()]
 
         ckpt_path = out / "checkpoint.pt"
         if ctx.is_main:
@@ -316,6 +317,7 @@ def train(
             metrics = list(payload["metrics"])
             if ctx.is_main:
                 log.info("resuming %s from epoch %d of %d", ckpt_path, start_epoch, config.epochs)
+            threads_used = _threads_on_resume(payload, ckpt_path, ctx)
 
         store = VolumeStore(split.volumes, device, resident=_resident(config.data_on_device), name=f"{cache}/train")
         ages_all = torch.as_tensor(split.ages, dtype=torch.float32, device=device)
@@ -396,6 +398,8 @@ def train(
                     "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(device),
                     "metrics": metrics,
+                    "num_threads": threads_used[-1],
+                    "num_threads_used": threads_used,
                 }
                 save_file(ckpt_path, payload)
                 _write_metrics(out / "metrics.csv", metrics)
@@ -424,15 +428,38 @@ def train(
                 "age_mean": age_mean,
                 "age_std": age_std,
                 "model": model.state_dict(),
+                "num_threads_used": threads_used,
             })
             save_json(out / "config.json", {"config": config.to_dict(), "cache": identity, "epochs_done": len(metrics),
-                                             "world_size": ctx.world_size, "device": str(device)})
+                                             "world_size": ctx.world_size, "device": str(device),
+                                             "num_threads_used": threads_used})
         barrier(ctx)
         return out / ("model.pt" if done else "checkpoint.pt")
     finally:
         if writer is not None:
             writer.close()
         restore_determinism()
+
+
+def _threads_on_resume(payload: dict[str, Any], path: Path, ctx: DistContext) -> list[int]:
+    """The CPU thread counts the run has used, this process's last; warns when it is not the checkpoint's.
+
+    A resume with another count is allowed (``num_threads`` is a runtime option: a job resubmitted
+    to a node of another size must not lose its training), but on the CPU the thread count sets
+    the order of floating-point sums, so the run's numerics then match neither count's
+    uninterrupted run. The warning says so, and ``num_threads_used`` in the checkpoint,
+    ``model.pt`` and ``config.json`` records it.
+    """
+    now = torch.get_num_threads()
+    before = payload.get("num_threads")  # absent from checkpoints of older versions
+    used = [int(n) for n in payload.get("num_threads_used", [before] if before is not None else [])]
+    if before is not None and before != now and ctx.is_main:
+        log.warning(
+            "%s was written with %d CPU thread(s) and this process uses %d: on the CPU the resumed run is not "
+            "bitwise equal to an uninterrupted run with either count (floating-point sums are split by thread); "
+            "resume with --num-threads %d for bitwise reproducibility", path, before, now, before,
+        )
+    return used + [now] if not used or used[-1] != now else used
 
 
 def _resident(option: str) -> bool | None:

@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -107,3 +108,44 @@ def train_options(method):
     """`brainage train` flags from the `train:` section."""
     options = {k: v for k, v in TRAIN.items() if k not in TRAIN_WORKFLOW_KEYS}
     return " ".join(cli_flag(k, v) for k, v in options.items() if v is not None)
+
+
+# ---- checks at parse time: a dry run (-n) finds them before any job runs. Not checkable
+# here: batch_size against the number of torchrun processes (chosen at launch), the simulated
+# masks (made by the simulate job), CUDA and memory of the machines the jobs run on.
+
+
+def training_split_size():
+    """Subjects in the training split, or None when the brainage package is not importable here.
+
+    simulate: from the cohort design the simulate job will draw (its n_subjects, n_sites and
+    seed; no image is made). openbhb: from the download's participants table(s), which are
+    validated on the way (a bad table fails the dry run, naming the file and line).
+    """
+    try:
+        from brainage.data.openbhb import open_dataset
+        from brainage.data.simulate.sites import design_cohort
+    except ImportError:  # snakemake in its own environment, brainage only in the jobs' container
+        print("brainage is not importable here: the training split size is not checked before the jobs run",
+              file=sys.stderr)
+        return None
+    if config["data"]["source"] == "simulate":
+        sim = config["data"]["simulate"]
+        table = design_cohort(sim["n_subjects"], sim["n_sites"], sim["seed"]).participants
+    else:
+        table = open_dataset(data_root(), layout=config["data"]["layout"]).participants
+    return int((table["split"] == "train").sum())
+
+
+if TRAIN["methods"]:
+    N_TRAIN = training_split_size()
+    if N_TRAIN is not None and TRAIN["batch_size"] > N_TRAIN:
+        source = (
+            f"data.simulate: {config['data']['simulate']['n_subjects']} subjects"
+            if config["data"]["source"] == "simulate"
+            else data_root()
+        )
+        raise ValueError(
+            f"train.batch_size {TRAIN['batch_size']} is larger than the training split ({N_TRAIN} subjects, "
+            f"{source}): every training job would fail; lower train.batch_size"
+        )

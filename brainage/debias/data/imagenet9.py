@@ -246,10 +246,12 @@ def texture_clusters_from_csv(csv_path: str | os.PathLike, listing: ImageList) -
     """
     import pandas as pd
 
+    from brainage.io import read_table
+
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: texture-cluster table not found")
-    table = pd.read_csv(csv_path)
+    table = read_table(csv_path, sep=",")
     columns = [c for c in table.columns if str(c).startswith("cluster")]
     if "path" not in table.columns or not columns:
         raise ValueError(
@@ -269,7 +271,7 @@ def texture_clusters_from_csv(csv_path: str | os.PathLike, listing: ImageList) -
         )
     rows = []
     for column in columns:
-        values = table[column].to_numpy()
+        values = pd.to_numeric(table[column].str.strip(), errors="coerce").to_numpy()
         if not np.issubdtype(values.dtype, np.integer):
             raise ValueError(f"{csv_path}: column {column!r} must hold integer cluster labels, got {values.dtype}")
         rows.append(_cluster_vector(values[position], csv_path, len(wanted)))
