@@ -160,7 +160,7 @@ def test_an_unreadable_or_misplaced_mask_is_named(dataset, tmp_path, damage):
     if damage == "truncated":
         raw = mask.read_bytes()
         mask.write_bytes(raw[: len(raw) // 2])
-        expected = "the quasiraw mask image cannot be read, truncated or not NIfTI"
+        expected = "the mask image cannot be read, truncated or not NIfTI"
     elif damage == "shape":
         nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), img.affine), mask)
         expected = "grid (10, 10, 10) is not the OpenBHB quasiraw grid"
@@ -379,3 +379,19 @@ def test_two_path_tolerances_hold_on_another_cpu():
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     assert re.search(r"\b\d+ passed", res.stdout) and "failed" not in res.stdout, res.stdout[-2000:]
+
+
+def test_a_truncated_mask_is_named_by_the_reader_and_the_estimator(tmp_path, monkeypatch):
+    from brainage.data.openbhb import load_mask
+    from brainage.submission import ramp_estimator
+
+    mask = tmp_path / "cat12vbm_space-MNI152_desc-gm_TPM.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 9, 7), 0.5, np.float32), np.eye(4)), mask)
+    raw = mask.read_bytes()
+    mask.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(OpenBHBError, match=rf"^{re.escape(str(mask))}: the mask image cannot be read, truncated"):
+        load_mask(mask)
+    monkeypatch.setenv("VBM_MASK", str(mask))
+    with pytest.raises(ramp_estimator.SubmissionError,
+                       match=rf"^VBM_MASK={re.escape(str(mask))}: the mask image cannot be read, truncated"):
+        ramp_estimator.read_mask("vbm")

@@ -300,7 +300,8 @@ def load_mask(
         Boolean array (X, Y, Z) in the image's voxel order.
 
     Raises:
-        OpenBHBError: not 3-D, or a non-boolean array without ``threshold``.
+        OpenBHBError: an unreadable (truncated, not NIfTI) image, named; not 3-D; or a
+            non-boolean array without ``threshold``.
     """
     if isinstance(mask, np.ndarray):
         if mask.ndim != 3:
@@ -317,11 +318,14 @@ def load_mask(
         name = str(mask)
         if not Path(name).is_file():
             raise FileNotFoundError(f"mask image not found: {name}")
-        img = nib.load(name)
     else:
-        img = mask
-        name = img.get_filename() or ""
-    data = img.get_fdata(dtype=np.float64)
+        name = mask.get_filename() or ""
+    try:
+        img = nib.load(name) if isinstance(mask, (str, os.PathLike)) else mask
+        data = img.get_fdata(dtype=np.float64)
+    except (ImageFileError, OSError, EOFError, zlib.error) as err:
+        raise OpenBHBError(f"{name or '<in memory>'}: the mask image cannot be read, truncated or not NIfTI "
+                           f"({type(err).__name__}: {err})") from err
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -550,17 +554,12 @@ class OpenBHBDataset:
             path = self.mask_paths.get(modality)
             if path is None or not Path(path).is_file():
                 raise FileNotFoundError(f"{modality} mask not found: expected {path or mod.mask_file}")
-            try:
-                img = nib.load(path)
-                data = load_mask(img, threshold=mod.threshold)
-            except (ImageFileError, OSError, EOFError, zlib.error) as err:
-                raise OpenBHBError(f"{path}: the {modality} mask image cannot be read, truncated or not NIfTI "
-                                   f"({type(err).__name__}: {err})") from err
+            data = load_mask(path, threshold=mod.threshold)
             if not data.any():
                 raise OpenBHBError(f"{path}: empty {modality} mask: no voxel is above the mask threshold "
                                    f"{mod.threshold:g}; expected the OpenBHB mask {mod.mask_file}")
             try:
-                grid_factor(modality, data.shape, img.affine)
+                grid_factor(modality, data.shape, nib.load(path).affine)
             except OpenBHBError as err:
                 raise OpenBHBError(f"{path}: {err}") from None
             self._masks[modality] = data

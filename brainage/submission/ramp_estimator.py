@@ -28,10 +28,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import nibabel
+import nibabel.filebasedimages
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -212,7 +214,11 @@ def read_mask(modality: str) -> np.ndarray:
     if not Path(path).is_file():
         raise SubmissionError(f"{variable}={path}: no such mask image")
     # The kit's rule: float64 values (get_fdata), so float32(0.05) = 0.0500000007 is inside.
-    data = nibabel.load(path).get_fdata()
+    try:
+        data = nibabel.load(path).get_fdata()
+    except (nibabel.filebasedimages.ImageFileError, OSError, EOFError, zlib.error) as err:
+        raise SubmissionError(f"{variable}={path}: the mask image cannot be read, truncated or not NIfTI "
+                              f"({type(err).__name__}: {err})") from err
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
