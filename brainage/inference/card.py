@@ -68,7 +68,7 @@ def _scores_lines(scores: dict[str, Any] | None) -> tuple[list[str], list[str]]:
 def _sparse_bins(cohort: dict[str, Any]) -> list[str]:
     hist = cohort["age_histogram"]
     n = cohort["n"]
-    return [f"{hist['edges'][i]:g}-{hist['edges'][i + 1]:g} y ({c} subjects)"
+    return [f"{hist['edges'][i]:g}-{hist['edges'][i + 1]:g} y ({c} subject{'s' * (c != 1)})"
             for i, c in enumerate(hist["counts"]) if c < SPARSE_BIN_FRACTION * n]
 
 
@@ -135,7 +135,7 @@ def render_model_card(spec: dict[str, Any]) -> str:
     if sparse:
         out.append(f"- With caution where training subjects were few (< {100 * SPARSE_BIN_FRACTION:g} % of the "
                    f"cohort): {', '.join(sparse)}.")
-    out += [f"- On other images than {MODALITY_TEXT[modality]}: another modality, another preprocessing pipeline, "
+    out += [f"- On anything but a {MODALITY_TEXT[modality]}: another modality, another preprocessing pipeline, "
             "or images not in MNI152 space (predict refuses rotated, off-centre and 4-D images, and flags images "
             "whose QC measures fall outside the training ranges).",
             "- On patients without care: the training subjects were healthy controls, so a gap in a patient group "

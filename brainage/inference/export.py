@@ -266,6 +266,15 @@ def _scores(path: str | os.PathLike, config, readout: Readout, n_features: int) 
                                                       "gap_age_r", "fitted_on")}}
 
 
+def _run_name(run: Path) -> str:
+    """The run's folder relative to the working directory when inside it, else its name (no local paths)."""
+    folder = (run if run.is_dir() else run.parent).resolve()
+    try:
+        return str(folder.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return folder.name
+
+
 def _probe_settings(scores: str | os.PathLike | None):
     """The probe settings ``scores.json`` was evaluated with (the challenge's when absent)."""
     from brainage.evaluation.protocol import ProbeSettings
@@ -376,7 +385,7 @@ def export_bundle(
         "network": {"class": "brainage.models.BrainAgeNet", "kwargs": network_kwargs(config),
                     "n_parameters": int(sum(p.numel() for p in model.parameters()))},
         "model": {"method": config.method, "seed": int(config.seed), "epochs": int(info.get("epoch", config.epochs)),
-                  "run": run.resolve().name, "training_config": config.to_dict()},
+                  "run": _run_name(run), "training_config": config.to_dict()},
         "readout": {**readout.to_spec(), "n_features": n_features},
         "preprocessing": prep.to_spec(),
         "calibration": calibration,
