@@ -246,10 +246,8 @@ def open_model(path: str | os.PathLike, **export_options: Any) -> ModelBundle:
         FileNotFoundError: neither a bundle nor a finished run.
     """
     path = Path(path)
-    if is_bundle(path):
-        return ModelBundle.load(path)
     if (path / "bundle.json").is_file():
-        return ModelBundle.load(path)  # raises the precise error
+        return ModelBundle.load(path)
     if (path.is_dir() and (path / "model.pt").is_file()) or (path.is_file() and path.suffix == ".pt"):
         from brainage.inference.export import export_bundle
 

@@ -10,6 +10,7 @@ goes through exactly what the training images went through.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ __all__ = ["Preprocessing"]
 
 #: Largest difference (mm) between two affines that still describe the same grid.
 AFFINE_ATOL_MM = 1e-3
+#: Most source-mask points used to measure how much of the mask an image's field of view holds.
+MASK_POINTS = 100_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +86,14 @@ class Preprocessing:
     def voxel_size(self) -> tuple[float, float, float]:
         """Source-grid voxel size (mm)."""
         return tuple(float(v) for v in np.linalg.norm(self.source_affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @cached_property
+    def mask_points(self) -> np.ndarray:
+        """``(k, 3)`` world coordinates (mm) of the source-mask voxel centres, every ``step``-th of
+        them in C order so that ``k <= MASK_POINTS`` (enough to measure a fraction to 1e-5)."""
+        voxels = np.argwhere(self.source_mask)
+        voxels = voxels[:: max(1, -(-len(voxels) // MASK_POINTS))]
+        return voxels @ self.source_affine[:3, :3].T + self.source_affine[:3, 3]
 
     def on_source_grid(self, shape: tuple[int, ...], affine: np.ndarray) -> bool:
         """Whether an image of this shape and affine is already on the source grid."""

@@ -110,10 +110,9 @@ def _oblique_degrees(affine: np.ndarray) -> float:
 
 def mask_coverage(affine: np.ndarray, shape: tuple[int, ...], prep: Preprocessing) -> float:
     """Fraction of the source-mask voxels whose centres fall inside the image's field of view."""
-    voxels = np.argwhere(prep.source_mask)
-    if voxels.size == 0:
+    world = prep.mask_points
+    if world.size == 0:
         return 0.0
-    world = voxels @ prep.source_affine[:3, :3].T + prep.source_affine[:3, 3]
     inverse = np.linalg.inv(affine)
     index = world @ inverse[:3, :3].T + inverse[:3, 3]
     inside = np.all((index >= -0.5) & (index <= np.asarray(shape[:3]) - 0.5), axis=1)
@@ -138,7 +137,7 @@ def _check_geometry(path: Path, affine: np.ndarray, shape: tuple[int, int, int],
     return coverage
 
 
-def _nifti_header(path: Path, prep: Preprocessing) -> tuple[tuple[int, int, int], np.ndarray]:
+def _nifti_header(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
     try:
         img = nib.load(path)
     except Exception as err:  # nibabel raises ImageFileError, EOFError, OSError, ... for bad files
@@ -206,7 +205,7 @@ def inspect_image(path: str | os.PathLike, prep: Preprocessing) -> ImageHeader:
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     kind = _kind(path)
-    shape, affine = (_nifti_header if kind == "nifti" else _npy_header)(path, prep)
+    shape, affine = _nifti_header(path) if kind == "nifti" else _npy_header(path, prep)
     coverage = _check_geometry(path, affine, shape, prep)
     return ImageHeader(path, kind, shape, affine, prep.on_source_grid(shape, affine), coverage)
 
