@@ -64,6 +64,29 @@ class ExportError(ValueError):
     """A run that cannot be exported; the message says why."""
 
 
+def _open_run(run: Path, cache: str | os.PathLike | None):
+    """``(model file, network, its metadata, cache folder, cache.json)`` of a finished, exportable run."""
+    from brainage.training.checkpoint import load_model
+
+    model_path = run / "model.pt" if run.is_dir() else run
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path} not found: the training run has not finished")
+    model, info = load_model(model_path, "cpu")
+    if info["config"].method == "combat_l1":
+        raise ExportError(f"{model_path}: a combat_l1 model expects ComBat-harmonised images, which needs each new "
+                          "subject's site among the training sites; it cannot be applied to new scans")
+    identity = info.get("cache") or {}
+    why = "its grid, masks, normalisation and held-out splits define the bundle"
+    cache_path, meta = locate_trained_cache(identity, cache, model_path, why)
+    if "harmonization" in meta:
+        raise ExportError(f"{cache_path} is a ComBat-harmonised cache: its model needs each new subject's site")
+    check_trained_cache(identity, cache_path, meta, model_path, why)
+    missing = [k for k in ("modality", "downsample", "normalize", "shape", "source_shape", "affine") if k not in meta]
+    if missing:
+        raise ExportError(f"{cache_path}/cache.json has no {missing}: not a cache written by brainage preprocess")
+    return model_path, model, info, cache_path, meta
+
+
 def _source_preprocessing(cache: TrainingCache, meta: dict[str, Any], data: str | os.PathLike | None):
     """The bundle's :class:`Preprocessing` and the source data set (None when unavailable)."""
     modality, factor = meta["modality"], int(meta["downsample"])
@@ -244,7 +267,7 @@ def _source_measures(train: CacheSplit, prep: Preprocessing, dataset, max_subjec
                     "rule": f"bundle preprocessing of the source image == cache volume (rtol {REPRODUCTION_RTOL:g})"}
 
 
-def _scores(path: str | os.PathLike, config, readout: Readout, n_features: int) -> dict[str, Any]:
+def _scores(path: str | os.PathLike, config, n_features: int) -> dict[str, Any]:
     from brainage.evaluation.pipeline import SCORE_KEYS
 
     path = Path(path)
@@ -325,30 +348,14 @@ def export_bundle(
         ExportError: a harmonised run, a cache or data of another run, a preprocessing that does
             not reproduce the cache, scores of another run.
     """
-    from brainage.training.checkpoint import load_model, network_kwargs
+    from brainage.training.checkpoint import network_kwargs
     from brainage.training.distributed import resolve_device
 
     run = Path(run)
-    model_path = run / "model.pt" if run.is_dir() else run
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path} not found: the training run has not finished")
-    model, info = load_model(model_path, "cpu")
-    config = info["config"]
-    if config.method == "combat_l1":
-        raise ExportError(f"{model_path}: a combat_l1 model expects ComBat-harmonised images, which needs each new "
-                          "subject's site among the training sites; it cannot be applied to new scans")
-    identity = info.get("cache") or {}
-    why = "its grid, masks, normalisation and held-out splits define the bundle"
-    cache_path, meta = locate_trained_cache(identity, cache, model_path, why)
-    if "harmonization" in meta:
-        raise ExportError(f"{cache_path} is a ComBat-harmonised cache: its model needs each new subject's site")
-    check_trained_cache(identity, cache_path, meta, model_path, why)
-    missing = [k for k in ("modality", "downsample", "normalize", "shape", "source_shape", "affine") if k not in meta]
-    if missing:
-        raise ExportError(f"{cache_path}/cache.json has no {missing}: not a cache written by brainage preprocess")
+    model_path, model, info, cache_path, meta = _open_run(run, cache)
+    config, identity = info["config"], info.get("cache") or {}
     training_cache = TrainingCache(cache_path)
     prep, dataset = _source_preprocessing(training_cache, meta, data)
-
     if config.is_contrastive:
         kind = kind or config.features
     elif kind == "projection":
@@ -400,7 +407,7 @@ def export_bundle(
         },
         "evaluation": {
             "bundle": _held_out_errors(splits, predicted, calibration, (cohort["age"]["min"], cohort["age"]["max"])),
-            "scores": _scores(scores, config, readout, n_features) if scores is not None else None,
+            "scores": _scores(scores, config, n_features) if scores is not None else None,
         },
         "provenance": {
             "command": command if isinstance(command, str) or command is None else " ".join(command),
