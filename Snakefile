@@ -35,6 +35,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/harmonize.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/submission.smk"
+include: "workflow/rules/bundle.smk"
 include: "workflow/rules/debias.smk"
 
 

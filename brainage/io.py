@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from brainage.errors import BrainAgeError, OutputLockedError
 __all__ = [
     "atomic_path",
     "atomic_open",
+    "atomic_dir",
     "lock_path",
     "output_lock",
     "read_table",
@@ -119,6 +121,38 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; it replaces ``path`` on success.
+
+    Every file written into it is flushed to disk before the rename. An existing ``path`` is
+    moved aside first and deleted after the swap, so a crash leaves either the old folder or
+    the new one (plus a hidden leftover), never a mixture. On error the temporary folder is
+    removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix, _ = temporary_affixes(path, suffix="")
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=_TMP_MARK, dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:

@@ -150,3 +150,58 @@ def openbhb_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("openbhb")
     truth = write_openbhb(root, ramp=True)
     return root, truth
+
+
+@pytest.fixture(scope="session")
+def inference_run(tmp_path_factory):
+    """A simulated data set (VBM grid / 4), its cache, a short L^exp run, a 1-epoch L1 run, the exp bundle.
+
+    Shared by the export and predict tests (about 20 s on 2 cores).
+    """
+    from brainage.data.preprocess import preprocess
+    from brainage.data.simulate import simulate_openbhb
+    from brainage.inference import export_bundle
+    from brainage.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("inference")
+    simulate_openbhb(root / "data", n_subjects=100, downsample=4, seed=2, n_sites=4, modalities="vbm",
+                     internal_fraction=0.25, n_jobs=2, progress=False)
+    preprocess(root / "data", root / "cache", progress=False)
+    short = dict(batch_size=16, width=0.125, lr=1e-3, schedule="cosine", device="cpu", progress=False, num_threads=1)
+    train(TrainConfig(method="exp", epochs=4, **short), root / "cache", root / "run")
+    train(TrainConfig(method="l1", epochs=1, **short), root / "cache", root / "run_l1")
+    export_bundle(root / "run", root / "bundle", progress=False)
+    return root
+
+
+# The challenge's Ridge grid, written out from its description: GridSearchCV(Ridge(), alpha in 10 ** [-2, 2], cv=5, r2).
+CHALLENGE_ALPHAS = 10.0 ** np.arange(-2, 3)
+
+
+def cache_split(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """A cache split read with numpy and pandas: (n, X, Y, Z) float16 volumes and its table."""
+    table = pd.read_csv(cache / f"{split}.tsv", sep="\t", dtype={"participant_id": str, "site": str, "siteXacq": str})
+    return np.load(cache / f"{split}.npy"), table
+
+
+def reference_ages(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{split: (true ages, predicted ages)}`` of the exp run, computed without brainage.inference.
+
+    The run's network (``model.pt``) on the cache volumes, its L2-normalised projection, and the
+    challenge's Ridge probe fitted here with scikit-learn on the training subjects.
+    """
+    import torch
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    from brainage.training import load_model
+
+    model, _ = load_model(root / "run" / "model.pt")
+    features, ages = {}, {}
+    for split in ("train", "internal_test", "external_test"):
+        volumes, table = cache_split(root / "cache", split)
+        with torch.no_grad():
+            features[split] = model.features(torch.from_numpy(volumes.astype(np.float32))[:, None], "projection").numpy()
+        ages[split] = table["age"].to_numpy(float)
+    ridge = GridSearchCV(Ridge(), {"alpha": CHALLENGE_ALPHAS}, cv=5, scoring="r2").fit(features["train"], ages["train"])
+    return {split: (ages[split], ridge.predict(features[split]).astype(float)) for split in features}

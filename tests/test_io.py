@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from brainage.io import (
+    atomic_dir,
     atomic_open,
     atomic_path,
     remove_stale_temporaries,
@@ -59,3 +60,24 @@ def test_stale_temporaries_of_the_named_files_are_removed(tmp_path):
     removed = remove_stale_temporaries(tmp_path, ["model.pt", "metrics.csv", "config.json"])
     assert sorted(removed) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", other.name])
+
+
+def test_folder_is_replaced_whole_or_kept(tmp_path):
+    target = tmp_path / "bundle"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == tmp_path and not any(tmp.iterdir())
+        (tmp / "a.txt").write_text("first")
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_dir(target) as tmp:
+            (tmp / "b.txt").write_text("second")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777 & ~umask

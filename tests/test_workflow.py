@@ -61,6 +61,13 @@ def test_dry_run_default(tmp_path):
     simulated = re.search(r"^rule simulate:\n\s+output: (\S+)$", res.stdout, flags=re.M)
     assert simulated, res.stdout[:4000]
     assert preprocess_data_argument(res.stdout) == simulated[1]
+    # the submission run is exported once, as a bundle, from the simulated data and its own evaluation
+    sub = cfg["submission"]
+    assert counts["export_bundle"] == 1, counts
+    export = re.findall(r"^Shell command: brainage export --run (\S+) --cache \S+ --data (\S+) .*--scores (\S+) ",
+                        res.stdout, flags=re.M)
+    run = f"results/default/train/{sub['method']}/seed{sub['seed']}"
+    assert export == [(run, simulated[1], f"results/default/evaluation/{sub['method']}/seed{sub['seed']}/scores.json")]
 
 
 @pytest.fixture(scope="module")

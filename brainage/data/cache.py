@@ -30,6 +30,8 @@ __all__ = [
     "CacheSplit",
     "TrainingCache",
     "cache_identity",
+    "check_trained_cache",
+    "locate_trained_cache",
     "open_split",
     "read_cache_meta",
     "site_labels",
@@ -131,6 +133,57 @@ def cache_identity(cache: str | os.PathLike, split: str = "train", sample_rows: 
         "signature": meta.get("signature"),
         "fingerprint": digest.hexdigest()[:32],
     }
+
+
+def locate_trained_cache(
+    identity: dict[str, Any], cache: str | os.PathLike | None, model_path: str | os.PathLike, why: str
+) -> tuple[Path, dict[str, Any]]:
+    """The cache a model was trained on: ``cache``, else the path its :func:`cache_identity` recorded.
+
+    Args:
+        identity: the model file's ``cache`` record.
+        cache: a folder given by the user, or ``None``.
+        model_path: the model file (named in messages).
+        why: what the cache is needed for (ends the message when it is missing).
+
+    Returns:
+        ``(folder, cache.json content)``; the content is not checked here (see
+        :func:`check_trained_cache`).
+
+    Raises:
+        FileNotFoundError: no finished cache at that path.
+    """
+    recorded = cache if cache is not None else identity.get("path")
+    if not recorded or not (Path(recorded) / "cache.json").is_file():
+        raise FileNotFoundError(
+            f"{model_path}: the training cache {recorded or '(not recorded)'} is not available; pass --cache with "
+            f"the cache the run was trained on ({why})"
+        )
+    path = Path(recorded)
+    return path, json.loads((path / "cache.json").read_text())
+
+
+def check_trained_cache(
+    identity: dict[str, Any], path: str | os.PathLike, meta: dict[str, Any], model_path: str | os.PathLike, why: str
+) -> None:
+    """Refuse a cache other than the one a model's :func:`cache_identity` record describes.
+
+    Compares the preprocessing signature, the content fingerprint and the grid.
+
+    Raises:
+        ValueError: the first difference found; ``why`` ends the fingerprint message.
+    """
+    signature = identity.get("signature")
+    if signature and meta.get("signature") and signature != meta["signature"]:
+        raise ValueError(f"{path}: cache signature {meta['signature']} differs from the one the run was trained on "
+                         f"({signature})")
+    if identity.get("fingerprint") and cache_identity(path)["fingerprint"] != identity["fingerprint"]:
+        raise ValueError(
+            f"{path}: not the cache the run was trained on (its content fingerprint differs from the one "
+            f"recorded in {model_path}); {why}"
+        )
+    if list(meta.get("shape", [])) != list(identity.get("shape", meta.get("shape", []))):
+        raise ValueError(f"{path}: grid {meta.get('shape')} but the run was trained on {identity.get('shape')}")
 
 
 def _read_table(path: Path) -> dict[str, list[str]]:

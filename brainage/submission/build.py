@@ -39,34 +39,23 @@ class SubmissionBuildError(ValueError):
 
 
 def _cache_of(info: dict[str, Any], cache: str | os.PathLike | None, model_path: Path) -> tuple[Path, dict]:
+    from brainage.data.cache import check_trained_cache, locate_trained_cache
+
     identity = info.get("cache") or {}
-    path = Path(cache) if cache is not None else Path(identity.get("path", ""))
-    if not str(path) or not (path / "cache.json").is_file():
-        raise SubmissionBuildError(
-            f"{model_path}: the training cache {str(path) or '(not recorded)'} is not available; pass --cache "
-            "with the cache the run was trained on (its grid, mask and normalisation go into the submission)"
-        )
-    meta = json.loads((path / "cache.json").read_text())
+    try:
+        path, meta = locate_trained_cache(identity, cache, model_path,
+                                          "its grid, mask and normalisation go into the submission")
+    except FileNotFoundError as err:
+        raise SubmissionBuildError(str(err)) from err
     if "harmonization" in meta:
         raise SubmissionBuildError(
             f"{path} is a ComBat-harmonised cache: harmonisation needs each subject's site, which the challenge "
             "server does not give to a submission, so this run cannot be submitted"
         )
-    signature = identity.get("signature")
-    if signature and meta.get("signature") and signature != meta["signature"]:
-        raise SubmissionBuildError(
-            f"{path}: cache signature {meta['signature']} differs from the one the run was trained on ({signature})"
-        )
-    if identity.get("fingerprint"):
-        from brainage.data.cache import cache_identity
-
-        if cache_identity(path)["fingerprint"] != identity["fingerprint"]:
-            raise SubmissionBuildError(
-                f"{path}: not the cache the run was trained on (its content fingerprint differs from the one "
-                f"recorded in {model_path}); the submission must carry that cache's preprocessing"
-            )
-    if list(meta.get("shape", [])) != list(identity.get("shape", meta.get("shape", []))):
-        raise SubmissionBuildError(f"{path}: grid {meta.get('shape')} but the run was trained on {identity.get('shape')}")
+    try:
+        check_trained_cache(identity, path, meta, model_path, "the submission must carry that cache's preprocessing")
+    except ValueError as err:
+        raise SubmissionBuildError(str(err)) from err
     return path, meta
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "load_file",
     "load_model",
     "load_state_strict",
+    "network_kwargs",
     "save_file",
 ]
 
@@ -38,14 +39,19 @@ class CheckpointError(ValueError):
     """A checkpoint or model file that cannot be used: unreadable, foreign or mismatched."""
 
 
+def network_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """The :class:`BrainAgeNet` keyword arguments of the network a config trains (JSON-ready)."""
+    return {
+        "widen_factor": float(config.width),
+        "head": config.head,
+        "projection_dim": int(config.projection_dim),
+        "projection_hidden": None if config.projection_hidden is None else int(config.projection_hidden),
+    }
+
+
 def build_model(config: TrainConfig) -> BrainAgeNet:
     """The network a config trains (the caller seeds torch first for reproducible weights)."""
-    return BrainAgeNet(
-        widen_factor=config.width,
-        head=config.head,
-        projection_dim=config.projection_dim,
-        projection_hidden=config.projection_hidden,
-    )
+    return BrainAgeNet(**network_kwargs(config))
 
 
 def save_file(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
