@@ -1,8 +1,8 @@
 """The HPC path on a real Slurm: a single-node cluster (munged, MariaDB, slurmdbd, slurmctld,
 slurmd) is brought up for this module and torn down after it.
 
-- a small workflow config runs through ``--profile workflow/profiles/slurm`` (its training on the
-  CPU, so no GPU is requested); sacct shows every job with the profile's partition, CPUs,
+- a small workflow config (preprocess -> train) runs through ``--profile workflow/profiles/slurm``
+  (its training on the CPU, so no GPU is requested); sacct shows every job with the profile's partition, CPUs,
   memory and time limit, and the outputs equal those of a local run of the same config;
 - a 2-process ``torchrun`` training (gloo, CPU) runs as one Slurm job through
   ``workflow/profiles/slurm/torchrun.sbatch``, as docs/training.md tells users, and ends with
@@ -39,8 +39,9 @@ pytest.importorskip("snakemake_executor_plugin_slurm",
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 PROFILE_CONFIG = yaml.safe_load((PROFILE / "config.yaml").read_text())
 RUN = "slurmtest"
-# preprocess -> train -> features on a hand-written OpenBHB folder: a rule of the profile's
-# default resources on each side of one with its own (train), a few seconds of work per job.
+# preprocess -> train on a hand-written OpenBHB folder: a rule of the profile's default resources
+# and one with its own (train), a few seconds of work per job (each job also starts Snakemake
+# twice, and the plugin polls sacct at growing intervals: ~40 s per job on 2 cores).
 # `device: cpu` makes the train rule ask for no GPU.
 TINY = {
     "run": RUN,
@@ -51,9 +52,9 @@ TINY = {
     "submission": {"enabled": False},
     "debias": {"enabled": False},
 }
-TARGET = f"results/{RUN}/features/l1/seed0/train.npz"
-SACCT_FIELDS = ["JobIDRaw", "JobName", "Comment", "Partition", "ReqCPUS", "ReqMem", "TimelimitRaw", "ReqTRES",
-                "State", "ExitCode", "WorkDir", "SubmitLine", "Start"]
+TARGET = f"results/{RUN}/train/l1/seed0/model.pt"
+SACCT_FIELDS = ["JobIDRaw", "Comment", "Partition", "ReqCPUS", "ReqMem", "TimelimitRaw", "ReqTRES", "State",
+                "ExitCode", "WorkDir", "SubmitLine"]
 
 
 def profile_resources(rule: str) -> dict:
@@ -170,7 +171,7 @@ def test_workflow_jobs_run_on_slurm_with_the_profile_resources(cluster, runs):
     work, result, seconds, local, local_out = runs
     expected = {rule: n for rule, n in job_counts(local_out).items() if rule != "total"}
 
-    rows = cluster.sacct(SACCT_FIELDS)  # the records of finished jobs arrive within a second of their end
+    rows = cluster.sacct(SACCT_FIELDS)  # Snakemake saw every job COMPLETED in sacct: the records are there
     jobs = {r["JobIDRaw"]: r for r in rows if "." not in r["JobIDRaw"] and r["WorkDir"] == str(work)}
     steps = {r["JobIDRaw"].split(".")[0] for r in rows if r["JobIDRaw"].endswith(".0")}
     submitted: dict[str, int] = {}
@@ -186,7 +187,7 @@ def test_workflow_jobs_run_on_slurm_with_the_profile_resources(cluster, runs):
         assert job_id in steps, f"{rule}: no srun step ran in Slurm job {job_id}"
     assert submitted == expected, (submitted, result.stderr[-3000:])
     assert {"train", "preprocess"} <= set(submitted)  # a set-resources rule and a default one
-    assert assert_same_outputs(work, local) >= 10
+    assert assert_same_outputs(work, local) >= 8
     print(f"\nSlurm workflow: {len(jobs)} jobs in {seconds:.0f} s")
 
 
@@ -269,7 +270,7 @@ def test_gpu_training_job_request(cluster, runs, tiny_config, tmp_path):
     cluster.set_partition_state(partition, "DOWN")
     log = tmp_path / "snakemake.log"
     with open(log, "w") as out:
-        run = subprocess.Popen(slurm_command(work, f"results/{RUN}/train/l1/seed0/model.pt", "--forcerun", "train",
+        run = subprocess.Popen(slurm_command(work, TARGET, "--forcerun", "train",
                                              "--configfile", str(tiny_config), str(gpu)),
                                env=slurm_env(cluster), stdout=out, stderr=subprocess.STDOUT)
         try:

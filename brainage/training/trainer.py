@@ -398,10 +398,8 @@ def train(
                         loss = contrastive_loss(ddp_model, x, ages, criterion, views, augment, ctx)
                     else:
                         loss, prediction = regression_loss(ddp_model, x, (ages - age_mean) / age_std)
-                if criterion is not None:
-                    losses.record(step, loss)
-                else:
-                    losses.record(step, loss, (prediction * age_std + age_mean - ages).abs().sum())
+                abs_err = None if criterion is not None else (prediction * age_std + age_mean - ages).abs().sum()
+                losses.record(step, loss, abs_err)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
