@@ -13,10 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from brainage.training import extract_features, train
+from brainage.training import TrainConfig, extract_features, train
 from brainage.training.checkpoint import CHECKPOINT_FORMAT, build_model, load_file, save_file
 from brainage.training.data import VolumeStore
-from brainage.training.trainer import contrastive_loss, make_criterion, use_channels_last
+from brainage.training.trainer import (
+    autocast_context,
+    contrastive_loss,
+    make_criterion,
+    regression_loss,
+    use_channels_last,
+)
 from test_training import tiny, write_cache
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -43,17 +49,30 @@ def cache(tmp_path_factory):
 
 
 def test_bf16_autocast_training_is_finite_and_close_to_fp32(cache, tmp_path):
-    """precision auto = bf16 autocast on CUDA. bf16 keeps 8 significant bits (relative rounding
-    2^-9); the L1 loss is a mean of |prediction - target| with standardised targets of size ~1,
-    and a forward pass of a few dozen bf16 roundings stays within a few percent: after one epoch
-    from the same weights and batches the mean losses agree within 0.05 (of ~1)."""
-    bf16 = train(on_cuda("l1", epochs=1), cache, tmp_path / "bf16")
-    fp32 = train(on_cuda("l1", epochs=1, precision="fp32"), cache, tmp_path / "fp32")
-    (loss_bf16,), (loss_fp32,) = epoch_losses(tmp_path / "bf16"), epoch_losses(tmp_path / "fp32")
-    assert math.isfinite(loss_bf16) and finite_weights(bf16) and finite_weights(fp32)
-    assert abs(loss_bf16 - loss_fp32) < 0.05, (loss_bf16, loss_fp32)
-    contrastive = train(on_cuda("exp", epochs=2), cache, tmp_path / "exp")
-    assert all(math.isfinite(v) for v in epoch_losses(tmp_path / "exp")) and finite_weights(contrastive)
+    """precision auto = bf16 autocast on CUDA. On the same weights and batch, the bf16 loss is
+    within 0.05 of the fp32 one for L1 (of ~1) and L^exp (of ~0.3): bf16 keeps 8 significant
+    bits (relative rounding 2^-9) and a forward pass of a few dozen such roundings moves the
+    outputs by about 1 % (0.010 and 0.012 measured with CPU bf16 autocast). Training then runs
+    a few epochs with finite losses and weights. (Whole runs are not compared: a 0.4 % change of
+    the initial weights already moves an epoch's mean loss by up to 0.08.)"""
+    volumes = torch.from_numpy(np.load(cache / "train.npy")[:8]).float().unsqueeze(1).cuda()
+    ages = torch.linspace(10, 80, 8, device="cuda")
+    for method in ("l1", "exp"):
+        config = on_cuda(method)
+        torch.manual_seed(0)
+        model = build_model(config).cuda().train()
+        losses = []
+        for precision in ("bf16", "fp32"):
+            with autocast_context(TrainConfig(**{**config.to_dict(), "precision": precision}), torch.device("cuda")):
+                if method == "l1":
+                    loss, _ = regression_loss(model, volumes, (ages - 45) / 20)
+                else:
+                    loss = contrastive_loss(model, volumes, ages, make_criterion(config), views=2)
+            losses.append(float(loss.detach()))
+        assert abs(losses[0] - losses[1]) < 0.05, (method, losses)
+    for method, epochs in (("l1", 1), ("exp", 2)):
+        run = train(on_cuda(method, epochs=epochs), cache, tmp_path / method)
+        assert all(math.isfinite(v) for v in epoch_losses(tmp_path / method)) and finite_weights(run)
 
 
 def test_channels_last_3d_matches_the_default_layout(cache):
