@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from brainage.losses import trusted_inputs  # noqa: E402
 from brainage.training.config import TrainConfig  # noqa: E402
 from brainage.training.checkpoint import build_model  # noqa: E402
 from brainage.training.data import VolumeStore  # noqa: E402
@@ -76,7 +77,7 @@ def training_rate(config: TrainConfig, grid: tuple[int, int, int], n: int, steps
         x = volumes[index].unsqueeze(1).float()
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        with amp:
+        with amp, trusted_inputs():
             if criterion is None:
                 loss, _ = regression_loss(model, x, (ages[index] - 40) / 20)
             elif stacked_views:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from spython.main.parse.parsers import SingularityParser
 
-from conftest import REPO
+from conftest import REPO, write_openbhb
 
 DEF = REPO / "containers" / "brainage.def"
 KNOWN_SECTIONS = {"setup", "files", "post", "environment", "runscript", "startscript", "test",
@@ -96,3 +101,69 @@ def test_files_exist_and_runscript_runs_the_workflow():
     run = sections["runscript"]
     assert "snakemake" in run and "--snakefile /opt/brainage/Snakefile" in run and '"$@"' in run
     assert "brainage --help" in sections["test"]
+
+
+def _image_test_script() -> str:
+    """The Python program that %test runs (its heredoc)."""
+    _, sections = _sections(DEF.read_text())
+    match = re.search(r"python - <<'PY'\n(.*?)\nPY\n", sections["test"], flags=re.S)
+    assert match, "%test has no python heredoc"
+    return match[1]
+
+
+def test_image_test_checks_installed_versions_against_pyproject():
+    script = _image_test_script()
+    ok = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert ok.returncode == 0 and "requirements of brainage checked" in ok.stdout, ok.stderr
+    # the same check fails on a numpy outside the pin, naming it
+    fake = ("import importlib.metadata as m\n_version = m.version\n"
+            "m.version = lambda name: '2.1.0' if name == 'numpy' else _version(name)\n")
+    bad = subprocess.run([sys.executable, "-c", fake + script], capture_output=True, text=True)
+    assert bad.returncode != 0 and "numpy 2.1.0 (pyproject.toml: <2,>=1.24)" in bad.stderr, bad.stderr
+
+
+def _stage_image_files(root: Path) -> Path:
+    """The %files copies, made under ``root`` instead of ``/``; returns the stand-in for /opt/brainage."""
+    _, sections = _sections(DEF.read_text())
+    for line in sections["files"].splitlines():
+        if not line.strip():
+            continue
+        src, dst = line.split()
+        target = root / dst.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / src).is_dir():
+            shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / src, target)
+    return root / "opt" / "brainage"
+
+
+def test_runscript_runs_the_workflow_as_the_readme_says(tmp_path):
+    """`apptainer run brainage.sif [snakemake arguments]` in the results folder: the %runscript with
+    the image's files (only those %files copies) and environment, run here as a dry run, on the
+    embedded default and with %help's OpenBHB form."""
+    _, sections = _sections(DEF.read_text())
+    opt = _stage_image_files(tmp_path / "image")
+    runscript = tmp_path / "runscript.sh"
+    runscript.write_text(sections["runscript"].replace("/opt/brainage", str(opt)))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.update(re.findall(r"export (\w+)=(\S+)", sections["environment"]))
+    results = tmp_path / "results-here"
+    results.mkdir()
+
+    default = subprocess.run(["bash", str(runscript), "-n"], cwd=results, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert re.search(r"^simulate\s+1$", default.stdout, flags=re.M), default.stdout[-3000:]
+
+    write_openbhb(tmp_path / "openBHB", n=12)
+    command = re.search(r"apptainer run --nv --bind \S+ brainage.sif \\\n\s*(.*)", sections["help"])[1]
+    arguments = shlex.split(command.replace("/data/openBHB", str(tmp_path / "openBHB")).replace("/opt/brainage",
+                                                                                                   str(opt)))
+    assert arguments[:2] == ["--configfile", f"{opt}/configs/openbhb.yaml"]
+    openbhb = subprocess.run(["bash", str(runscript), *arguments, "-n", "-p"], cwd=results, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert openbhb.returncode == 0, openbhb.stderr[-3000:]
+    assert f"brainage preprocess --data {tmp_path / 'openBHB'} " in openbhb.stdout, openbhb.stdout[-3000:]
+    assert not re.search(r"^simulate\s", openbhb.stdout, flags=re.M)
+    assert not (results / "results").exists()  # a dry run writes no results

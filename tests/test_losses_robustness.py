@@ -16,6 +16,7 @@ from brainage.losses import (
     FairKL,
     KernelizedContrastiveLoss,
     SupConLoss,
+    trusted_inputs,
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # features, ages, labels, bias
@@ -228,6 +229,25 @@ def test_not_unit_norm_is_an_error(name: str) -> None:
     second[:, 1] *= 1.5  # a view the reference FairKL ignores is still checked
     with pytest.raises(ValueError, match="L2-normalised"):
         make_loss(name)(second, ages, labels, bias)
+
+
+def test_trusted_inputs_skips_value_checks_only() -> None:
+    """Inside ``trusted_inputs`` (the training loop) the value checks that read device tensors are
+    skipped: the loss of non-unit features is then the plain formula's; shapes are still checked."""
+    feats, ages, _, _ = random_batch(4, 2, 3, seed=0, dtype=torch.float32)
+    loss = KernelizedContrastiveLoss("exp")
+    bad_ages = ages.float().clone()
+    bad_ages[0] = math.nan
+    with trusted_inputs():
+        scaled = loss(feats * 1.01, ages.float())
+        loss(feats, bad_ages)
+        with pytest.raises(ValueError, match=r"ages must have shape"):
+            loss(feats, torch.arange(5.0))
+    assert torch.isfinite(scaled)
+    with pytest.raises(ValueError, match="L2-normalised"):
+        loss(feats * 1.01, ages.float())
+    with pytest.raises(ValueError, match="ages must be finite"):
+        loss(feats, bad_ages)
 
 
 def test_unit_norm_tolerance_depends_on_dtype() -> None:

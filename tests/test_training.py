@@ -442,3 +442,32 @@ def test_tensorboard_scalars_when_installed(cache, tmp_path, monkeypatch):
     rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()[1:]
     assert losses == [(i + 1, pytest.approx(float(r.split(",")[2]))) for i, r in enumerate(rows)]
     assert {tag for tag, _, _ in logged} == {"loss", "train_mae", "lr", "samples_per_s", "closed"}
+
+
+@pytest.mark.parametrize("bad_step", [3, 25])
+def test_divergence_leaves_last_checkpoint_intact(tmp_path, monkeypatch, bad_step):
+    """A NaN loss at step 3 (read at the check after step 20 of 30) or 25 (read at the epoch's
+    end) raises there; the weights of the diverged steps never reach a file."""
+    from brainage.training import TrainingDivergedError, trainer
+
+    assert trainer.DIVERGENCE_CHECK_STEPS == 20  # the step numbers below are chosen for it
+    cache = write_cache(tmp_path / "cache", n=(60, 8, 6))
+    config = tiny("l1", batch_size=2, epochs=3)  # 30 steps per epoch
+    out = tmp_path / "run"
+    train(config, cache, out, stop_after=1)
+    before = (out / "checkpoint.pt").read_bytes()
+    calls = {"n": 0}
+    regression_loss = trainer.regression_loss
+
+    def nan_from(model, x, targets):
+        calls["n"] += 1
+        loss, prediction = regression_loss(model, x, targets)
+        return (loss * float("nan") if calls["n"] >= bad_step else loss), prediction
+
+    monkeypatch.setattr(trainer, "regression_loss", nan_from)
+    with pytest.raises(TrainingDivergedError, match=rf"loss is nan at epoch 2 step {bad_step}; the last checkpoint "
+                                                    rf".*checkpoint.pt is intact"):
+        train(config, cache, out)
+    assert calls["n"] == (20 if bad_step <= 20 else 30)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not (out / "model.pt").exists()

@@ -5,12 +5,14 @@
 - :class:`EpsilonSupInfoNCE` and :class:`FairKL`: unbiased supervised contrastive learning (ICLR 2023).
 - :class:`EnDRegularizer`: entangling/disentangling regulariser (CVPR 2021).
 - :func:`age_kernel`: the kernels on age used by the kernelized losses.
+- :func:`trusted_inputs`: skips the value checks that synchronise a GPU (training loops).
 
 Contrastive losses take ``features`` of shape ``(B, V, D)`` (B samples, V views, L2-normalised along
 D) and stack the views view-major. See ``docs/losses.md`` for the equations, the ``paper`` and
 ``reference`` formulations and the DistributedDataParallel recipe.
 """
 
+from ._common import trusted_inputs
 from .end import EnDRegularizer
 from .epsilon import EpsilonSupInfoNCE
 from .fairkl import FairKL
@@ -25,4 +27,5 @@ __all__ = [
     "KernelizedContrastiveLoss",
     "SupConLoss",
     "age_kernel",
+    "trusted_inputs",
 ]

@@ -73,30 +73,40 @@ class VolumeStore:
             self.data = torch.empty(tuple(volumes.shape), dtype=torch.float16, device=self.device)
             for start in range(0, len(volumes), chunk):
                 block = torch.from_numpy(np.array(volumes[start:start + chunk], dtype=np.float16))
-                self._check_finite(block, start)
+                self._check_finite(block, np.arange(start, start + len(block)))
                 self.data[start:start + len(block)].copy_(block)
 
     def __len__(self) -> int:
         return int(self.source.shape[0])
 
-    def _check_finite(self, block: Tensor, start: int) -> None:
+    def _check_finite(self, block: Tensor, rows: np.ndarray) -> None:
+        """Raise naming the split rows (``rows[i]`` is the row of ``block[i]``) that hold NaN or inf."""
         finite = torch.isfinite(block).flatten(1).all(dim=1)
         if not bool(finite.all()):
-            rows = (torch.nonzero(~finite).flatten() + start).tolist()
-            raise ValueError(f"{self.name}: non-finite voxel values (NaN or inf) in row(s) {rows[:10]}")
+            bad = rows[torch.nonzero(~finite).flatten().numpy()].tolist()
+            raise ValueError(f"{self.name}: non-finite voxel values (NaN or inf) in row(s) {bad[:10]}")
 
     def batch(self, indices: Tensor | Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
-        """Volumes of ``indices`` as a ``(b, 1, X, Y, Z)`` tensor of ``dtype`` on the device."""
+        """Volumes of ``indices`` as a ``(b, 1, X, Y, Z)`` tensor of ``dtype`` on the device.
+
+        In resident mode, ``indices`` already on the device are used there (no host round trip).
+        In streaming mode they are read on the host; on CUDA the batch is gathered straight into
+        pinned memory and copied without blocking the host.
+        """
         index = torch.as_tensor(indices, dtype=torch.long)
         if self.data is not None:
             return self.data[index.to(self.device)].unsqueeze(1).to(dtype)
+        index = index.cpu()
         order = torch.argsort(index)
         rows = index[order].numpy()
-        block = torch.from_numpy(np.array(self.source[rows], dtype=np.float16))
-        self._check_finite(block, 0)
-        block = block[torch.argsort(order)]
+        block = torch.from_numpy(np.asarray(self.source[rows], dtype=np.float16))
+        self._check_finite(block, rows)
+        inverse = torch.argsort(order)
         if self.device.type == "cuda":
-            block = block.pin_memory().to(self.device, non_blocking=True)
+            staged = torch.empty(block.shape, dtype=block.dtype, pin_memory=True)
+            block = torch.index_select(block, 0, inverse, out=staged).to(self.device, non_blocking=True)
+        else:
+            block = block[inverse]
         return block.unsqueeze(1).to(dtype)
 
 

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = [
-    "DistContext", "barrier", "cleanup", "gather", "gather_with_grad", "init_from_env", "resolve_device", "wrap_model",
+    "DistContext", "any_process", "barrier", "cleanup", "gather", "gather_with_grad", "init_from_env", "resolve_device",
+    "wrap_model",
 ]
 
 
@@ -105,6 +106,15 @@ def all_mean(value: float, ctx: DistContext, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / ctx.world_size
+
+
+def any_process(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any process (a collective: every process must call it)."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:

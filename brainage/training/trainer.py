@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
 from brainage.io import atomic_open, remove_stale_temporaries, save_json
+from brainage.losses import trusted_inputs
 from brainage.training.checkpoint import (
     CHECKPOINT_FORMAT,
     MODEL_FORMAT,
@@ -49,6 +50,7 @@ from brainage.training.data import VolumeStore, build_augmentation, make_views
 from brainage.training.distributed import (
     DistContext,
     all_mean,
+    any_process,
     barrier,
     gather,
     gather_with_grad,
@@ -72,6 +74,46 @@ log = logging.getLogger(__name__)
 
 class TrainingDivergedError(ValueError):
     """The loss became NaN or infinite; the last checkpoint is left as it was."""
+
+
+DIVERGENCE_CHECK_STEPS = 20
+"""Steps between two reads of the epoch's losses on the host (the divergence check)."""
+
+
+class _EpochLosses:
+    """The per-step losses (and L1 absolute errors) of one epoch, kept on the training device.
+
+    Recording a step costs no host-device synchronisation. The host reads them every
+    :data:`DIVERGENCE_CHECK_STEPS` steps and at the epoch's end (:meth:`check`), always before the
+    epoch's checkpoint is written: a non-finite loss raises :class:`TrainingDivergedError` and the
+    last checkpoint stays the one of the previous epoch, whatever the weights became meanwhile.
+    """
+
+    def __init__(self, steps: int, device: torch.device) -> None:
+        self.loss = torch.zeros(steps, dtype=torch.float32, device=device)
+        self.abs_err = torch.zeros(steps, dtype=torch.float32, device=device)
+        self.checked = 0
+
+    def record(self, step: int, loss: Tensor, abs_err: Tensor | None = None) -> None:
+        self.loss[step] = loss.detach()
+        if abs_err is not None:
+            self.abs_err[step] = abs_err.detach()
+
+    def check(self, end: int, epoch: int, ckpt_path: Path, ctx: DistContext, device: torch.device) -> float:
+        """Mean loss of steps ``[checked, end)`` on this process; raises if any process's was not finite."""
+        values = self.loss[self.checked:end].tolist()
+        bad = [self.checked + i for i, value in enumerate(values) if not math.isfinite(value)]
+        if any_process(bool(bad), ctx, device):
+            where = (f"loss is {values[bad[0] - self.checked]} at epoch {epoch + 1} step {bad[0] + 1}" if bad else
+                     f"another process's loss is not finite at epoch {epoch + 1} (steps {self.checked + 1}-{end})")
+            saved = f"the last checkpoint {ckpt_path} is intact" if ckpt_path.exists() else "nothing was saved"
+            raise TrainingDivergedError(f"{where}; {saved} (try a lower lr)")
+        self.checked = end
+        return sum(values) / len(values)
+
+    def totals(self) -> tuple[float, float]:
+        """Sums of the losses and absolute errors in step order (the metrics of the epoch)."""
+        return sum(self.loss.tolist()), sum(self.abs_err.tolist())
 
 
 def autocast_context(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -344,35 +386,33 @@ def train(
                 augment.set_random_state(seed=_augment_seed(config.seed, epoch, ctx.rank))
             lr = optimizer.param_groups[0]["lr"]
             start = time.perf_counter()
-            loss_sum, abs_err_sum, seen = 0.0, 0.0, 0
+            order_on_device = order.to(device)
+            losses = _EpochLosses(steps, device)
+            seen = 0
             for step in range(steps):
-                index = order[step * local_batch:(step + 1) * local_batch]
-                x = store.batch(index)
+                rows = slice(step * local_batch, (step + 1) * local_batch)
+                x = store.batch(order_on_device[rows] if store.resident else order[rows])
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
-                ages = ages_all[index.to(device)]
-                with amp:
+                ages = ages_all[order_on_device[rows]]
+                with amp, trusted_inputs():
                     if criterion is not None:
                         loss = contrastive_loss(ddp_model, x, ages, criterion, views, augment, ctx)
                     else:
                         loss, prediction = regression_loss(ddp_model, x, (ages - age_mean) / age_std)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDivergedError(
-                        f"loss is {value} at epoch {epoch + 1} step {step + 1}; "
-                        f"{'the last checkpoint ' + str(ckpt_path) + ' is intact' if ckpt_path.exists() else 'nothing was saved'}"
-                        " (try a lower lr)"
-                    )
+                abs_err = None if criterion is not None else (prediction * age_std + age_mean - ages).abs().sum()
+                losses.record(step, loss, abs_err)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += value
-                if criterion is None:
-                    abs_err_sum += float((prediction * age_std + age_mean - ages).abs().sum())
-                seen += len(index)
+                seen += local_batch
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", refresh=False)
+                if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 or step + 1 == steps:
+                    window_loss = losses.check(step + 1, epoch, ckpt_path, ctx, device)
+                    if bar is not None:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{window_loss:.4f}", refresh=False)
+            loss_sum, abs_err_sum = losses.totals()
             scheduler.step()
             seconds = time.perf_counter() - start
             row = {

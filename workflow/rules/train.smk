@@ -23,7 +23,7 @@ rule train:
         f"{BENCH}/train/{{method}}_seed{{seed}}.tsv"
     threads: TRAIN["threads"]
     resources:
-        gpu=1,
+        gpu=0 if TRAIN["device"] == "cpu" else 1,
     shell:
         "brainage train --cache {params.cache} --method {wildcards.method} --seed {wildcards.seed} "
         "--out {params.out} {params.options} --num-threads {threads} --no-progress "
