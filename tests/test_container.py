@@ -156,7 +156,7 @@ def test_runscript_runs_the_workflow_as_the_readme_says(tmp_path):
     assert default.returncode == 0, default.stderr[-3000:]
     assert re.search(r"^simulate\s+1$", default.stdout, flags=re.M), default.stdout[-3000:]
 
-    write_openbhb(tmp_path / "openBHB", n=12)
+    write_openbhb(tmp_path / "openBHB", n=80)  # 41 training subjects: the parse-time check wants >= batch_size 32
     command = re.search(r"apptainer run --nv --bind \S+ brainage.sif \\\n\s*(.*)", sections["help"])[1]
     arguments = shlex.split(command.replace("/data/openBHB", str(tmp_path / "openBHB")).replace("/opt/brainage",
                                                                                                    str(opt)))
