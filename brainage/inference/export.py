@@ -349,7 +349,7 @@ def export_bundle(
             not reproduce the cache, scores of another run.
     """
     from brainage.training.checkpoint import network_kwargs
-    from brainage.training.distributed import resolve_device
+    from brainage.device import resolve_device
 
     run = Path(run)
     model_path, model, info, cache_path, meta = _open_run(run, cache)
