@@ -242,6 +242,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 @command
 def _register_features(sub: argparse._SubParsersAction) -> None:
+    from brainage.models.names import FEATURE_KINDS
+
     p = sub.add_parser(
         "features",
         help="frozen features of a trained run for every cache split -> <split>.npz",
@@ -252,7 +254,7 @@ def _register_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path, help="training run folder (model.pt) or a model file")
     p.add_argument("--cache", required=True, type=Path, help="cache whose splits are encoded")
     p.add_argument("--out", required=True, type=Path, help="folder for the .npz files")
-    p.add_argument("--kind", choices=["projection", "embedding"], help="contrastive models only; default: the run's")
+    p.add_argument("--kind", choices=list(FEATURE_KINDS), help="contrastive models only; default: the run's")
     p.add_argument("--device", help="default: the run's device option")
     p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
     p.add_argument("--num-threads", type=int, help="CPU threads of torch")
@@ -402,6 +404,8 @@ def _run_table(args: argparse.Namespace) -> int:
 
 @command
 def _register_submission(sub: argparse._SubParsersAction) -> None:
+    from brainage.models.names import FEATURE_KINDS
+
     p = sub.add_parser(
         "submission",
         help="trained run -> OpenBHB challenge submission (estimator.py, weights.pth, metadata.pkl)",
@@ -412,7 +416,7 @@ def _register_submission(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path, help="training run folder (model.pt) or a model file")
     p.add_argument("--out", required=True, type=Path, help="submission folder to write (replaced if it is one)")
     p.add_argument("--cache", type=Path, help="the cache the run was trained on (default: the path in model.pt)")
-    p.add_argument("--kind", choices=["projection", "embedding"],
+    p.add_argument("--kind", choices=list(FEATURE_KINDS),
                    help="features to submit (default: as `brainage features`, the run's option)")
     p.set_defaults(func=_run_submission)
 
@@ -497,6 +501,8 @@ def _run_ramp_kit(args: argparse.Namespace) -> int:
 
 @command
 def _register_export(sub: argparse._SubParsersAction) -> None:
+    from brainage.models.names import FEATURE_KINDS
+
     p = sub.add_parser(
         "export",
         help="trained run -> portable model bundle (weights, preprocessing, calibration, model card)",
@@ -514,7 +520,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scores", type=Path, help="the run's scores.json (brainage evaluate), reported in the card")
     p.add_argument("--features", type=Path,
                    help="the run's feature folder (brainage features), reused instead of recomputed")
-    p.add_argument("--kind", choices=["projection", "embedding"],
+    p.add_argument("--kind", choices=list(FEATURE_KINDS),
                    help="features of contrastive models read out by the Ridge (default: the run's option)")
     p.add_argument("--device", help="default: the run's device option")
     p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")

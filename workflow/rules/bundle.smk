@@ -22,7 +22,7 @@ if SUBMISSION["bundle"]:
             cache=f"{cache_dir()}/cache.json",
             features=[
                 features_path(SUBMISSION["method"], SUBMISSION["seed"], split)
-                for split in CACHE_SPLITS
+                for split in SPLITS
             ],
             scores=evaluation_path(SUBMISSION["method"], SUBMISSION["seed"]),
             data=preprocess_input(),

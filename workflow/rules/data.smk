@@ -27,8 +27,8 @@ rule preprocess:
     input:
         preprocess_input(),
     output:
-        arrays=expand(f"{RESOURCES}/cache/{{split}}.npy", split=CACHE_SPLITS),
-        index=expand(f"{RESOURCES}/cache/{{split}}.tsv", split=CACHE_SPLITS),
+        arrays=expand(f"{RESOURCES}/cache/{{split}}.npy", split=SPLITS),
+        index=expand(f"{RESOURCES}/cache/{{split}}.tsv", split=SPLITS),
         mask=f"{RESOURCES}/cache/mask.nii.gz",
         meta=f"{RESOURCES}/cache/cache.json",
     params:

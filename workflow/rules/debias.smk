@@ -13,8 +13,8 @@ DEBIAS_TRAIN_KEYS = (
 )
 
 
-# rho as spelled in file names (the same as brainage.debias.steps.format_rho)
-DEBIAS_RHOS = [f"{float(r):g}" for r in DEBIAS["rhos"]]
+# rho as spelled in file names
+DEBIAS_RHOS = [format_rho(r) for r in DEBIAS["rhos"]]
 DEBIAS_SPLIT_FLAGS = " ".join(
     f"--{part} {DEBIAS['split'][part]}"
     for part in ("train", "val", "test")

@@ -59,7 +59,7 @@ EVAL_TSNE_OUTPUT = (
 
 rule evaluate:
     input:
-        unpack(lambda wc: {s: features_path(wc.method, wc.seed, s) for s in CACHE_SPLITS}),
+        unpack(lambda wc: {s: features_path(wc.method, wc.seed, s) for s in SPLITS}),
     output:
         scores=evaluation_path("{method}", "{seed}"),
         predictions=f"{RESULTS}/evaluation/{{method}}/seed{{seed}}/predictions.csv",
@@ -114,7 +114,7 @@ if EVAL_METHODS and EVAL_SEEDS:
             unpack(
                 lambda wc: {
                     s: features_path(EVAL_METHODS[0], EVAL_SEEDS[0], s)
-                    for s in CACHE_SPLITS
+                    for s in SPLITS
                 }
             ),
         output:

@@ -3,14 +3,14 @@
 # split; see docs/harmonization.md).
 
 
-if "combat_l1" in config.get("train", {}).get("methods", ["l1", "combat_l1", "yaware", "thr", "exp"]):
+if "combat_l1" in config.get("train", {}).get("methods", METHODS):
 
     rule harmonize:
         input:
             f"{cache_dir()}/cache.json",
         output:
-            arrays=expand(f"{harmonized_cache_dir()}/{{split}}.npy", split=CACHE_SPLITS),
-            index=expand(f"{harmonized_cache_dir()}/{{split}}.tsv", split=CACHE_SPLITS),
+            arrays=expand(f"{harmonized_cache_dir()}/{{split}}.npy", split=SPLITS),
+            index=expand(f"{harmonized_cache_dir()}/{{split}}.tsv", split=SPLITS),
             mask=f"{harmonized_cache_dir()}/mask.nii.gz",
             model=f"{harmonized_cache_dir()}/model.npz",
             meta=f"{harmonized_cache_dir()}/cache.json",

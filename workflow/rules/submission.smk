@@ -43,7 +43,7 @@ if SUBMISSION["enabled"] and SUBMISSION_TRAINED:
             submission=rules.submission.output,
             features=[
                 features_path(SUBMISSION["method"], SUBMISSION["seed"], split)
-                for split in CACHE_SPLITS
+                for split in SPLITS
             ],
             scores=evaluation_path(SUBMISSION["method"], SUBMISSION["seed"]),
             data=preprocess_input(),

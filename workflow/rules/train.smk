@@ -37,7 +37,7 @@ rule features:
         model=rules.train.output.model,
         cache=lambda wc: f"{train_cache(wc)}/cache.json",
     output:
-        [features_path("{method}", "{seed}", split) for split in CACHE_SPLITS],
+        [features_path("{method}", "{seed}", split) for split in SPLITS],
     params:
         run=lambda wildcards, input: os.path.dirname(input.model),
         cache=lambda wildcards, input: os.path.dirname(input.cache),
@@ -56,5 +56,5 @@ TARGETS.extend(
     features_path(method, seed, split)
     for method in TRAIN["methods"]
     for seed in TRAIN["seeds"]
-    for split in CACHE_SPLITS
+    for split in SPLITS
 )
