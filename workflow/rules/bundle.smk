@@ -14,7 +14,10 @@ if SUBMISSION["bundle"] and not SUBMISSION_TRAINED:
     )
 
 
-if SUBMISSION["bundle"]:
+BUNDLE_ENABLED = SUBMISSION["bundle"]
+
+
+if BUNDLE_ENABLED:
 
     rule export_bundle:
         input:
@@ -50,5 +53,3 @@ if SUBMISSION["bundle"]:
             "brainage export --run {params.run} --cache {params.cache} --data {params.data} "
             "--features {params.features} --scores {input.scores} --out {params.out} "
             "--num-threads {threads} --quiet > {log} 2>&1"
-
-    TARGETS.extend([rules.export_bundle.output.bundle, rules.export_bundle.output.card])

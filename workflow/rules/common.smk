@@ -1,5 +1,6 @@
-# Shared state of the workflow: the validated config, the run's folders, the target list,
-# and every helper function (the .smk files of the stages hold only their rules).
+# Shared state of the workflow: the validated config, the run's folders, the file naming of the
+# brain-age stages, the one helper that turns options into `brainage` flags, and the parse-time
+# checks. The default target (`rule all`, in the Snakefile) lists what each stage produces.
 import json
 import os
 import shlex
@@ -28,14 +29,6 @@ RESULTS = f"results/{RUN}"
 RESOURCES = f"resources/{RUN}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
-
-# Each stage appends its final files here; the default target asks for all of them.
-TARGETS = []
-
-
-def all_targets():
-    return list(TARGETS)
-
 
 def data_root():
     """The OpenBHB-layout folder the run reads: simulated, or the user's download."""
@@ -93,22 +86,40 @@ def train_cache(wildcards):
     return cache_dir()
 
 
-def cli_flag(key, value):
-    """One `brainage` option from a config key: booleans as --key / --no-key, lists and dicts as JSON."""
+# ---- `brainage` options from config keys (every rule that builds flags from a mapping uses these)
+
+
+def cli_flag(key, value, negatable=True):
+    """One `brainage` option from a config key; "" for None.
+
+    Booleans: --key when true; when false --no-key if the option has that form (`negatable`:
+    argparse's BooleanOptionalAction), else nothing. Lists and dicts as JSON; the rest as text.
+    """
+    if value is None:
+        return ""
     name = f"--{key.replace('_', '-')}"
     if key in TRISTATE_OPTIONS and isinstance(value, bool):  # YAML may read on/off as booleans
         value = "on" if value else "off"
     if isinstance(value, bool):
-        return name if value else f"--no-{key.replace('_', '-')}"
+        return name if value else (f"--no-{key.replace('_', '-')}" if negatable else "")
     if isinstance(value, (list, dict)):
         return f"{name} {shlex.quote(json.dumps(value))}"
     return f"{name} {shlex.quote(str(value))}"
 
 
+def cli_options(options, negatable=True):
+    """`brainage` options from a mapping of config keys, in its order (see cli_flag)."""
+    return " ".join(flag for flag in (cli_flag(k, v, negatable) for k, v in options.items()) if flag)
+
+
+def comma_list(values):
+    """A list as the `brainage` options that take several numbers read it: comma-separated."""
+    return ",".join(str(v) for v in values)
+
+
 def train_options(method):
     """`brainage train` flags from the `train:` section."""
-    options = {k: v for k, v in TRAIN.items() if k not in WORKFLOW_KEYS}
-    return " ".join(cli_flag(k, v) for k, v in options.items() if v is not None)
+    return cli_options({k: v for k, v in TRAIN.items() if k not in WORKFLOW_KEYS})
 
 
 # ---- checks at parse time: a dry run (-n) finds them before any job runs. Not checkable

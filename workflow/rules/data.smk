@@ -47,6 +47,3 @@ rule preprocess:
         "brainage preprocess --data {params.root} --layout {params.layout} "
         "--modality {params.modality} --downsample {params.factor} "
         "--normalize {params.normalize} --chunk {params.chunk} --out {params.out} > {log} 2>&1"
-
-
-TARGETS.append(rules.preprocess.output.meta)

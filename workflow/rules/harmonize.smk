@@ -1,9 +1,11 @@
 # Harmonisation stage of the ComBat baseline: training cache -> ComBat-harmonised cache
 # (fitted on train with SITE, sex and the training ages protected; age-free transform of every
-# split; see docs/harmonization.md).
+# split; see docs/harmonization.md). Only when the config trains combat_l1.
+
+HARMONIZE_ENABLED = "combat_l1" in config.get("train", {}).get("methods", METHODS)
 
 
-if "combat_l1" in config.get("train", {}).get("methods", METHODS):
+if HARMONIZE_ENABLED:
 
     rule harmonize:
         input:
@@ -19,7 +21,7 @@ if "combat_l1" in config.get("train", {}).get("methods", METHODS):
             out=lambda wildcards, output: os.path.dirname(output.meta),
             chunk=config["harmonize"]["chunk_size"],
             external=config["harmonize"]["external"],
-            eb="" if config["harmonize"]["eb"] else "--no-eb",
+            eb=cli_flag("no_eb", not config["harmonize"]["eb"], negatable=False),  # the CLI has --no-eb only
             adjust=config["harmonize"]["adjust"],
             age_degree=config["harmonize"]["age_degree"],
         log:
@@ -30,5 +32,3 @@ if "combat_l1" in config.get("train", {}).get("methods", METHODS):
             "brainage harmonize --cache {params.cache} --out {params.out} "
             "--chunk-size {params.chunk} --external {params.external} --adjust {params.adjust} "
             "--age-degree {params.age_degree} {params.eb} > {log} 2>&1"
-
-    TARGETS.append(rules.harmonize.output.meta)

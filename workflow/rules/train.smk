@@ -50,11 +50,3 @@ rule features:
     shell:
         "brainage features --run {params.run} --cache {params.cache} --out {params.out} "
         "--num-threads {threads} > {log} 2>&1"
-
-
-TARGETS.extend(
-    features_path(method, seed, split)
-    for method in TRAIN["methods"]
-    for seed in TRAIN["seeds"]
-    for split in SPLITS
-)
