@@ -481,7 +481,7 @@ def _register_ramp_kit(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ramp_kit(args: argparse.Namespace) -> int:
-    from brainage.data.openbhb import detect_layout
+    from brainage.data.layouts import detect_layout
     from brainage.submission import write_ramp_kit, write_ramp_rows
     from brainage.submission.ramp_estimator import load_metadata
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from brainage import __version__
-from brainage.data.openbhb import MODALITIES
+from brainage.data.modalities import MODALITIES
 from brainage.submission import ramp_estimator
 
 __all__ = ["SUBMISSION_FILES", "SubmissionBuildError", "build_submission", "submission_metadata"]

@@ -134,7 +134,7 @@ def training_split_size():
     seed; no image is made). openbhb: from the download's participants table(s), which are
     validated on the way (a bad table fails the dry run, naming the file and line).
     """
-    from brainage.data.openbhb import open_dataset
+    from brainage.data.layouts import open_dataset
     from brainage.data.simulate.sites import design_cohort
 
     if config["data"]["source"] == "simulate":
