@@ -11,10 +11,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from spython.main.parse.parsers import SingularityParser
 
-from conftest import REPO, write_openbhb
+from helpers import REPO, write_openbhb
 
 DEF = REPO / "containers" / "brainage.def"
 KNOWN_SECTIONS = {"setup", "files", "post", "environment", "runscript", "startscript", "test",
@@ -111,6 +112,7 @@ def _image_test_script() -> str:
     return match[1]
 
 
+@pytest.mark.slow
 def test_image_test_checks_installed_versions_against_pyproject():
     script = _image_test_script()
     ok = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -138,6 +140,7 @@ def _stage_image_files(root: Path) -> Path:
     return root / "opt" / "brainage"
 
 
+@pytest.mark.slow
 def test_runscript_runs_the_workflow_as_the_readme_says(tmp_path):
     """`apptainer run brainage.sif [snakemake arguments]` in the results folder: the %runscript with
     the image's files (only those %files copies) and environment, run here as a dry run, on the
