@@ -47,7 +47,7 @@ TINY = {
     "preprocess": {"downsample": 1, "normalize": "zscore", "chunk": 64},
     "train": {"methods": ["l1"], "seeds": [0], "threads": 1, "epochs": 2, "batch_size": 4, "width": 0.125,
               "lr": 0.001, "device": "cpu"},
-    "submission": {"enabled": False},
+    "submission": {"enabled": False, "bundle": False},
     "debias": {"enabled": False},
 }
 TARGET = f"results/{RUN}/train/l1/seed0/model.pt"
