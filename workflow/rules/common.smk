@@ -4,7 +4,6 @@
 import json
 import os
 import shlex
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
