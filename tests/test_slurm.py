@@ -28,9 +28,7 @@ import yaml
 from torch.utils.data import DistributedSampler
 
 import slurm_cluster
-from conftest import REPO, write_openbhb
-from test_training import write_cache
-from test_workflow import job_counts
+from helpers import REPO, job_counts, write_cache, write_openbhb
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("snakemake_executor_plugin_slurm",

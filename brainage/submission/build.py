@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from brainage import __version__
-from brainage.data.openbhb import MODALITIES
+from brainage.data.modalities import MODALITIES
 from brainage.io import atomic_dir
 from brainage.submission import ramp_estimator
 

@@ -46,6 +46,7 @@ from brainage.training.checkpoint import (
 )
 from brainage.training.config import RUNTIME_FIELDS, TrainConfig
 from brainage.data.cache import cache_identity, open_split
+from brainage.device import resolve_device
 from brainage.training.data import VolumeStore, build_augmentation, make_views
 from brainage.training.distributed import (
     DistContext,
@@ -54,7 +55,6 @@ from brainage.training.distributed import (
     barrier,
     gather,
     gather_with_grad,
-    resolve_device,
     wrap_model,
 )
 
