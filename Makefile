@@ -1,16 +1,17 @@
-# Two entry points: `make run` (the workflow on the embedded default) and `make test`.
+# Two entry points: `make run` (the workflow on the embedded default) and `make test` (the whole
+# suite; `make test-fast` leaves out the tests marked slow: subprocesses, workflow runs).
 # Both create the virtual environment .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test dry-run lint clean-results
+.PHONY: run test test-fast dry-run lint clean-results
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[debias,test]"
 	touch $@
 
 run: $(BIN)/.installed
@@ -18,6 +19,9 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+test-fast: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
 dry-run: $(BIN)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake -n --cores $(CORES)

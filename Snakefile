@@ -39,7 +39,18 @@ include: "workflow/rules/bundle.smk"
 include: "workflow/rules/debias.smk"
 
 
+# What a run produces: the final files of each stage the config turns on (every other file is an
+# intermediate that these need). The rules that make them are in workflow/rules/<stage>.smk.
 rule all:
     default_target: True
     input:
-        all_targets(),
+        cache=rules.preprocess.output.meta,
+        combat_cache=rules.harmonize.output.meta if HARMONIZE_ENABLED else [],
+        features=expand(rules.features.output, method=TRAIN["methods"], seed=TRAIN["seeds"]),
+        table=[rules.table.output.csv, rules.table.output.md] if TABLE_ENABLED else [],
+        submission=rules.submission.output if SUBMISSION_ENABLED else [],
+        submission_check=(
+            [rules.submission_check.output.json, rules.submission_check.output.md] if SUBMISSION_CHECK_ENABLED else []
+        ),
+        bundle=[rules.export_bundle.output.bundle, rules.export_bundle.output.card] if BUNDLE_ENABLED else [],
+        debias=rules.debias_all.input if DEBIAS["enabled"] else [],

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from brainage.training import TrainConfig, train  # noqa: E402
 from brainage.training.checkpoint import build_model  # noqa: E402
-from brainage.training.distributed import resolve_device  # noqa: E402
+from brainage.device import resolve_device  # noqa: E402
 from brainage.training.trainer import make_criterion, make_optimizer  # noqa: E402
 
 PAPER_EPOCHS = 300

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from brainage.data.openbhb import MODALITIES, grid  # noqa: E402
+from brainage.data.modalities import MODALITIES, grid  # noqa: E402
 from brainage.data.preprocess import downsample_mask  # noqa: E402
 from brainage.inference.bundle import ModelBundle  # noqa: E402
 from brainage.inference.predict import _Images  # noqa: E402

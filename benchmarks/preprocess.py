@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from brainage.data.openbhb import MODALITIES, grid
+from brainage.data.modalities import MODALITIES, grid
 from brainage.data.preprocess import preprocess
 
 

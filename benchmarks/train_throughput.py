@@ -47,7 +47,7 @@ from brainage.training.trainer import (  # noqa: E402
     regression_loss,
     use_channels_last,
 )
-from brainage.training.distributed import resolve_device  # noqa: E402
+from brainage.device import resolve_device  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

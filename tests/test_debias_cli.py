@@ -17,9 +17,8 @@ import torch
 from brainage.cli import main
 from brainage.debias.data import load_array_set
 
-from test_debias_data import _cifar10_folder, _mnist_folder, _png
+from helpers import REPO, cifar10_folder, mnist_folder, png
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(argv, capsys):
@@ -75,7 +74,7 @@ def test_rho_outside_unit_interval_is_refused(tmp_path, capsys):
 
 
 def test_idx_and_fashion_sources(tmp_path, capsys):
-    _mnist_folder(tmp_path / "fm", n_train=40, n_test=20, compress=True)
+    mnist_folder(tmp_path / "fm", n_train=40, n_test=20, compress=True)
     code, _ = _run(["debias-data", "biased-mnist", "--source", f"fashion:{tmp_path / 'fm'}", "--out",
                     str(tmp_path / "d"), "--rho", "0.5", "--val", "1"], capsys)
     assert code == 0
@@ -100,8 +99,8 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, capsys):
 
 
 def test_bad_dfa_name_and_missing_cifar_batch(tmp_path, capsys):
-    _png(tmp_path / "c" / "1pct" / "align" / "0" / "x_0_0.png", 1)
-    _png(tmp_path / "c" / "1pct" / "conflict" / "0" / "x_0_zero.png", 1)
+    png(tmp_path / "c" / "1pct" / "align" / "0" / "x_0_0.png", 1)
+    png(tmp_path / "c" / "1pct" / "conflict" / "0" / "x_0_zero.png", 1)
     code, err = _run(["debias-data", "folder", "--kind", "dfa", "--root", str(tmp_path / "c"), "--percent", "1pct",
                       "--out", str(tmp_path / "c.npz")], capsys)
     assert code == 2 and "x_0_zero.png" in err
@@ -117,7 +116,7 @@ def test_bad_dfa_name_and_missing_cifar_batch(tmp_path, capsys):
 def test_imagenet_a_folder_needs_no_class_order(tmp_path, capsys):
     # dog and insect folders of ImageNet-A (labels 0 and 8 of ReBias's map) and one outside the nine
     for wnid in ("n02085620", "n02219486", "n01498041"):
-        _png(tmp_path / "imagenet-a" / wnid / f"{wnid}_0.jpg", 1, size=4)
+        png(tmp_path / "imagenet-a" / wnid / f"{wnid}_0.jpg", 1, size=4)
     code, err = _run(["debias-data", "folder", "--kind", "imagenet9", "--root", str(tmp_path / "imagenet-a"),
                       "--out", str(tmp_path / "a.npz")], capsys)
     assert code == 0, err
@@ -126,7 +125,7 @@ def test_imagenet_a_folder_needs_no_class_order(tmp_path, capsys):
 
 
 def test_corrupted_digits_to_dfa_and_back(tmp_path, capsys):
-    _mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
+    mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
     code, _ = _run(["debias-data", "corrupted", "--source", f"idx:{tmp_path / 'mnist'}", "--out",
                     str(tmp_path / "cc"), "--percent", "50", "--protocol", "type1", "--severity", "1",
                     "--val-per-class", "1", "--quiet"], capsys)
@@ -145,7 +144,7 @@ def test_corrupted_cifar10_from_python_pickles(tmp_path, capsys):
     from brainage.debias.data import read_dfa
 
     # 20 training images per class (2 held out for validation -> 18 train), 3 test per class
-    written = _cifar10_folder(tmp_path / "cifar-10-batches-py", train_per_class=20, test_per_class=3)
+    written = cifar10_folder(tmp_path / "cifar-10-batches-py", train_per_class=20, test_per_class=3)
     code, _ = _run(["debias-data", "corrupted", "--source", f"cifar10:{tmp_path / 'cifar-10-batches-py'}",
                     "--out", str(tmp_path / "cc"), "--percent", "50", "--protocol", "type1", "--severity", "1",
                     "--val-per-class", "2", "--quiet"], capsys)

@@ -4,14 +4,12 @@ published rules, and every fixture is written here in the real on-disk format.""
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 import struct
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from brainage.debias.data import (
     ArraySet,
@@ -40,6 +38,7 @@ from brainage.debias.data import (
     write_dfa_split,
 )
 from brainage.debias.data.corrupted import PROTOCOLS, corruption_function
+from helpers import mnist_folder, png, write_idx
 
 # The ReBias palette as printed in the reference notes (RGB, index = class).
 REBIAS = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [225, 225, 0], [225, 0, 225],
@@ -237,31 +236,9 @@ def test_bundled_digits_are_real_mnist():
 # ----------------------------------------------------------------------------- IDX
 
 
-def _write_idx(path, array: np.ndarray, code: int, compress: bool) -> None:
-    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    if compress:
-        payload = gzip.compress(payload)
-    path.write_bytes(payload)
-
-
-def _mnist_folder(folder, n_train=12, n_test=5, compress=False, seed=0):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    data = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        y = (np.arange(n) % 10).astype(np.uint8)
-        gz = ".gz" if compress else ""
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte{gz}", x, 0x08, compress)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte{gz}", y, 0x08, compress)
-        data[prefix] = (x, y)
-    return data
-
-
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_folder_roundtrip(tmp_path, compress):
-    data = _mnist_folder(tmp_path / "mnist", compress=compress)
+    data = mnist_folder(tmp_path / "mnist", compress=compress)
     for split, prefix in (("train", "train"), ("test", "t10k")):
         x, y = load_mnist_idx(tmp_path / "mnist", split)
         assert x.dtype == np.uint8 and y.dtype == np.int64
@@ -270,11 +247,11 @@ def test_idx_folder_roundtrip(tmp_path, compress):
 
 def test_idx_other_types(tmp_path):
     values = np.array([[1, -2, 300], [4, 5, -6]], dtype=np.int32)
-    _write_idx(tmp_path / "a.idx", values, 0x0C, False)
+    write_idx(tmp_path / "a.idx", values, 0x0C, False)
     out = read_idx(tmp_path / "a.idx")
     assert out.dtype == np.int32 and np.array_equal(out, values)
     floats = np.array([0.5, -1.25], dtype=np.float64)
-    _write_idx(tmp_path / "b.idx", floats, 0x0E, True)
+    write_idx(tmp_path / "b.idx", floats, 0x0E, True)
     assert np.array_equal(read_idx(tmp_path / "b.idx"), floats)
 
 
@@ -291,19 +268,19 @@ def test_idx_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         load_mnist_idx(tmp_path / "empty")
     folder = tmp_path / "labels"
-    _mnist_folder(folder)
-    _write_idx(folder / "train-labels-idx1-ubyte", np.full(12, 12, np.uint8), 0x08, False)
+    mnist_folder(folder)
+    write_idx(folder / "train-labels-idx1-ubyte", np.full(12, 12, np.uint8), 0x08, False)
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: labels must lie in \[0, 10\); found \[12\]") as err:
         load_mnist_idx(folder)
     assert "train-images" not in str(err.value)
-    _write_idx(folder / "train-labels-idx1-ubyte", np.zeros(11, np.uint8), 0x08, False)
+    write_idx(folder / "train-labels-idx1-ubyte", np.zeros(11, np.uint8), 0x08, False)
     with pytest.raises(ValueError, match="train-labels-idx1-ubyte.*11 labels for 12 images"):
         load_mnist_idx(folder)
 
 
 def test_fashion_mnist_from_debian_layout(tmp_path):
     # dataset-fashion-mnist installs the four gzipped IDX files under one folder
-    data = _mnist_folder(tmp_path / "fashion-mnist", n_train=20, n_test=10, compress=True, seed=4)
+    data = mnist_folder(tmp_path / "fashion-mnist", n_train=20, n_test=10, compress=True, seed=4)
     x, y = load_fashion_mnist("test", tmp_path / "fashion-mnist")
     assert np.array_equal(x, data["t10k"][0]) and np.array_equal(y, data["t10k"][1])
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
@@ -322,36 +299,6 @@ def _cifar_batch(path, n, label_key, n_classes, seed):
     with open(path, "wb") as fh:
         pickle.dump(batch, fh, protocol=2)
     return data, np.array(labels)
-
-
-CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-
-
-def _cifar10_folder(folder, train_per_class: int, test_per_class: int, seed: int = 0):
-    """A complete ``cifar-10-batches-py`` folder: ``data_batch_1..5``, ``test_batch``,
-    ``batches.meta``, in the format of the distributed pickles (protocol 2, bytes keys,
-    rows of 1024 red, 1024 green, 1024 blue values). Returns the rows and labels written."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    written = {}
-    n_train = 10 * train_per_class
-    if n_train % 5:
-        raise ValueError("10 * train_per_class must split into five batches")
-    train_labels = rng.permutation(np.repeat(np.arange(10), train_per_class))
-    test_labels = rng.permutation(np.repeat(np.arange(10), test_per_class))
-    per_batch = n_train // 5
-    batches = [(f"data_batch_{i + 1}", train_labels[i * per_batch:(i + 1) * per_batch]) for i in range(5)]
-    for name, labels in batches + [("test_batch", test_labels)]:
-        data = rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8)
-        batch = {b"batch_label": f"{name} of 5".encode(), b"labels": [int(v) for v in labels], b"data": data,
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(labels.size)]}
-        with open(folder / name, "wb") as fh:
-            pickle.dump(batch, fh, protocol=2)
-        written[name] = (data, labels.astype(np.int64))
-    meta = {b"num_cases_per_batch": per_batch, b"label_names": CIFAR10_NAMES, b"num_vis": 3072}
-    with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump(meta, fh, protocol=2)
-    return written
 
 
 def test_cifar10_pickles(tmp_path):
@@ -409,18 +356,13 @@ def test_cifar_reader_refuses_foreign_pickles(tmp_path):
 # ----------------------------------------------------------------------------- DFA folders
 
 
-def _png(path, colour, size=8):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size, size, 3), colour, np.uint8)).save(path)
-
-
 def _dfa_tree(root):
-    _png(root / "1pct" / "align" / "0" / "00001_0_0.png", 10)
-    _png(root / "1pct" / "align" / "3" / "00002_3_3.png", 20)
-    _png(root / "1pct" / "conflict" / "3" / "00003_3_7.png", 30)
-    _png(root / "valid" / "5" / "00004_5_1.png", 40)
-    _png(root / "test" / "2" / "00005_2_2.png", 50)
-    _png(root / "test" / "2" / "00006_2_9.png", 60)
+    png(root / "1pct" / "align" / "0" / "00001_0_0.png", 10)
+    png(root / "1pct" / "align" / "3" / "00002_3_3.png", 20)
+    png(root / "1pct" / "conflict" / "3" / "00003_3_7.png", 30)
+    png(root / "valid" / "5" / "00004_5_1.png", 40)
+    png(root / "test" / "2" / "00005_2_2.png", 50)
+    png(root / "test" / "2" / "00006_2_9.png", 60)
 
 
 def test_dfa_reader(tmp_path):
@@ -441,22 +383,22 @@ def test_dfa_bad_names_and_missing_folders(tmp_path):
     _dfa_tree(root)
     with pytest.raises(FileNotFoundError, match="5pct"):
         read_dfa(root, "train", "5pct")
-    _png(root / "test" / "7" / "00010_7_0.png", 0)
+    png(root / "test" / "7" / "00010_7_0.png", 0)
     with pytest.raises(ValueError, match="00010_7_0.png: label 7 outside"):
         read_dfa(root, "test", "1pct", n_classes=5)
-    _png(root / "1pct" / "conflict" / "4" / "00009_four_1.png", 0)
+    png(root / "1pct" / "conflict" / "4" / "00009_four_1.png", 0)
     with pytest.raises(ValueError, match="00009_four_1.png"):
         read_dfa(root, "train", "1pct")
 
 
 def test_bffhq_test_keeps_conflicting_only(tmp_path):
     root = tmp_path / "bffhq"
-    _png(root / "0.5pct" / "align" / "0" / "a_0_0.png", 1)
-    _png(root / "0.5pct" / "conflict" / "1" / "b_1_0.png", 2)
-    _png(root / "valid" / "c_0_1.png", 3)
-    _png(root / "test" / "d_0_0.png", 4)
-    _png(root / "test" / "e_1_0.png", 5)
-    _png(root / "test" / "f_0_1.png", 6)
+    png(root / "0.5pct" / "align" / "0" / "a_0_0.png", 1)
+    png(root / "0.5pct" / "conflict" / "1" / "b_1_0.png", 2)
+    png(root / "valid" / "c_0_1.png", 3)
+    png(root / "test" / "d_0_0.png", 4)
+    png(root / "test" / "e_1_0.png", 5)
+    png(root / "test" / "f_0_1.png", 6)
     test = read_bffhq(root, "test")
     assert sorted(p.name for p in test.paths) == ["e_1_0.png", "f_0_1.png"]
     assert len(read_bffhq(root, "train")) == 2 and len(read_bffhq(root, "valid")) == 1
@@ -501,7 +443,7 @@ def test_imagenet9_rebias_subset_rule(tmp_path):
         (train / wnid).mkdir(parents=True)
     full_ranges = [i for lo, hi in REBIAS_RANGES for i in range(lo, hi + 1)]
     for index in full_ranges + [0, 29, 150, 255, 999]:
-        _png(train / wnids[index] / f"{wnids[index]}_1.JPEG", index % 256, size=4)
+        png(train / wnids[index] / f"{wnids[index]}_1.JPEG", index % 256, size=4)
     order = imagenet_class_order(train)
     assert order == wnids
     expected = {wnids[i]: label for i, label in _rebias_indices().items()}
@@ -539,8 +481,8 @@ def test_imagenet_a_fixed_map_needs_no_class_order(tmp_path):
                "n01498041": None,  # stingray: not one of the nine super-classes
                "n02088094": None}  # Afghan hound: in the dog range, not in ReBias's subset
     for wnid in folders:
-        _png(root / wnid / f"{wnid}_a.jpg", 1, size=4)
-        _png(root / wnid / f"{wnid}_b.jpg", 2, size=4)
+        png(root / wnid / f"{wnid}_a.jpg", 1, size=4)
+        png(root / wnid / f"{wnid}_b.jpg", 2, size=4)
     listing = read_imagenet9(root)
     got = sorted((p.parent.name, label) for p, label in zip(listing.paths, listing.labels.tolist()))
     assert got == sorted((w, y) for w, y in folders.items() if y is not None for _ in range(2))

@@ -15,7 +15,7 @@ from brainage.debias.data import load_array_set, read_imagenet9
 from brainage.debias.data.imagenet9 import load_texture_clusters, texture_clusters_from_csv
 from brainage.debias.evaluate import texture_cluster_scores, texture_unbiased_accuracy
 
-from test_debias_data import _png
+from helpers import png
 
 # ----------------------------------------------------------------------------- the metric
 
@@ -149,9 +149,9 @@ def test_texture_clusters_from_csv_follow_the_listing(tmp_path):
     root = tmp_path / "val"
     # dog (label 0) and insect (label 8) folders of ReBias's ImageNet-A map; files written unsorted
     for name in ("b.png", "c.png", "a.png"):
-        _png(root / "n02219486" / name, 1, size=4)
+        png(root / "n02219486" / name, 1, size=4)
     for name in ("z.png", "y.png"):
-        _png(root / "n02085620" / name, 2, size=4)
+        png(root / "n02085620" / name, 2, size=4)
     listing = read_imagenet9(root)
     # the listing: sorted folders (n02085620 < n02219486), sorted file names
     assert [f"{p.parent.name}/{p.name}" for p in listing.paths] == [
@@ -187,7 +187,7 @@ def test_debias_eval_on_imagenet_layout(tmp_path, capsys):
     names = [f"img_{i:02d}.png" for i in range(12)]
     for wnid in (insect, dog):
         for name in reversed(names):  # written in reverse order: the listing sorts
-            _png(root / wnid / name, rng.integers(0, 256, 3).tolist(), size=8)
+            png(root / wnid / name, rng.integers(0, 256, 3).tolist(), size=8)
     npz = tmp_path / "in9.npz"
     assert main(["debias-data", "folder", "--kind", "imagenet9", "--root", str(root), "--out", str(npz)]) == 0
     data = load_array_set(npz)

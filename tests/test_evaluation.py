@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -32,32 +33,9 @@ from brainage.evaluation import (
 from brainage.evaluation.pipeline import run_evaluation
 from brainage.evaluation.protocol import ProbeSettings, collateral_scores, residualize_on_age
 from brainage.evaluation.table import load_scores, write_table
-from conftest import REPO
+from helpers import REPO, SITES, planted, three_splits, write_feature_dir
 
-SITES = ["a", "b", "c", "d"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def planted(rng, n, sites, site_strength=3.0, age_noise=1.0, n_noise=4, onehot_basis=SITES):
-    """Features = [age + noise, site_strength * one-hot(site) + noise, pure noise] (float32)."""
-    age = rng.uniform(6.0, 80.0, n)
-    site = rng.choice(sites, n)
-    onehot = (site[:, None] == np.asarray(onehot_basis)[None, :]).astype(float)
-    x = np.c_[
-        age + rng.normal(0.0, age_noise, n),
-        site_strength * onehot + rng.normal(0.0, 1.0, (n, len(onehot_basis))),
-        rng.normal(0.0, 1.0, (n, n_noise)),
-    ]
-    return x.astype(np.float32), age, site
-
-
-def three_splits(seed=0, site_strength=3.0, n=(200, 120, 80)):
-    rng = np.random.default_rng(seed)
-    return (
-        planted(rng, n[0], SITES, site_strength),
-        planted(rng, n[1], SITES, site_strength),
-        planted(rng, n[2], np.array(["x", "y"]), site_strength),
-    )
 
 
 # ------------------------------------------------------------------ challenge score
@@ -332,23 +310,6 @@ def test_table_reads_method_and_seed_from_the_path_and_aggregates_folds(tmp_path
 # ------------------------------------------------------------------ CLI end to end
 
 
-def write_feature_dir(folder, seed=0, nan_row=None, one_site=False, head=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, data in zip(("train", "internal_test", "external_test"), three_splits(seed=seed)):
-        x, age, site = data
-        if split == "train" and one_site:
-            site = np.full(len(site), "a")
-        if split == "internal_test" and nan_row is not None:
-            x = x.copy()
-            x[nan_row, 0] = np.inf
-        arrays = dict(features=x, age=age, site=site.astype(str),
-                      participant_id=np.array([f"{split[:3]}{i:03d}" for i in range(len(age))]))
-        if head:
-            arrays["prediction"] = age + 1.0
-        np.savez(folder / f"{split}.npz", **arrays)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
@@ -460,13 +421,14 @@ def test_cli_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys, kin
     assert main(["evaluate", "--features", str(feats), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "brainage evaluate: error:" in err
-    assert pytest.importorskip("re").search(message, err), err
+    assert re.search(message, err), err
     assert not out.exists() or not any(out.rglob("*"))
 
 
 # ------------------------------------------------------------------ workflow
 
 
+@pytest.mark.slow
 def test_evaluate_rule_dry_run_on_hand_made_features(tmp_path):
     write_feature_dir(tmp_path / "results" / "default" / "features" / "exp" / "seed1")
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")

@@ -19,7 +19,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_predict
 from brainage.evaluation import evaluate_features
 from brainage.evaluation import figures
 from brainage.evaluation.table import load_scores, write_table
-from conftest import REPO
+from helpers import REPO, write_feature_dir
 
 SPLITS = ("train", "internal_test", "external_test")
 
@@ -221,10 +221,9 @@ def test_table_note_states_how_saga_was_seeded(tmp_path):
 # ------------------------------------------------------------------ workflow
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tsne", [False, True])
 def test_evaluate_rule_declares_the_tsne_figure_only_when_asked(tmp_path, tsne):
-    from test_evaluation import write_feature_dir
-
     write_feature_dir(tmp_path / "results" / "default" / "features" / "exp" / "seed1")
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     args = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "-p", "--cores", "1",

@@ -13,7 +13,7 @@ from torch import nn
 
 from brainage.training import TrainConfig
 from brainage.training.checkpoint import build_model
-from conftest import REPO
+from helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -32,9 +32,8 @@ from brainage.io import lock_path
 from brainage.training import TrainConfig, load_config_file, train
 from brainage.training.config import AUGMENTATIONS
 from brainage.training.data import build_augmentation
-from conftest import QR_MASK_NAME, VBM_MASK_NAME, write_openbhb
+from helpers import QR_MASK_NAME, REPO, VBM_MASK_NAME, write_openbhb
 
-REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -290,7 +289,7 @@ def test_resuming_with_another_thread_count_warns_and_is_recorded(cache, tmp_pat
 
 
 def test_a_batch_larger_than_the_training_split_fails_the_dry_run(tmp_path):
-    # the download's table decides: conftest's 12 participants hold 12 - 12 // 3 - 12 // 6 = 6 training ones
+    # the download's table decides: write_openbhb's 12 participants hold 12 - 12 // 3 - 12 // 6 = 6 training ones
     write_openbhb(tmp_path / "openBHB", n=12)
     base = yaml.safe_load((REPO / "configs" / "openbhb.yaml").read_text())
     base["data"]["root"] = str(tmp_path / "openBHB")
@@ -353,7 +352,7 @@ def test_two_writers_of_one_output_folder(openbhb_dir, cache, tmp_path):
 # --------------------------------------------------------------------------- 10. another machine
 
 # Tests that compare two code paths in floating point (tolerances from the computation, see
-# conftest.ROUNDING_MARGIN), and an environment that makes this machine sum as another x86-64 CPU
+# helpers.ROUNDING_MARGIN), and an environment that makes this machine sum as another x86-64 CPU
 # would: ATen, oneDNN, OpenBLAS and numpy kernels without AVX (other vector widths, other orders of
 # every sum) and two threads (other splits of the sums).
 TWO_PATH_TESTS = [

@@ -17,7 +17,7 @@ from brainage.data.openbhb import (
     OpenBHBError, PerSubjectLayout, RampLayout, load_participants, mask_volumes,
     open_dataset, ramp_row_slices, unmask_rows,
 )
-from conftest import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled, write_openbhb
+from helpers import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled, write_openbhb
 
 
 # --------------------------------------------------------------------------- participants

@@ -1,7 +1,7 @@
 """brainage predict: the simulator's arrays, real NIfTI templates from nilearn, wrong images, BIDS, tables, CLI.
 
 Expected values are computed here without :mod:`brainage.inference`: the run's network on the
-cache volumes with a Ridge fitted by scikit-learn (conftest ``reference_ages``), nilearn's own
+cache volumes with a Ridge fitted by scikit-learn (``helpers.reference_ages``), nilearn's own
 resampling, numpy statistics.
 """
 
@@ -20,7 +20,7 @@ from nilearn.image import resample_to_img
 
 from brainage.cli import main
 from brainage.inference import ImageRefused, ModelBundle, predict_brain_age
-from conftest import cache_split, reference_ages
+from helpers import cache_split, reference_ages
 
 # Ridge predictions from float32 features that differ only in summation order (see test_export).
 RIDGE_RTOL = 1e-5

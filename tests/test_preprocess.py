@@ -15,7 +15,7 @@ from brainage.cli import main
 from brainage.data import preprocess as prep
 from brainage.data.cache import TrainingCache, open_split
 from brainage.data.openbhb import OpenBHBError, open_dataset
-from conftest import EPS32, U16
+from helpers import EPS32, U16
 
 
 def test_block_mean_by_hand():

@@ -1,6 +1,6 @@
 """The synthetic OpenBHB simulator: format, determinism, realism, and argument checks.
 
-Grids, affines and mask names come from ``conftest`` (written there independently of the
+Grids, affines and mask names come from ``helpers`` (written there independently of the
 package); reference anatomy comes from nilearn; the realism checks fit scikit-learn models on
 the written arrays.
 """
@@ -17,7 +17,7 @@ import pytest
 from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
-from conftest import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled
+from helpers import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled
 from brainage.data.openbhb import (
     PARTICIPANT_COLUMNS,
     PerSubjectLayout,

@@ -28,9 +28,7 @@ import yaml
 from torch.utils.data import DistributedSampler
 
 import slurm_cluster
-from conftest import REPO, write_openbhb
-from test_training import write_cache
-from test_workflow import job_counts
+from helpers import REPO, job_counts, write_cache, write_openbhb
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("snakemake_executor_plugin_slurm",
@@ -49,7 +47,7 @@ TINY = {
     "preprocess": {"downsample": 1, "normalize": "zscore", "chunk": 64},
     "train": {"methods": ["l1"], "seeds": [0], "threads": 1, "epochs": 2, "batch_size": 4, "width": 0.125,
               "lr": 0.001, "device": "cpu"},
-    "submission": {"enabled": False},
+    "submission": {"enabled": False, "bundle": False},
     "debias": {"enabled": False},
 }
 TARGET = f"results/{RUN}/train/l1/seed0/model.pt"

@@ -1,6 +1,6 @@
 """Challenge submission: network copy, preprocessing, indices protocol, isolation, bad input.
 
-A small OpenBHB folder (conftest, grids / 4) is preprocessed at downsample 2, a tiny run is
+A small OpenBHB folder (helpers.write_openbhb, grids / 4) is preprocessed at downsample 2, a tiny run is
 trained for one epoch with the project's trainer, and the submission built from it is run on
 RAMP rows of the same subjects.
 """
@@ -29,7 +29,7 @@ from brainage.submission import SubmissionBuildError, build_submission, write_ra
 from brainage.submission import ramp_estimator as est
 from brainage.training import TrainConfig, train
 from brainage.training.checkpoint import load_model
-from conftest import EPS32, QR_MASK_NAME, ROUNDING_MARGIN, U16, VBM_MASK_NAME, network_rounding, write_openbhb
+from helpers import EPS32, QR_MASK_NAME, ROUNDING_MARGIN, U16, VBM_MASK_NAME, network_rounding, write_openbhb
 
 PYTHON = sys.executable
 ALLOWED_IMPORTS = {"numpy", "scipy", "nibabel", "nilearn", "sklearn", "torch"}
@@ -267,6 +267,7 @@ def test_indices_select_rows_in_order_and_only_those_are_read(masks_env, tmp_pat
         pipeline.predict(X)
 
 
+@pytest.mark.slow
 def test_estimator_runs_where_brainage_and_monai_cannot_be_imported(setup, tmp_path):
     chosen = [7, 0, 3]
     bootstrap = tmp_path / "bootstrap.py"

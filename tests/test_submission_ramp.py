@@ -26,7 +26,7 @@ from brainage.evaluation.protocol import evaluate_features
 from brainage.data.cache import TrainingCache
 from brainage.submission import SubmissionCheckError, check_submission, write_ramp_kit, write_ramp_rows
 from brainage.training.checkpoint import load_model
-from conftest import ROUNDING_MARGIN, network_rounding
+from helpers import ROUNDING_MARGIN, network_rounding
 
 pytestmark = pytest.mark.slow
 

@@ -18,39 +18,7 @@ from brainage.training import CheckpointError, TrainConfig, extract_features, lo
 from brainage.training.checkpoint import build_model
 from brainage.training.data import build_augmentation, make_views
 from brainage.training.trainer import contrastive_loss
-from conftest import EPS32, ROUNDING_MARGIN, network_rounding
-
-REPO = Path(__file__).resolve().parents[1]
-GRID = (16, 16, 16)
-
-
-def write_cache(root: Path, n=(24, 8, 6), grid=GRID, seed: int = 0, nan_row: int | None = None,
-                signature: str = "test") -> Path:
-    """A cache folder in the preprocessing format, written by hand: ages drive a smooth gradient."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    ramp = np.linspace(-1.0, 1.0, grid[0])[:, None, None]
-    for split, k in zip(("train", "internal_test", "external_test"), n):
-        ages = np.round(rng.uniform(6, 80, k), 1)
-        vol = rng.normal(0, 1, (k, *grid)) + ((ages - 40) / 20)[:, None, None, None] * ramp
-        vol = vol.astype(np.float16)
-        if nan_row is not None and split == "train":
-            vol[nan_row, 3, 3, 3] = np.nan
-        np.save(root / f"{split}.npy", vol)
-        sites = [f"s{i % 3}" if split != "external_test" else "ext" for i in range(k)]
-        lines = ["row\tparticipant_id\tage\tsite\tsiteXacq"]
-        lines += [f"{i}\t{split[:3]}{i:03d}\t{ages[i]}\t{sites[i]}\t{sites[i]}x1" for i in range(k)]
-        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    (root / "cache.json").write_text(json.dumps({"shape": list(grid), "signature": signature}))
-    return root
-
-
-def tiny(method: str, **kw) -> TrainConfig:
-    values = dict(method=method, epochs=2, batch_size=8, width=0.125, lr=1e-3, progress=False, device="cpu",
-                  num_threads=1)
-    values.update(kw)
-    return TrainConfig(**values)
-
+from helpers import EPS32, REPO, ROUNDING_MARGIN, network_rounding, tiny, write_cache
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
@@ -326,6 +294,7 @@ def test_features_on_another_grid(cache, tmp_path):
         extract_features(run, other, tmp_path / "feat")
 
 
+@pytest.mark.slow
 def test_training_path_imports_without_imaging_stack(tmp_path, cache):
     """GPU machines have torch, monai and numpy but not nibabel/nilearn/sklearn."""
     code = (

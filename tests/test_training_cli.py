@@ -15,9 +15,8 @@ import torch
 
 from brainage.data.preprocess import preprocess
 from brainage.io import temporary_affixes
-from conftest import write_openbhb
+from helpers import REPO, write_openbhb
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY = ["--width", "0.125", "--batch-size", "4", "--lr", "0.001", "--device", "cpu", "--num-threads", "1",
         "--no-progress"]
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """A real cache: a tiny OpenBHB folder (conftest) through `preprocess` (grid 16x19x16)."""
+    """A real cache: a tiny OpenBHB folder (helpers.write_openbhb) through `preprocess` (grid 16x19x16)."""
     root = tmp_path_factory.mktemp("cli")
     write_openbhb(root / "openbhb", n=24, factor=8, seed=4)
     preprocess(root / "openbhb", root / "cache", progress=False)

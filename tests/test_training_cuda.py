@@ -1,7 +1,7 @@
 """What only CUDA runs: bf16 autocast training, channels_last_3d, the device-resident volume
 store, the CUDA RNG state in checkpoints, bf16 feature extraction, and a step loop without host
 synchronisation. Skipped without a GPU; ``python benchmarks/gpu_check.py`` runs them and reports
-each. Needs torch, monai, numpy and pandas only (no conftest: run it with ``--noconftest`` where
+each. Needs torch, monai, numpy and pandas only (no conftest fixtures: run it with ``--noconftest`` where
 the imaging stack is missing)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from brainage.training.trainer import (
     regression_loss,
     use_channels_last,
 )
-from test_training import tiny, write_cache
+from helpers import tiny, write_cache
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -15,8 +15,7 @@ from brainage.models import BrainAgeNet
 from brainage.training import TrainConfig, train
 from brainage.training.distributed import DistContext, cleanup, wrap_model
 from brainage.training.trainer import contrastive_loss
-from conftest import EPS32
-from test_training import write_cache
+from helpers import EPS32, write_cache
 
 pytestmark = pytest.mark.slow
 

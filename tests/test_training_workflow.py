@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ import pytest
 import yaml
 
 from brainage.training.config import AUGMENTATIONS, METHODS, WORKFLOW_KEYS, TrainConfig
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 TRAIN_SCHEMA = SCHEMA["properties"]["train"]
 # Options decided per job by the workflow (wildcards, threads) or meaningless in a rule.
@@ -63,8 +62,7 @@ def test_schema_rejects_unknown_train_key():
         jsonschema.Draft202012Validator(SCHEMA).validate(config)
 
 
-@pytest.mark.skipif(shutil.which("snakemake", path=str(Path(sys.executable).parent)) is None,
-                    reason="snakemake not installed")
+@pytest.mark.slow
 def test_dry_run_commands(tmp_path):
     snakemake = str(Path(sys.executable).parent / "snakemake")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -10,7 +10,9 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, write_openbhb
+from helpers import REPO, job_counts, write_openbhb
+
+pytestmark = pytest.mark.slow
 
 
 def snakemake(*args: str, cwd=REPO, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -24,19 +26,6 @@ def snakemake(*args: str, cwd=REPO, timeout: int = 240) -> subprocess.CompletedP
 def test_lint_is_clean():
     res = snakemake("--lint")
     assert "Congratulations, your workflow is in a good condition!" in res.stdout + res.stderr, res.stdout + res.stderr
-
-
-def job_counts(out: str) -> dict[str, int]:
-    """The "Job stats" table of a dry run: {rule: count}, with "total"."""
-    table = out.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if not match:
-            break
-        counts[match[1]] = int(match[2])
-    assert "total" in counts, out[:2000]
-    return counts
 
 
 def preprocess_data_argument(out: str) -> str:

@@ -37,7 +37,7 @@ __all__ = [
     "site_labels",
 ]
 
-#: The OpenBHB splits (``brainage.data.openbhb`` imports them from here; this module needs numpy only).
+#: The OpenBHB splits: their one home (the readers, evaluation and the workflow import them; this module needs numpy only).
 SPLITS: tuple[str, ...] = ("train", "internal_test", "external_test")
 
 

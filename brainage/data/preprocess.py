@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from brainage import __version__
-from brainage.data.openbhb import SPLITS, OpenBHBDataset, OpenBHBError, open_dataset
+from brainage.data.cache import SPLITS
+from brainage.data.layouts import OpenBHBDataset, open_dataset
+from brainage.data.modalities import OpenBHBError
 from brainage.io import atomic_path, save_json, save_table
 
 __all__ = ["block_mean", "downsample_mask", "downsampled_affine", "normalize_volume", "preprocess"]

@@ -296,7 +296,7 @@ def train_step(
     from .methods import MethodConfig
     from .train import TrainConfig, train_model
 
-    from brainage.training.distributed import resolve_device  # torch only, not MONAI
+    from brainage.device import resolve_device  # torch only, not MONAI
 
     config = dict(config)
     config["device"] = str(resolve_device(config.get("device", "cpu")))

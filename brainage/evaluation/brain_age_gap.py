@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import KFold
 
+from brainage.data.cache import SPLITS
 from brainage.evaluation.metrics import pearson_r
 
 __all__ = [
@@ -136,9 +137,6 @@ def cross_fitted_corrected_gap(
     return out
 
 
-GAP_SPLITS = ("train", "internal_test", "external_test")
-
-
 def _mean_std(values: np.ndarray) -> dict[str, float | None]:
     finite = bool(values.size) and bool(np.isfinite(values).all())
     return {
@@ -185,8 +183,8 @@ def held_out_gap_correction(
         split ``mean`` and sample ``std``, ddof=1, years; None where undefined) and
         ``gap_age_r`` (per split the Pearson r of the gap with age, ``raw`` and ``corrected``).
     """
-    a = {s: np.asarray(age[s], dtype=float).ravel() for s in GAP_SPLITS}
-    p = {s: np.asarray(predicted[s], dtype=float).ravel() for s in GAP_SPLITS}
+    a = {s: np.asarray(age[s], dtype=float).ravel() for s in SPLITS}
+    p = {s: np.asarray(predicted[s], dtype=float).ravel() for s in SPLITS}
     corrected: dict[str, np.ndarray] = {}
     summary: dict = {
         "gap": "predicted - true age (years), Ridge probe",
@@ -208,11 +206,11 @@ def held_out_gap_correction(
     except ValueError as err:
         warnings.warn(f"age-bias correction skipped: {err}", UserWarning, stacklevel=3)
         summary["error"] = str(err)
-        corrected = {s: np.full(a[s].shape, np.nan) for s in GAP_SPLITS}
-    raw = {s: brain_age_gap(p[s], a[s]) for s in GAP_SPLITS}
-    summary["gap_stats"] = {s: _mean_std(raw[s]) for s in GAP_SPLITS}
-    summary["corrected_gap_stats"] = {s: _mean_std(corrected[s]) for s in GAP_SPLITS}
+        corrected = {s: np.full(a[s].shape, np.nan) for s in SPLITS}
+    raw = {s: brain_age_gap(p[s], a[s]) for s in SPLITS}
+    summary["gap_stats"] = {s: _mean_std(raw[s]) for s in SPLITS}
+    summary["corrected_gap_stats"] = {s: _mean_std(corrected[s]) for s in SPLITS}
     summary["gap_age_r"] = {
-        s: {"raw": _corr(a[s], raw[s]), "corrected": _corr(a[s], corrected[s])} for s in GAP_SPLITS
+        s: {"raw": _corr(a[s], raw[s]), "corrected": _corr(a[s], corrected[s])} for s in SPLITS
     }
     return raw, corrected, summary

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from brainage.data.cache import SPLITS
 from brainage.evaluation.protocol import check_features
 
-__all__ = ["SPLITS", "FeatureSplit", "load_split", "load_feature_dir"]
-
-SPLITS: tuple[str, str, str] = ("train", "internal_test", "external_test")
+__all__ = ["FeatureSplit", "load_split", "load_feature_dir"]
 
 
 @dataclass

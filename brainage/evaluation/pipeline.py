@@ -24,7 +24,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from brainage.evaluation.features import SPLITS, FeatureSplit, load_feature_dir
+from brainage.data.cache import SPLITS
+from brainage.evaluation.features import FeatureSplit, load_feature_dir
 from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.evaluation.reference import reference_features, reference_method_id

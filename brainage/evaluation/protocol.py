@@ -56,6 +56,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV, cross_val_predict
 from sklearn.preprocessing import SplineTransformer
 
+from brainage.data.cache import SPLITS
 from brainage.evaluation.brain_age_gap import held_out_gap_correction
 from brainage.evaluation.metrics import mae, pearson_r, per_site_mae, rmse
 
@@ -299,7 +300,7 @@ def evaluate_features(
     *,
     settings: ProbeSettings | None = None,
     allow_over_limit: bool = False,
-    names: Sequence[str] = ("train", "internal_test", "external_test"),
+    names: Sequence[str] = SPLITS,
     bias_cv: int = 5,
     sex: tuple[Any, Any] | None = None,
     analysis: bool = True,

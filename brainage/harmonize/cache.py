@@ -29,8 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from brainage import __version__
-from brainage.data.cache import TrainingCache
-from brainage.data.cache import site_labels
+from brainage.data.cache import SPLITS, TrainingCache, site_labels
 from brainage.harmonize.combat import DEFAULT_CHUNK_SIZE, SITE, ComBatHarmonizer, covariate_frame
 from brainage.io import atomic_path, save_json
 
@@ -50,7 +49,6 @@ EXTERNAL_STRATEGIES: dict[str, str] = {
         "ages are not) against the training model at the training subjects' mean covariates"
     ),
 }
-SPLITS = ("train", "internal_test", "external_test")
 #: What each age-free transform does, as recorded in cache.json.
 ADJUST_TEXT: dict[str, str] = {
     "location": "x - sigma * gamma*_site (site location removed; covariate and age effects pass through)",

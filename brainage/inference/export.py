@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from brainage import __version__
 from brainage.data.cache import SPLITS, CacheSplit, TrainingCache, check_trained_cache, locate_trained_cache
-from brainage.data.openbhb import MODALITIES, open_dataset, read_resources
+from brainage.data.layouts import open_dataset, read_resources
+from brainage.data.modalities import MODALITIES
 from brainage.evaluation.brain_age_gap import AgeBiasCorrection, brain_age_gap, cross_fitted_corrected_gap
 from brainage.evaluation.metrics import mae, pearson_r, rmse
 from brainage.inference import qc
@@ -349,7 +350,7 @@ def export_bundle(
             not reproduce the cache, scores of another run.
     """
     from brainage.training.checkpoint import network_kwargs
-    from brainage.training.distributed import resolve_device
+    from brainage.device import resolve_device
 
     run = Path(run)
     model_path, model, info, cache_path, meta = _open_run(run, cache)

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from brainage.data.openbhb import _SEX_VALUES, AGE_RANGE
+from brainage.data.participants import AGE_RANGE, SEX_VALUES
 from brainage.inference.spatial import NIFTI_SUFFIXES
 
 __all__ = ["Scan", "collect_scans", "scans_from_bids", "scans_from_table"]
@@ -100,9 +100,9 @@ def _sex(value: object, where: str) -> str:
     text = str(value).strip()
     if text.lower() in _MISSING:
         return ""
-    if text.lower() not in _SEX_VALUES:
+    if text.lower() not in SEX_VALUES:
         raise ValueError(f"{where}: sex {text!r} is not one of 'male', 'female' (or M/F), or empty")
-    return _SEX_VALUES[text.lower()]
+    return SEX_VALUES[text.lower()]
 
 
 def _read_table(path: Path) -> pd.DataFrame:

@@ -148,7 +148,7 @@ def predict_brain_age(
         out: the CSV to write.
         select: BIDS entities / suffix choosing one image per subject and session.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``
-            (:func:`brainage.training.distributed.resolve_device`).
+            (:func:`brainage.device.resolve_device`).
         batch_size: images per forward pass (memory: that many volumes).
         workers: processes reading and resampling images ahead of the network (0: in this one).
         skip_invalid: write refused images as rows with an ``error`` instead of stopping.
@@ -162,7 +162,7 @@ def predict_brain_age(
         ImageRefused: an image that cannot be used (unless ``skip_invalid``); nothing is written.
         FileNotFoundError, ValueError: a missing input, a bad table or BIDS folder, a bad bundle.
     """
-    from brainage.training.distributed import resolve_device
+    from brainage.device import resolve_device
 
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")

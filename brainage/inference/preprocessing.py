@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from brainage.data.openbhb import MODALITIES
+from brainage.data.modalities import MODALITIES
 from brainage.data.preprocess import (
     FLOAT16_MAX,
     NORMALIZATIONS,

@@ -17,7 +17,7 @@ put there faithfully:
 - non-finite values that reach the mask, or no signal inside the mask (an empty image).
 
 OpenBHB ``.npy`` arrays carry no affine: their shape must be the OpenBHB grid of the model's
-modality or an integer subsampling of it (:func:`brainage.data.openbhb.grid_factor`), whose
+modality or an integer subsampling of it (:func:`brainage.data.modalities.grid_factor`), whose
 affine is then known.
 """
 
@@ -31,7 +31,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainage.data.openbhb import MODALITIES, OpenBHBError, grid, grid_factor, open_npy
+from brainage.data.layouts import open_npy
+from brainage.data.modalities import MODALITIES, OpenBHBError, grid, grid_factor
 from brainage.inference.preprocessing import Preprocessing
 
 __all__ = [

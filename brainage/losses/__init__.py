@@ -9,23 +9,23 @@
 
 Contrastive losses take ``features`` of shape ``(B, V, D)`` (B samples, V views, L2-normalised along
 D) and stack the views view-major. See ``docs/losses.md`` for the equations, the ``paper`` and
-``reference`` formulations and the DistributedDataParallel recipe.
+``reference`` formulations and the DistributedDataParallel recipe. The names the losses accept
+(kernels, methods, formulations) are in :mod:`brainage.losses.names`, which needs no torch; the
+classes are resolved on first use, so importing that module stays cheap.
 """
 
-from ._common import trusted_inputs
-from .end import EnDRegularizer
-from .epsilon import EpsilonSupInfoNCE
-from .fairkl import FairKL
-from .kernelized import KernelizedContrastiveLoss
-from .kernels import age_kernel
-from .supcon import SupConLoss
+from __future__ import annotations
 
-__all__ = [
-    "EnDRegularizer",
-    "EpsilonSupInfoNCE",
-    "FairKL",
-    "KernelizedContrastiveLoss",
-    "SupConLoss",
-    "age_kernel",
-    "trusted_inputs",
-]
+from brainage._lazy import lazy_exports
+
+_EXPORTS = {
+    "trusted_inputs": "_common",
+    "EnDRegularizer": "end",
+    "EpsilonSupInfoNCE": "epsilon",
+    "FairKL": "fairkl",
+    "KernelizedContrastiveLoss": "kernelized",
+    "age_kernel": "kernels",
+    "SupConLoss": "supcon",
+}
+
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -17,10 +17,9 @@ from ._common import (
     class_similarities,
     full_precision,
 )
+from .names import FAIRKL_FORMULATIONS
 
 __all__ = ["FAIRKL_FORMULATIONS", "FairKL"]
-
-FAIRKL_FORMULATIONS: tuple[str, ...] = ("paper", "reference")
 
 
 class FairKL(nn.Module):

@@ -20,13 +20,13 @@ from ._common import (
     stack_views,
     values_trusted,
 )
-from .kernels import KERNELS, AgeKernel, age_kernel
+from .kernels import AgeKernel, age_kernel
+from .names import FORMULATIONS, KERNELS
+from .names import KERNELIZED_METHODS as METHODS
 
 __all__ = ["FORMULATIONS", "METHODS", "REFERENCE_BASE_TEMPERATURE", "THRESHOLD_REDUCTIONS",
            "KernelizedContrastiveLoss"]
 
-METHODS: tuple[str, ...] = ("yaware", "thr", "exp")
-FORMULATIONS: tuple[str, ...] = ("paper", "reference")
 THRESHOLD_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 REFERENCE_BASE_TEMPERATURE = 0.07
 """``tau_base`` of the public reference code: its losses are multiplied by ``tau / 0.07``."""

@@ -9,11 +9,9 @@ import torch
 from torch import Tensor
 
 from ._common import check_choice, values_trusted
+from .names import KERNELS
 
 __all__ = ["KERNELS", "AgeKernel", "age_kernel"]
-
-KERNELS: tuple[str, ...] = ("rbf", "gaussian", "cauchy")
-"""Names accepted by :func:`age_kernel` and by ``KernelizedContrastiveLoss(kernel=...)``."""
 
 AgeKernel = Callable[[Tensor], Tensor]
 """A user kernel: ages ``(B,)`` in years -> non-negative weights ``(B, B)``."""

@@ -7,10 +7,9 @@ import torch.nn.functional as F
 from monai.networks.nets import resnet18
 from torch import Tensor, nn
 
-__all__ = ["HEADS", "FEATURE_KINDS", "BrainAgeNet", "resnet18_encoder", "embedding_dim"]
+from .names import FEATURE_KINDS, HEADS
 
-HEADS: tuple[str, ...] = ("projection", "regression")
-FEATURE_KINDS: tuple[str, ...] = ("projection", "embedding")
+__all__ = ["HEADS", "FEATURE_KINDS", "BrainAgeNet", "resnet18_encoder", "embedding_dim"]
 
 
 def embedding_dim(widen_factor: float = 1.0) -> int:

@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,8 @@ import numpy as np
 import torch
 
 from brainage import __version__
-from brainage.data.openbhb import MODALITIES
+from brainage.data.modalities import MODALITIES
+from brainage.io import atomic_dir
 from brainage.submission import ramp_estimator
 
 __all__ = ["SUBMISSION_FILES", "SubmissionBuildError", "build_submission", "submission_metadata"]
@@ -217,27 +216,10 @@ def build_submission(
             raise FileExistsError(f"{out} holds other files ({sorted(content - set(SUBMISSION_FILES))[:5]}); "
                                   "choose an empty or new folder")
     meta, state = submission_metadata(run, cache, kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        source = Path(ramp_estimator.__file__).read_text()
-        (tmp / "estimator.py").write_text(source)
+    with atomic_dir(out) as tmp:
+        (tmp / "estimator.py").write_text(Path(ramp_estimator.__file__).read_text())
         torch.save({"model": state}, tmp / "weights.pth")
         (tmp / "metadata.pkl").write_bytes(pickle.dumps(meta, protocol=4))
-        for name in SUBMISSION_FILES:
-            with (tmp / name).open("rb") as fh:
-                os.fsync(fh.fileno())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("submission %s: %s %s features (%d) from %s, %s grid /%d", out, meta["method"], meta["feature_kind"],
              meta["n_features"], run, meta["modality"], meta["factor"])
     return out

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainage.data.openbhb import MODALITIES
-from brainage.evaluation.features import SPLITS, FeatureSplit, load_feature_dir
+from brainage.data.cache import SPLITS
+from brainage.data.modalities import MODALITIES
+from brainage.evaluation.features import FeatureSplit, load_feature_dir
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.io import atomic_open, save_json
 from brainage.submission.build import SUBMISSION_FILES

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from brainage.data.openbhb import MODALITIES
+from brainage.data.modalities import MODALITIES
 from brainage.submission.build import SUBMISSION_FILES
 
 __all__ = ["PROBLEM_SOURCE", "write_ramp_kit"]

@@ -2,7 +2,7 @@
 
 Used to run a submission on the project's own subjects exactly as the server feeds it. Each
 row is vbm voxels | quasiraw voxels | xhemi | vbm_roi | desikan_roi | destrieux_roi
-(:func:`brainage.data.openbhb.ramp_row_slices` for the folder's masks); only the blocks of the
+(:func:`brainage.data.modalities.ramp_row_slices` for the folder's masks); only the blocks of the
 requested modalities are filled, the others stay zero. The arrays are created sparse (zero
 blocks take no disk space) and written one subject at a time.
 """
@@ -17,7 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from brainage.data.openbhb import MODALITIES, OpenBHBDataset, mask_volumes, open_dataset, ramp_row_slices
+from brainage.data.layouts import OpenBHBDataset, open_dataset
+from brainage.data.masks import mask_volumes
+from brainage.data.modalities import MODALITIES, ramp_row_slices
 from brainage.io import save_table
 
 __all__ = ["write_ramp_rows"]

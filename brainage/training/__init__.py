@@ -7,9 +7,9 @@
 - :mod:`~brainage.training.checkpoint`: checkpoint and model files (no pickle).
 - :mod:`~brainage.training.extract`: :func:`extract_features` -> ``<split>.npz``.
 
-Importable with torch, monai and numpy only (plus this package's :mod:`brainage.io` and
-:mod:`brainage._lazy`). Names are resolved lazily, so ``brainage.training.config`` loads
-without torch (the CLI's help).
+Importable with torch, monai and numpy only (plus this package's :mod:`brainage.io`,
+:mod:`brainage.device`, :mod:`brainage._lazy` and the models, losses and cache reader). Names are
+resolved lazily, so ``brainage.training.config`` loads without torch (the CLI's help).
 """
 
 from __future__ import annotations

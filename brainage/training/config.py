@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from brainage.errors import BrainAgeError, ConfigError
+from brainage.losses.names import FORMULATIONS, KERNELIZED_METHODS, KERNELS
+from brainage.models.names import FEATURE_KINDS
 
 __all__ = [
     "AUGMENTATIONS",
@@ -20,6 +22,8 @@ __all__ = [
     "CONTRASTIVE_METHODS",
     "REGRESSION_METHODS",
     "METHODS",
+    "TRISTATE_OPTIONS",
+    "WORKFLOW_KEYS",
     "TrainConfig",
     "check_augmentations",
     "load_config_file",
@@ -28,17 +32,17 @@ __all__ = [
 REGRESSION_METHODS: tuple[str, ...] = ("l1", "combat_l1")
 """L1 regression on the cache's images; ``combat_l1`` is the same model trained on the
 ComBat-harmonised cache (the cache is chosen by the caller, the training is identical)."""
-CONTRASTIVE_METHODS: tuple[str, ...] = ("yaware", "thr", "exp")
+CONTRASTIVE_METHODS: tuple[str, ...] = KERNELIZED_METHODS
 """Kernel contrastive losses of :class:`brainage.losses.KernelizedContrastiveLoss`."""
 METHODS: tuple[str, ...] = REGRESSION_METHODS + CONTRASTIVE_METHODS
 
-KERNELS: tuple[str, ...] = ("rbf", "gaussian", "cauchy")
-FORMULATIONS: tuple[str, ...] = ("paper", "reference")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-FEATURE_KINDS: tuple[str, ...] = ("projection", "embedding")
 TRISTATE: tuple[str, ...] = ("auto", "on", "off")
+TRISTATE_OPTIONS: tuple[str, ...] = ("channels_last", "data_on_device")
+"""Options that take :data:`TRISTATE` values; YAML 1.1 reads an unquoted on/off as a boolean, so
+``True``/``False`` are accepted for them as ``"on"``/``"off"``."""
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
@@ -48,8 +52,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": SCHEDULES,
     "precision": PRECISIONS,
     "features": FEATURE_KINDS,
-    "channels_last": TRISTATE,
-    "data_on_device": TRISTATE,
+    **{name: TRISTATE for name in TRISTATE_OPTIONS},
 }
 """The valid values of every option that takes a name."""
 
@@ -194,7 +197,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("channels_last", "data_on_device"):
+        for name in TRISTATE_OPTIONS:
             value = getattr(self, name)
             if isinstance(value, bool):  # YAML 1.1 reads an unquoted on/off as a boolean
                 setattr(self, name, "on" if value else "off")

@@ -3,7 +3,7 @@
 Launch with ``torchrun --nproc_per_node G -m brainage train ...``; each process trains on
 ``batch_size / G`` subjects per step (a :class:`torch.utils.data.DistributedSampler` splits the
 epoch's permutation) and the contrastive loss is computed on the batch gathered from all
-processes, as if one device held it. :func:`resolve_device` picks each process's device. The gather keeps autograd: the backward of
+processes, as if one device held it. :func:`brainage.device.resolve_device` picks each process's device. The gather keeps autograd: the backward of
 ``torch.distributed.nn.functional.all_gather`` sums the gradients every process computes for a
 slice back onto its owner, so each process gets ``G`` times the gradient of the global loss
 with respect to its own features, and DDP's gradient averaging divides by ``G`` again. The
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from brainage.device import resolve_device  # re-exported: its home before brainage.device
 
 __all__ = [
     "DistContext", "any_process", "barrier", "cleanup", "gather", "gather_with_grad", "init_from_env", "resolve_device",
@@ -133,25 +135,3 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, sync_ba
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
-
-
-def resolve_device(spec: str, ctx: DistContext | None = None) -> torch.device:
-    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a device.
-
-    ``auto`` picks CUDA when available (the process's ``local_rank`` GPU under torchrun).
-
-    Raises:
-        ValueError: CUDA requested but not available, or a GPU index out of range.
-    """
-    ctx = ctx or DistContext()
-    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError(
-            f"device {spec!r} requested but CUDA is not available here (torch {torch.__version__}, "
-            f"built with CUDA: {torch.version.cuda or 'no'}); use device 'cpu' or 'auto'"
-        )
-    index = int(spec.split(":")[1]) if ":" in spec else ctx.local_rank
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"device cuda:{index} requested but only {torch.cuda.device_count()} GPU(s) are visible")
-    return torch.device("cuda", index)

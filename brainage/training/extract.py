@@ -14,7 +14,7 @@ from brainage.io import save_npz
 from brainage.training.checkpoint import CheckpointError, load_model
 from brainage.data.cache import SPLITS, open_split, read_cache_meta
 from brainage.training.data import VolumeStore
-from brainage.training.distributed import resolve_device
+from brainage.device import resolve_device
 from brainage.training.trainer import use_channels_last
 
 __all__ = ["extract_features", "predict_split"]

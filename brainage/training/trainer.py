@@ -47,6 +47,7 @@ from brainage.training.checkpoint import (
 )
 from brainage.training.config import RUNTIME_FIELDS, TrainConfig
 from brainage.data.cache import CacheSplit, cache_identity, open_split
+from brainage.device import resolve_device
 from brainage.training.data import VolumeStore, build_augmentation, make_views
 from brainage.training.distributed import (
     DistContext,
@@ -55,7 +56,6 @@ from brainage.training.distributed import (
     barrier,
     gather,
     gather_with_grad,
-    resolve_device,
     wrap_model,
 )
 

@@ -14,7 +14,10 @@ if SUBMISSION["bundle"] and not SUBMISSION_TRAINED:
     )
 
 
-if SUBMISSION["bundle"]:
+BUNDLE_ENABLED = SUBMISSION["bundle"]
+
+
+if BUNDLE_ENABLED:
 
     rule export_bundle:
         input:
@@ -22,7 +25,7 @@ if SUBMISSION["bundle"]:
             cache=f"{cache_dir()}/cache.json",
             features=[
                 features_path(SUBMISSION["method"], SUBMISSION["seed"], split)
-                for split in CACHE_SPLITS
+                for split in SPLITS
             ],
             scores=evaluation_path(SUBMISSION["method"], SUBMISSION["seed"]),
             data=preprocess_input(),
@@ -50,5 +53,3 @@ if SUBMISSION["bundle"]:
             "brainage export --run {params.run} --cache {params.cache} --data {params.data} "
             "--features {params.features} --scores {input.scores} --out {params.out} "
             "--num-threads {threads} --quiet > {log} 2>&1"
-
-    TARGETS.extend([rules.export_bundle.output.bundle, rules.export_bundle.output.card])

@@ -27,8 +27,8 @@ rule preprocess:
     input:
         preprocess_input(),
     output:
-        arrays=expand(f"{RESOURCES}/cache/{{split}}.npy", split=CACHE_SPLITS),
-        index=expand(f"{RESOURCES}/cache/{{split}}.tsv", split=CACHE_SPLITS),
+        arrays=expand(f"{RESOURCES}/cache/{{split}}.npy", split=SPLITS),
+        index=expand(f"{RESOURCES}/cache/{{split}}.tsv", split=SPLITS),
         mask=f"{RESOURCES}/cache/mask.nii.gz",
         meta=f"{RESOURCES}/cache/cache.json",
     params:
@@ -47,6 +47,3 @@ rule preprocess:
         "brainage preprocess --data {params.root} --layout {params.layout} "
         "--modality {params.modality} --downsample {params.factor} "
         "--normalize {params.normalize} --chunk {params.chunk} --out {params.out} > {log} 2>&1"
-
-
-TARGETS.append(rules.preprocess.output.meta)

@@ -13,31 +13,22 @@ DEBIAS_TRAIN_KEYS = (
 )
 
 
-# rho as spelled in file names (the same as brainage.debias.steps.format_rho)
-DEBIAS_RHOS = [f"{float(r):g}" for r in DEBIAS["rhos"]]
-DEBIAS_SPLIT_FLAGS = " ".join(
-    f"--{part} {DEBIAS['split'][part]}"
-    for part in ("train", "val", "test")
-    if DEBIAS["split"].get(part) is not None
-)
-# `brainage debias-train` flags per method: the `debias:` keys, then `debias.overrides[method]`;
-# milestones comma-separated
-DEBIAS_TRAIN_FLAGS = {
-    method: " ".join(
-        cli_flag(key, ",".join(str(m) for m in value) if key == "milestones" else value)
-        for key, value in {
-            **{k: DEBIAS[k] for k in DEBIAS_METHOD_KEYS + DEBIAS_TRAIN_KEYS + ("milestones",)},
-            **DEBIAS["overrides"].get(method, {}),
-        }.items()
-    )
+# rho as spelled in file names
+DEBIAS_RHOS = [format_rho(r) for r in DEBIAS["rhos"]]
+DEBIAS_SPLIT_FLAGS = cli_options({part: DEBIAS["split"].get(part) for part in ("train", "val", "test")})
+
+# `brainage debias-train` options per method: the `debias:` keys, then `debias.overrides[method]`
+DEBIAS_TRAIN_OPTIONS = {
+    method: {
+        **{k: DEBIAS[k] for k in DEBIAS_METHOD_KEYS + DEBIAS_TRAIN_KEYS + ("milestones",)},
+        **DEBIAS["overrides"].get(method, {}),
+    }
     for method in DEBIAS["methods"]
 }
-# final files of the track (`debias_all`); part of the default target when `debias.enabled`
-DEBIAS_TARGETS = [
-    f"{DEBIAS_DIR}/tables/table2.md",
-    f"{DEBIAS_DIR}/tables/privacy.md",
-    f"{DEBIAS_DATA}/examples.png",
-]
+DEBIAS_TRAIN_FLAGS = {
+    method: cli_options({**options, "milestones": comma_list(options["milestones"])})
+    for method, options in DEBIAS_TRAIN_OPTIONS.items()
+}
 
 
 rule debias_data:
@@ -110,7 +101,7 @@ rule debias_eval:
     output:
         f"{DEBIAS_DIR}/eval/{{method}}.json",
     params:
-        linear="--linear-eval" if DEBIAS["linear_eval"] else "",
+        linear=cli_flag("linear_eval", DEBIAS["linear_eval"], negatable=False),
     log:
         f"{LOGS}/debias/eval/{{method}}.log",
     benchmark:
@@ -146,11 +137,10 @@ rule debias_table:
         "brainage debias-table --eval {input} --out-dir {params.out} --note {params.note:q} > {log} 2>&1"
 
 
+# The track's final files; part of the default target when `debias.enabled`.
 rule debias_all:
     localrule: True
     input:
-        DEBIAS_TARGETS,
-
-
-if DEBIAS["enabled"]:
-    TARGETS.extend(DEBIAS_TARGETS)
+        rules.debias_table.output.table2,
+        rules.debias_table.output.privacy,
+        rules.debias_data.output.figure,

@@ -26,18 +26,29 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
+# The challenge-style folds (`evaluation.folds`, `fold_ids`): the user's files, inputs of every
+# evaluate job when the config names them.
+EVAL_FOLD_FILES = (
+    {key: EVAL[key] for key in ("folds", "fold_ids") if EVAL.get(key)} if EVAL.get("folds") else {}
+)
+
 # Probe options of `brainage evaluate`; keys left at null keep the challenge's values.
-EVAL_OPTIONS = " ".join(
-    [
-        f"--cv {EVAL['cv']} --max-iter {EVAL['max_iter']} --random-state {EVAL['random_state']}",
-        f"--n-jobs {EVAL['n_jobs']} --bias-cv {EVAL['bias_cv']} --model '{EVAL_MODEL}'",
-    ]
-    + (["--alphas " + ",".join(str(a) for a in EVAL["alphas"])] if EVAL.get("alphas") else [])
-    + (["--cs " + ",".join(str(c) for c in EVAL["cs"])] if EVAL.get("cs") else [])
-    + ([f"--folds {EVAL['folds']}"] if EVAL.get("folds") else [])
-    + ([f"--fold-ids {EVAL['fold_ids']}"] if EVAL.get("folds") and EVAL.get("fold_ids") else [])
-    + (["--tsne"] if EVAL["tsne"] else [])
-    + (["--allow-over-limit"] if EVAL["allow_over_limit"] else [])
+EVAL_OPTIONS = cli_options(
+    {
+        "cv": EVAL["cv"],
+        "max_iter": EVAL["max_iter"],
+        "random_state": EVAL["random_state"],
+        "n_jobs": EVAL["n_jobs"],
+        "bias_cv": EVAL["bias_cv"],
+        "model": EVAL_MODEL,
+        "alphas": comma_list(EVAL["alphas"]) if EVAL.get("alphas") else None,
+        "cs": comma_list(EVAL["cs"]) if EVAL.get("cs") else None,
+        "folds": EVAL_FOLD_FILES.get("folds"),
+        "fold_ids": EVAL_FOLD_FILES.get("fold_ids"),
+        "tsne": EVAL["tsne"],
+        "allow_over_limit": EVAL["allow_over_limit"],
+    },
+    negatable=False,
 )
 
 
@@ -59,7 +70,7 @@ EVAL_TSNE_OUTPUT = (
 
 rule evaluate:
     input:
-        unpack(lambda wc: {s: features_path(wc.method, wc.seed, s) for s in CACHE_SPLITS}),
+        unpack(lambda wc: {**{s: features_path(wc.method, wc.seed, s) for s in SPLITS}, **EVAL_FOLD_FILES}),
     output:
         scores=evaluation_path("{method}", "{seed}"),
         predictions=f"{RESULTS}/evaluation/{{method}}/seed{{seed}}/predictions.csv",
@@ -90,7 +101,7 @@ rule evaluate:
         out=lambda wildcards, output: os.path.dirname(output.scores),
         options=EVAL_OPTIONS,
         details=lambda wc: (
-            f"--details '{EVAL_DETAILS}' --formulation {TRAIN_CFG.get('formulation', 'reference')}"
+            cli_options({"details": EVAL_DETAILS, "formulation": TRAIN_CFG.get("formulation", "reference")})
             if EVAL_DETAILS and wc.method in CONTRASTIVE_METHODS
             else ""
         ),
@@ -107,14 +118,16 @@ rule evaluate:
 
 # The reference rows (constant features, age oracle) are scored on the subjects of one method's
 # feature files: every method's files hold the same subjects, ages, sites and sex.
-if EVAL_METHODS and EVAL_SEEDS:
+TABLE_ENABLED = bool(EVAL_METHODS and EVAL_SEEDS)
+
+if TABLE_ENABLED:
 
     rule evaluate_reference:
         input:
             unpack(
                 lambda wc: {
-                    s: features_path(EVAL_METHODS[0], EVAL_SEEDS[0], s)
-                    for s in CACHE_SPLITS
+                    **{s: features_path(EVAL_METHODS[0], EVAL_SEEDS[0], s) for s in SPLITS},
+                    **EVAL_FOLD_FILES,
                 }
             ),
         output:
@@ -137,8 +150,10 @@ if EVAL_METHODS and EVAL_SEEDS:
 
     rule table:
         input:
-            [evaluation_path(m, s) for m in EVAL_METHODS for s in EVAL_SEEDS]
+            scores=[evaluation_path(m, s) for m in EVAL_METHODS for s in EVAL_SEEDS]
             + [reference_path(k) for k in REFERENCE_KINDS],
+            # the ComBat cache's metadata: its external-site strategy is noted under the table
+            harmonization=rules.harmonize.output.meta if HARMONIZE_ENABLED else [],
         output:
             csv=report(
                 f"{TABLE_DIR}/openbhb_table.csv",
@@ -161,13 +176,10 @@ if EVAL_METHODS and EVAL_SEEDS:
             ),
         params:
             out=lambda wildcards, output: os.path.dirname(output.csv),
-            harmonization=f"{harmonized_cache_dir()}/cache.json",
+            harmonization=lambda wildcards, input: cli_flag("harmonization_meta", input.get("harmonization") or None),
         log:
             f"{LOGS}/table.log",
         benchmark:
             f"{BENCH}/table.tsv"
         shell:
-            "brainage table --scores {input} --out {params.out} "
-            "--harmonization-meta {params.harmonization} > {log} 2>&1"
-
-    TARGETS.extend([rules.table.output.csv, rules.table.output.md])
+            "brainage table --scores {input.scores} --out {params.out} {params.harmonization} > {log} 2>&1"

@@ -1,16 +1,18 @@
 # Harmonisation stage of the ComBat baseline: training cache -> ComBat-harmonised cache
 # (fitted on train with SITE, sex and the training ages protected; age-free transform of every
-# split; see docs/harmonization.md).
+# split; see docs/harmonization.md). Only when the config trains combat_l1.
+
+HARMONIZE_ENABLED = "combat_l1" in config.get("train", {}).get("methods", METHODS)
 
 
-if "combat_l1" in config.get("train", {}).get("methods", ["l1", "combat_l1", "yaware", "thr", "exp"]):
+if HARMONIZE_ENABLED:
 
     rule harmonize:
         input:
             f"{cache_dir()}/cache.json",
         output:
-            arrays=expand(f"{harmonized_cache_dir()}/{{split}}.npy", split=CACHE_SPLITS),
-            index=expand(f"{harmonized_cache_dir()}/{{split}}.tsv", split=CACHE_SPLITS),
+            arrays=expand(f"{harmonized_cache_dir()}/{{split}}.npy", split=SPLITS),
+            index=expand(f"{harmonized_cache_dir()}/{{split}}.tsv", split=SPLITS),
             mask=f"{harmonized_cache_dir()}/mask.nii.gz",
             model=f"{harmonized_cache_dir()}/model.npz",
             meta=f"{harmonized_cache_dir()}/cache.json",
@@ -19,7 +21,7 @@ if "combat_l1" in config.get("train", {}).get("methods", ["l1", "combat_l1", "ya
             out=lambda wildcards, output: os.path.dirname(output.meta),
             chunk=config["harmonize"]["chunk_size"],
             external=config["harmonize"]["external"],
-            eb="" if config["harmonize"]["eb"] else "--no-eb",
+            eb=cli_flag("no_eb", not config["harmonize"]["eb"], negatable=False),  # the CLI has --no-eb only
             adjust=config["harmonize"]["adjust"],
             age_degree=config["harmonize"]["age_degree"],
         log:
@@ -30,5 +32,3 @@ if "combat_l1" in config.get("train", {}).get("methods", ["l1", "combat_l1", "ya
             "brainage harmonize --cache {params.cache} --out {params.out} "
             "--chunk-size {params.chunk} --external {params.external} --adjust {params.adjust} "
             "--age-degree {params.age_degree} {params.eb} > {log} 2>&1"
-
-    TARGETS.append(rules.harmonize.output.meta)

@@ -17,7 +17,11 @@ if SUBMISSION["enabled"] and not SUBMISSION_TRAINED:
     )
 
 
-if SUBMISSION["enabled"] and SUBMISSION_TRAINED:
+SUBMISSION_ENABLED = SUBMISSION["enabled"] and SUBMISSION_TRAINED
+SUBMISSION_CHECK_ENABLED = SUBMISSION_ENABLED and SUBMISSION["check"]
+
+
+if SUBMISSION_ENABLED:
 
     rule submission:
         input:
@@ -29,7 +33,7 @@ if SUBMISSION["enabled"] and SUBMISSION_TRAINED:
             run=lambda wildcards, input: os.path.dirname(input.model),
             cache=lambda wildcards, input: os.path.dirname(input.cache),
             out=lambda wildcards, output: os.path.dirname(output[0]),
-            kind=f"--kind {SUBMISSION['kind']}" if SUBMISSION["kind"] else "",
+            kind=cli_flag("kind", SUBMISSION["kind"] or None),
         log:
             f"{LOGS}/submission/build_{SUBMISSION_RUN}.log",
         benchmark:
@@ -43,7 +47,7 @@ if SUBMISSION["enabled"] and SUBMISSION_TRAINED:
             submission=rules.submission.output,
             features=[
                 features_path(SUBMISSION["method"], SUBMISSION["seed"], split)
-                for split in CACHE_SPLITS
+                for split in SPLITS
             ],
             scores=evaluation_path(SUBMISSION["method"], SUBMISSION["seed"]),
             data=preprocess_input(),
@@ -73,7 +77,3 @@ if SUBMISSION["enabled"] and SUBMISSION_TRAINED:
             "--layout {params.layout} --features {params.features} --scores {input.scores} "
             "--out {params.out} --workdir {params.workdir} --rtol {params.rtol} --atol {params.atol} "
             "> {log} 2>&1"
-
-    TARGETS.extend(rules.submission.output)
-    if SUBMISSION["check"]:
-        TARGETS.extend([rules.submission_check.output.json, rules.submission_check.output.md])

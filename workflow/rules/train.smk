@@ -37,7 +37,7 @@ rule features:
         model=rules.train.output.model,
         cache=lambda wc: f"{train_cache(wc)}/cache.json",
     output:
-        [features_path("{method}", "{seed}", split) for split in CACHE_SPLITS],
+        [features_path("{method}", "{seed}", split) for split in SPLITS],
     params:
         run=lambda wildcards, input: os.path.dirname(input.model),
         cache=lambda wildcards, input: os.path.dirname(input.cache),
@@ -50,11 +50,3 @@ rule features:
     shell:
         "brainage features --run {params.run} --cache {params.cache} --out {params.out} "
         "--num-threads {threads} > {log} 2>&1"
-
-
-TARGETS.extend(
-    features_path(method, seed, split)
-    for method in TRAIN["methods"]
-    for seed in TRAIN["seeds"]
-    for split in CACHE_SPLITS
-)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from brainage.data.openbhb import MODALITIES, grid
+from brainage.data.modalities import MODALITIES, grid
 
 __all__ = [
     "TEMPLATE_SHAPE",

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from brainage import __version__
-from brainage.data.openbhb import MODALITIES, SPLIT_FOLDER, grid, ramp_row_slices
+from brainage.data.layouts import SPLIT_FOLDER
+from brainage.data.modalities import MODALITIES, grid, ramp_row_slices
 from brainage.data.simulate.ageing import AgeingModel
 from brainage.data.simulate.anatomy import full_masks, grid_fields, ventricle_limits
 from brainage.data.simulate.sites import Cohort, default_n_sites, design_cohort, participants_table

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from brainage.data.openbhb import PARTICIPANT_COLUMNS, SPLITS
+from brainage.data.cache import SPLITS
+from brainage.data.participants import PARTICIPANT_COLUMNS
 
 __all__ = ["AgeProfile", "PROFILES", "Acquisition", "Cohort", "design_cohort", "default_n_sites", "BIAS_ORDER"]
 

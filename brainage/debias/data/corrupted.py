@@ -75,6 +75,8 @@ def _imagecorruptions():
             warnings.simplefilter("ignore", DeprecationWarning)
             import imagecorruptions
             import imagecorruptions.corruptions as corruptions
+    except ImportError as err:  # an optional dependency of the package
+        raise ImportError(f"the corruptions come from imagecorruptions ({err}): pip install 'brainage[debias]'") from err
     finally:
         if shim_installed:
             sys.modules.pop("pkg_resources", None)

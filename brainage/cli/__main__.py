@@ -1,0 +1,3 @@
+from brainage.cli import main
+
+raise SystemExit(main())
