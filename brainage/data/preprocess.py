@@ -164,27 +164,11 @@ def preprocess(
     Returns:
         The cache metadata also written to ``cache.json``.
     """
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalisation {normalize!r}; expected one of {NORMALIZATIONS}")
-    if int(downsample) != downsample or downsample < 1:
-        raise ValueError(f"downsample must be a positive integer, got {downsample!r}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; expected a subset of {list(SPLITS)}")
+    _check_options(normalize, downsample, chunk, splits)
     dataset = data if isinstance(data, OpenBHBDataset) else open_dataset(data, layout=layout)
     out = Path(out)
 
-    dataset.validate(modality)
-    src_mask = dataset.mask(modality)
-    mask = downsample_mask(src_mask, downsample)
-    if not mask.any():
-        raise OpenBHBError(
-            f"{dataset.mask_paths.get(modality)}: no {downsample}x{downsample}x{downsample} block is at least half "
-            f"inside the {modality} mask ({int(src_mask.sum())} voxels), so the cache would hold no voxel; "
-            "use a smaller downsample"
-        )
+    src_mask, mask = _cache_masks(dataset, modality, downsample)
     out.mkdir(parents=True, exist_ok=True)
     affine = downsampled_affine(dataset.affine(modality), downsample)
     params = {
@@ -202,19 +186,8 @@ def preprocess(
     (out / "cache.json").unlink(missing_ok=True)
     with atomic_path(out / "mask.nii.gz") as tmp:
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), tmp)
-
-    counts, split_signatures = {}, {}
-    split_of = dataset.participants["split"].to_numpy()
-    for split in SPLITS:
-        indices = np.flatnonzero(split_of == split)
-        sig = split_signature(dataset, split, indices, modality, src_mask, params)
-        if split in splits:
-            _write_split(dataset, out, split, indices, modality, src_mask, mask, downsample, normalize,
-                         chunk, sig, progress)
-        elif not _split_is_done(out, split, sig, (len(indices),) + mask.shape):
-            continue  # not asked for, and no up-to-date copy in the folder
-        counts[split] = int(indices.size)
-        split_signatures[split] = sig
+    counts, split_signatures = _write_splits(dataset, out, splits, modality, src_mask, mask, downsample, normalize,
+                                             chunk, params, progress)
 
     meta = {
         **params,
@@ -231,6 +204,60 @@ def preprocess(
     }
     save_json(out / "cache.json", meta)
     return meta
+
+
+def _check_options(normalize: str, downsample: int, chunk: int, splits: Sequence[str]) -> None:
+    """Raise on an unknown normalisation or split, a non-integer factor or a chunk below 1."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {normalize!r}; expected one of {NORMALIZATIONS}")
+    if int(downsample) != downsample or downsample < 1:
+        raise ValueError(f"downsample must be a positive integer, got {downsample!r}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; expected a subset of {list(SPLITS)}")
+
+
+def _cache_masks(dataset: OpenBHBDataset, modality: str, downsample: int) -> tuple[np.ndarray, np.ndarray]:
+    """The validated data set's source-grid mask and the cache-grid mask, ``(X, Y, Z)`` bool each.
+
+    Raises:
+        OpenBHBError: a bad data set, or no block of the cache grid inside the mask.
+    """
+    dataset.validate(modality)
+    src_mask = dataset.mask(modality)
+    mask = downsample_mask(src_mask, downsample)
+    if not mask.any():
+        raise OpenBHBError(
+            f"{dataset.mask_paths.get(modality)}: no {downsample}x{downsample}x{downsample} block is at least half "
+            f"inside the {modality} mask ({int(src_mask.sum())} voxels), so the cache would hold no voxel; "
+            "use a smaller downsample"
+        )
+    return src_mask, mask
+
+
+def _write_splits(
+    dataset: OpenBHBDataset, out: Path, splits: Sequence[str], modality: str, src_mask: np.ndarray, mask: np.ndarray,
+    downsample: int, normalize: str, chunk: int, params: dict, progress: bool,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Write (or keep, when up to date) each asked split; returns subject counts and signatures of the cache's splits.
+
+    A split not asked for is described only when the folder holds an up-to-date copy of it.
+    """
+    counts, split_signatures = {}, {}
+    split_of = dataset.participants["split"].to_numpy()
+    for split in SPLITS:
+        indices = np.flatnonzero(split_of == split)
+        sig = split_signature(dataset, split, indices, modality, src_mask, params)
+        if split in splits:
+            _write_split(dataset, out, split, indices, modality, src_mask, mask, downsample, normalize,
+                         chunk, sig, progress)
+        elif not _split_is_done(out, split, sig, (len(indices),) + mask.shape):
+            continue  # not asked for, and no up-to-date copy in the folder
+        counts[split] = int(indices.size)
+        split_signatures[split] = sig
+    return counts, split_signatures
 
 
 def _write_split(

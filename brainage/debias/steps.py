@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -384,82 +385,112 @@ def evaluate_step(
     ``None`` (and the reason logged). The same holds for the attacker when ``attacker_train``
     carries no bias attribute or is not given.
     """
-    import torch
-
     from brainage.io import save_json
 
     from .data.imagenet9 import load_texture_clusters
-    from .evaluate import accuracy, attacker_accuracy, fit_linear, group_accuracies, texture_unbiased_accuracy
-    from .train import Normalizer, predict
 
     test_set = load_array_set(test)
     attack_set = load_array_set(attacker_train) if attacker_train is not None else None
     biased_set = load_array_set(test_biased) if test_biased else None
     clusters = load_texture_clusters(texture_clusters, len(test_set)) if texture_clusters else None
     test_has_bias = bool(np.any(test_set.bias >= 0))
+    run_attacker = _attacker_runs(test, test_set, attacker_train, attack_set, test_has_bias)
+    sets = _EvalSets(test_set, attack_set if run_attacker else None, biased_set, clusters, test_has_bias)
+    train_sets: dict[str, ArraySet] = {}  # linear_eval: one load per training file (shared across seeds)
+    records = [_evaluate_model(path, sets, labels, train_sets if linear_eval else None) for path in models]
+    save_json(out, records)
+    return records
+
+
+@dataclass(frozen=True)
+class _EvalSets:
+    """The splits every checkpoint is evaluated on."""
+
+    test: ArraySet
+    attack: ArraySet | None  # the attacker's training split; None when the attacker does not run
+    biased: ArraySet | None  # the fully biased test split, if given
+    clusters: np.ndarray | None  # int64 (R, n_test) texture-cluster labels, if given
+    test_has_bias: bool  # the test split has a bias attribute (aligned/conflicting accuracies)
+
+
+def _attacker_runs(
+    test: str | os.PathLike, test_set: ArraySet, attacker_train: str | os.PathLike | None,
+    attack_set: ArraySet | None, test_has_bias: bool,
+) -> bool:
+    """Whether the privacy attacker can run (both splits carry a bias attribute); logs why not."""
     if not test_has_bias:
         log.info("%s has no bias attribute (every bias value is -1): aligned/conflicting accuracies and "
                  "the privacy attacker are not computed (recorded as None)", test)
-        run_attacker = False
-    elif attack_set is None:
+        return False
+    if attack_set is None:
         log.info("no attacker split given: the privacy attacker is not computed (recorded as None)")
-        run_attacker = False
-    elif not np.any(attack_set.bias >= 0):
+        return False
+    if not np.any(attack_set.bias >= 0):
         log.info("%s has no bias attribute (every bias value is -1): the privacy attacker is not computed "
                  "(recorded as None)", attacker_train)
-        run_attacker = False
-    else:
-        run_attacker = True
-    train_sets: dict[str, ArraySet] = {}  # linear_eval: one load per training file (shared across seeds)
-    records = []
-    for path in models:
-        model, record = load_checkpoint(path)
-        cfg = record["train"]
-        normalizer = Normalizer(cfg["mean"], cfg["std"])
-        with torch.no_grad():
-            logits, feats = predict(model, test_set, normalizer)
-            attack_feats = predict(model, attack_set, normalizer)[1] if run_attacker else None
-        groups = group_accuracies(logits, test_set.labels, test_set.bias) if test_has_bias else None
-        history = record.get("history") or []
-        best = record.get("best_epoch", 0)
-        rec = {
-            **record.get("tags", {}),
-            **(labels or {}),
-            "model": str(path),
-            "method": record["method"]["name"],
-            "seed": cfg["seed"],
-            "best_epoch": best,
-            "epochs": cfg["epochs"],
-            "val_acc": history[best - 1]["val_acc"] if best else float("nan"),
-            "test_acc": accuracy(logits, test_set.labels),
-            "test_aligned_acc": groups["aligned"] if groups else None,
-            "test_conflicting_acc": groups["conflicting"] if groups else None,
-            "attacker_acc": (attacker_accuracy(attack_feats, attack_set, feats, test_set, seed=cfg["seed"])
-                             if run_attacker else None),
-            "attacker_chance": 1.0 / max(np.unique(test_set.bias).size, 1) if run_attacker else None,
-            "n_train": record.get("n_train"),
-            "n_conflicting_train": record.get("n_conflicting"),
-            "train_seconds": record.get("seconds"),
-        }
-        if clusters is not None:
-            rec["texture_unbiased_acc"] = texture_unbiased_accuracy(logits, test_set.labels, clusters)
-        monitored = [h["monitor_acc"] for h in history if "monitor_acc" in h]
-        if monitored:
-            rec["ref_protocol_acc"] = float(max(monitored))
-        if biased_set is not None:
-            b_logits, _ = predict(model, biased_set, normalizer)
-            rec["test_biased_acc"] = accuracy(b_logits, biased_set.labels)
-        if linear_eval:
-            train_file = record["train_file"]
-            if train_file not in train_sets:
-                train_sets[train_file] = load_array_set(train_file)
-            train_set = train_sets[train_file]
-            _, train_feats = predict(model, train_set, normalizer)
-            probe = fit_linear(train_feats, train_set.labels, seed=cfg["seed"])
-            rec["linear_eval_acc"] = float(probe.score(np.asarray(feats, dtype=np.float64), test_set.labels))
-        records.append(rec)
-    save_json(out, records)
-    return records
+        return False
+    return True
+
+
+def _evaluate_model(
+    path: str | os.PathLike, sets: _EvalSets, labels: dict | None, train_sets: dict[str, ArraySet] | None
+) -> dict:
+    """The evaluation record of one checkpoint (see :func:`evaluate_step`).
+
+    ``train_sets``: training splits loaded so far, by file (filled here), for the linear
+    evaluation; ``None``: no linear evaluation.
+    """
+    import torch
+
+    from .evaluate import accuracy, attacker_accuracy, fit_linear, group_accuracies, texture_unbiased_accuracy
+    from .train import Normalizer, predict
+
+    test_set, attack_set = sets.test, sets.attack
+    model, record = load_checkpoint(path)
+    cfg = record["train"]
+    normalizer = Normalizer(cfg["mean"], cfg["std"])
+    with torch.no_grad():
+        logits, feats = predict(model, test_set, normalizer)
+        attack_feats = predict(model, attack_set, normalizer)[1] if attack_set is not None else None
+    groups = group_accuracies(logits, test_set.labels, test_set.bias) if sets.test_has_bias else None
+    history = record.get("history") or []
+    best = record.get("best_epoch", 0)
+    rec = {
+        **record.get("tags", {}),
+        **(labels or {}),
+        "model": str(path),
+        "method": record["method"]["name"],
+        "seed": cfg["seed"],
+        "best_epoch": best,
+        "epochs": cfg["epochs"],
+        "val_acc": history[best - 1]["val_acc"] if best else float("nan"),
+        "test_acc": accuracy(logits, test_set.labels),
+        "test_aligned_acc": groups["aligned"] if groups else None,
+        "test_conflicting_acc": groups["conflicting"] if groups else None,
+        "attacker_acc": (attacker_accuracy(attack_feats, attack_set, feats, test_set, seed=cfg["seed"])
+                         if attack_set is not None else None),
+        "attacker_chance": 1.0 / max(np.unique(test_set.bias).size, 1) if attack_set is not None else None,
+        "n_train": record.get("n_train"),
+        "n_conflicting_train": record.get("n_conflicting"),
+        "train_seconds": record.get("seconds"),
+    }
+    if sets.clusters is not None:
+        rec["texture_unbiased_acc"] = texture_unbiased_accuracy(logits, test_set.labels, sets.clusters)
+    monitored = [h["monitor_acc"] for h in history if "monitor_acc" in h]
+    if monitored:
+        rec["ref_protocol_acc"] = float(max(monitored))
+    if sets.biased is not None:
+        b_logits, _ = predict(model, sets.biased, normalizer)
+        rec["test_biased_acc"] = accuracy(b_logits, sets.biased.labels)
+    if train_sets is not None:
+        train_file = record["train_file"]
+        if train_file not in train_sets:
+            train_sets[train_file] = load_array_set(train_file)
+        train_set = train_sets[train_file]
+        _, train_feats = predict(model, train_set, normalizer)
+        probe = fit_linear(train_feats, train_set.labels, seed=cfg["seed"])
+        rec["linear_eval_acc"] = float(probe.score(np.asarray(feats, dtype=np.float64), test_set.labels))
+    return rec
 
 
 def table_step(evals: list[str | os.PathLike], out_dir: str | os.PathLike, recipe_note: str = "") -> dict:

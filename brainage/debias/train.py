@@ -196,6 +196,53 @@ def train_model(
     if n_classes is None:
         n_classes = int(max(train_set.labels.max(), val_set.labels.max())) + 1
     torch.manual_seed(config.seed)
+    loop = _make_loop(method, config, train_set, n_classes)
+    model, normalizer, device = loop.model, loop.normalizer, config.device
+
+    history: list[dict] = []
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    start = time.perf_counter()
+    bar = tqdm(range(1, config.epochs + 1), desc=f"{method.name}", disable=not progress, leave=False)
+    for epoch in bar:
+        record = _train_epoch(loop, epoch)
+        record["val_acc"] = _accuracy(model, val_set, normalizer, device)
+        if monitor is not None:
+            record["monitor_acc"] = _accuracy(model, monitor, normalizer, device)
+        history.append(record)
+        if record["val_acc"] > best_acc:
+            best_acc, best_epoch = record["val_acc"], epoch
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record['val_acc']:.3f}")
+        log.debug("epoch %d %s", epoch, record)
+    seconds = time.perf_counter() - start
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, best_epoch, history, seconds)
+
+
+@dataclass
+class _Loop:
+    """What every epoch of :func:`train_model` uses: the network, its objective and optimisers, the training data."""
+
+    method: MethodConfig
+    config: TrainConfig
+    model: nn.Module
+    objective: nn.Module
+    normalizer: Normalizer
+    optimizer: torch.optim.Optimizer
+    probe_optimizer: torch.optim.Optimizer | None  # the classifier's, for the contrastive methods
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    images: torch.Tensor  # uint8 (n, C, H, W)
+    labels: torch.Tensor  # int64 (n,)
+    bias: torch.Tensor  # int64 (n,)
+    n: int  # training samples
+    steps: int  # batches per epoch
+    rng: np.random.Generator  # the batch order
+    generator: torch.Generator  # the augmentation
+
+
+def _make_loop(method: MethodConfig, config: TrainConfig, train_set: ArraySet, n_classes: int) -> _Loop:
+    """The batch-order and augmentation generators (seeded), network, objective, optimisers and training tensors."""
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = config.device
@@ -216,54 +263,50 @@ def train_model(
     bias = torch.from_numpy(train_set.bias.astype(np.int64))
     n = len(train_set)
     steps = n // config.batch_size if n >= config.batch_size else 1
+    return _Loop(method, config, model, objective, normalizer, optimizer, probe_optimizer, scheduler, images, labels,
+                 bias, n, steps, rng, generator)
 
-    history: list[dict] = []
-    best_acc, best_epoch, best_state = -1.0, 0, None
-    start = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc=f"{method.name}", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        order = torch.from_numpy(rng.permutation(n))
-        sums: dict[str, float] = {}
-        correct = seen = 0
-        for step in range(steps):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = normalizer(images[idx].to(device))
-            y, b = labels[idx].to(device), bias[idx].to(device)
-            views = [augment_batch(x, generator) if config.augment else x for _ in range(config.n_views)]
-            feats = model.features(torch.cat(views)) if len(views) > 1 else model.features(views[0])
-            feats = feats.view(config.n_views, x.shape[0], -1).transpose(0, 1)
-            first = feats[:, 0]
-            logits = model.fc(first.detach() if method.contrastive else first)
-            loss, probe_loss, parts = objective(feats, logits, y, b)
-            optimizer.zero_grad(set_to_none=True)
-            if probe_optimizer is not None:
-                probe_optimizer.zero_grad(set_to_none=True)
-                (loss + probe_loss).backward()
-                probe_optimizer.step()
-            else:
-                loss.backward()
-            optimizer.step()
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            correct += int((logits.argmax(1) == y).sum())
-            seen += int(y.shape[0])
-        record = {k: v / steps for k, v in sums.items()}
-        record["epoch"] = epoch
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        record["train_acc"] = correct / max(seen, 1)
-        record["val_acc"] = _accuracy(model, val_set, normalizer, device)
-        if monitor is not None:
-            record["monitor_acc"] = _accuracy(model, monitor, normalizer, device)
-        history.append(record)
-        if record["val_acc"] > best_acc:
-            best_acc, best_epoch = record["val_acc"], epoch
-            best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record['val_acc']:.3f}")
-        log.debug("epoch %d %s", epoch, record)
-    seconds = time.perf_counter() - start
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, best_epoch, history, seconds)
+
+def _train_epoch(loop: _Loop, epoch: int) -> dict:
+    """One epoch (1-based ``epoch``); returns its record: mean loss parts, ``epoch``, ``lr``, ``train_acc``."""
+    config, model = loop.config, loop.model
+    model.train()
+    order = torch.from_numpy(loop.rng.permutation(loop.n))
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    for step in range(loop.steps):
+        idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+        loss, parts, logits, y = _train_step(loop, idx)
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        correct += int((logits.argmax(1) == y).sum())
+        seen += int(y.shape[0])
+    record = {k: v / loop.steps for k, v in sums.items()}
+    record["epoch"] = epoch
+    record["lr"] = loop.optimizer.param_groups[0]["lr"]
+    loop.scheduler.step()
+    record["train_acc"] = correct / max(seen, 1)
+    return record
+
+
+def _train_step(loop: _Loop, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """One optimisation step on the rows ``idx``: the loss, its parts, the logits ``(B, C)``, the labels ``(B,)``."""
+    config, method, model, device = loop.config, loop.method, loop.model, loop.config.device
+    x = loop.normalizer(loop.images[idx].to(device))
+    y, b = loop.labels[idx].to(device), loop.bias[idx].to(device)
+    views = [augment_batch(x, loop.generator) if config.augment else x for _ in range(config.n_views)]
+    feats = model.features(torch.cat(views)) if len(views) > 1 else model.features(views[0])
+    feats = feats.view(config.n_views, x.shape[0], -1).transpose(0, 1)
+    first = feats[:, 0]
+    logits = model.fc(first.detach() if method.contrastive else first)
+    loss, probe_loss, parts = loop.objective(feats, logits, y, b)
+    loop.optimizer.zero_grad(set_to_none=True)
+    if loop.probe_optimizer is not None:
+        loop.probe_optimizer.zero_grad(set_to_none=True)
+        (loss + probe_loss).backward()
+        loop.probe_optimizer.step()
+    else:
+        loss.backward()
+    loop.optimizer.step()
+    return loss, parts, logits, y

@@ -149,6 +149,37 @@ def plot_embedding(
     if method not in ("pca", "tsne"):
         raise ValueError(f"unknown embedding method {method!r}; expected 'pca' or 'tsne'")
     names = list(features)
+    emb, axis, split_of, site_of = _embed(features, sites, method, random_state, max_points)
+    seen, external_only = site_order(sites)
+    order = seen + external_only
+    n_sites = len(order)
+
+    height = 5.5 if n_sites <= 40 else 6.5
+    fig, (ax,) = _figure(7.5, height)
+    cmap, norm = _site_colormap(seen, external_only)
+    handles = _scatter_splits(ax, names, emb, split_of, site_of, sites, order, cmap, norm)
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=7,
+              frameon=False, handletextpad=0.2, columnspacing=1.0)
+    if n_sites:
+        _site_colorbar(fig, ax, cmap, norm, seen, external_only, height)
+    ax.set_xlabel(axis[0])
+    ax.set_ylabel(axis[1])
+    what = f"{len(seen)} train/internal" + (f" + {len(external_only)} external" if external_only else "")
+    shown = "PCA" if method == "pca" else "t-SNE"
+    ax.set_title(title or f"Feature embedding ({shown}) coloured by site ({what} sites)", fontsize=10, pad=18)
+    return _save(fig, path)
+
+
+def _embed(
+    features: Mapping[str, np.ndarray], sites: Mapping[str, np.ndarray | None], method: str, random_state: int,
+    max_points: int,
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """The 2-D embedding of at most ``max_points`` subjects of all splits.
+
+    Returns:
+        ``(m, 2)`` coordinates, the two axis labels, and the ``(m,)`` split and site label of each point.
+    """
+    names = list(features)
     blocks = [np.asarray(features[n], dtype=np.float64) for n in names]
     labels = [
         np.asarray(sites[n]).astype(str) if sites.get(n) is not None else np.full(len(b), "unknown")
@@ -174,18 +205,14 @@ def plot_embedding(
         perplexity = float(min(30.0, max(2.0, (len(keep) - 1) / 3)))
         emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=random_state).fit_transform(x[keep])
         axis = ["t-SNE 1", "t-SNE 2"]
-    split_of, site_of = split_of[keep], site_of[keep]
-    seen, external_only = site_order(sites)
-    order = seen + external_only
-    n_sites = len(order)
-    index = {name: i for i, name in enumerate(order)}
+    return emb, axis, split_of[keep], site_of[keep]
 
-    from matplotlib.cm import ScalarMappable
+
+def _site_colormap(seen: list[str], external_only: list[str]):
+    """A listed colormap with one colour per site of ``seen + external_only``, and its integer boundaries."""
     from matplotlib.colors import BoundaryNorm, ListedColormap
-    from matplotlib.lines import Line2D
 
-    height = 5.5 if n_sites <= 40 else 6.5
-    fig, (ax,) = _figure(7.5, height)
+    n_sites = len(seen) + len(external_only)
     if n_sites <= 20:
         palette = _site_colors(max(n_sites, 1))
     else:  # seen sites along turbo; the few unseen ones in distinct qualitative colours
@@ -194,6 +221,17 @@ def plot_embedding(
         palette = _site_colors(len(seen)) + [colormaps["tab10"](i % 10) for i in range(len(external_only))]
     cmap = ListedColormap(palette)
     norm = BoundaryNorm(np.arange(max(n_sites, 1) + 1) - 0.5, cmap.N)
+    return cmap, norm
+
+
+def _scatter_splits(
+    ax, names: list[str], emb: np.ndarray, split_of: np.ndarray, site_of: np.ndarray,
+    sites: Mapping[str, np.ndarray | None], order: list[str], cmap, norm,
+) -> list:
+    """One scatter per split (site colours, or grey without site labels); returns the legend handles."""
+    from matplotlib.lines import Line2D
+
+    index = {name: i for i, name in enumerate(order)}
     handles = []
     unlabelled_shown = False
     for name in names:
@@ -216,32 +254,32 @@ def plot_embedding(
                               label=SPLIT_NAMES.get(name, name) + (" (unseen sites)" if external else "")))
     if unlabelled_shown:
         handles.append(Line2D([], [], ls="", marker="o", markersize=5, color="0.55", label="no site label"))
-    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=7,
-              frameon=False, handletextpad=0.2, columnspacing=1.0)
-    if n_sites:
-        cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.05, pad=0.02,
-                            aspect=40)
-        # one tick label per site where they fit (~8 pt each), else every k-th
-        step = max(1, int(np.ceil(n_sites / max(1, int((height - 1.4) * 72 / 8)))))
-        ticks = list(range(0, n_sites, step))
-        cbar.set_ticks(ticks)
-        cbar.set_ticklabels([order[i][:14] for i in ticks], fontsize=6)
-        for tick, i in zip(cbar.ax.get_yticklabels(), ticks):
-            if i >= len(seen):
-                tick.set_color("tab:red")
-        if external_only:
-            cbar.ax.axhline(len(seen) - 0.5, color="k", lw=1.5)
-        label = "site (sorted" + (f"; 1 label in {step}" if step > 1 else "") + ")"
-        if external_only:
-            label += "; red, below the line: external-test sites"
-        cbar.set_label(label, fontsize=7)
-        cbar.ax.invert_yaxis()
-    ax.set_xlabel(axis[0])
-    ax.set_ylabel(axis[1])
-    what = f"{len(seen)} train/internal" + (f" + {len(external_only)} external" if external_only else "")
-    shown = "PCA" if method == "pca" else "t-SNE"
-    ax.set_title(title or f"Feature embedding ({shown}) coloured by site ({what} sites)", fontsize=10, pad=18)
-    return _save(fig, path)
+    return handles
+
+
+def _site_colorbar(fig: Figure, ax, cmap, norm, seen: list[str], external_only: list[str], height: float) -> None:
+    """The site colour bar: labels as ticks (every k-th where they do not fit), external-only sites in red."""
+    from matplotlib.cm import ScalarMappable
+
+    order = seen + external_only
+    n_sites = len(order)
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.05, pad=0.02,
+                        aspect=40)
+    # one tick label per site where they fit (~8 pt each), else every k-th
+    step = max(1, int(np.ceil(n_sites / max(1, int((height - 1.4) * 72 / 8)))))
+    ticks = list(range(0, n_sites, step))
+    cbar.set_ticks(ticks)
+    cbar.set_ticklabels([order[i][:14] for i in ticks], fontsize=6)
+    for tick, i in zip(cbar.ax.get_yticklabels(), ticks):
+        if i >= len(seen):
+            tick.set_color("tab:red")
+    if external_only:
+        cbar.ax.axhline(len(seen) - 0.5, color="k", lw=1.5)
+    label = "site (sorted" + (f"; 1 label in {step}" if step > 1 else "") + ")"
+    if external_only:
+        label += "; red, below the line: external-test sites"
+    cbar.set_label(label, fontsize=7)
+    cbar.ax.invert_yaxis()
 
 
 def plot_table_summary(table: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -164,11 +164,7 @@ def run_evaluation(
     ``formulation`` (``paper`` / ``reference``) records which equation of the loss was trained.
     Returns the scores written.
     """
-    from brainage.evaluation.table import EQUATIONS
-
-    formulations = sorted({f for _, f in EQUATIONS})
-    if formulation is not None and formulation not in formulations:
-        raise ValueError(f"unknown formulation {formulation!r}; valid choices are: {', '.join(formulations)}")
+    _check_formulation(formulation)
     settings = settings or ProbeSettings()
     out_dir = Path(out_dir)
     splits = load_feature_dir(features_dir)
@@ -187,8 +183,6 @@ def run_evaluation(
     preds_raw = res.pop("predictions")
     preds = {"train": preds_raw["train_oof"], "internal_test": preds_raw["internal"],
              "external_test": preds_raw["external"]}
-    gap, corrected = preds_raw["gap"], preds_raw["corrected_gap"]
-    rs = settings.random_state if settings.random_state is not None else 0
 
     scores: dict[str, Any] = {
         "method": method,
@@ -200,29 +194,18 @@ def run_evaluation(
         "reference": reference,
         "features_dir": str(features_dir),
         **res,
+        **_head_scores(splits),
     }
-    if all(splits[s].prediction is not None for s in ("internal_test", "external_test")):
-        scores["head"] = {
-            "note": "the network's own regression head, not the challenge's Ridge probe",
-            "int_mae": mae(splits["internal_test"].age, splits["internal_test"].prediction),
-            "ext_mae": mae(splits["external_test"].age, splits["external_test"].prediction),
-        }
     if folds:
-        fold_scores = evaluate_folds(splits, folds, settings=settings, allow_over_limit=allow_over_limit,
-                                     bias_cv=bias_cv)
-        scores["folds"] = fold_scores
-        scores["folds_summary"] = {
-            key: {"mean": float(np.mean([f[key] for f in fold_scores])),
-                  "std": float(np.std([f[key] for f in fold_scores], ddof=1)) if len(fold_scores) > 1 else None}
-            for key in ("int_mae", "bacc", "ext_mae", "challenge_score")
-        }
+        scores.update(_fold_scores(splits, folds, settings, allow_over_limit, bias_cv))
     from brainage import __version__
 
     scores["provenance"] = {"brainage_version": __version__, **dict(provenance or {})}
 
-    table = _prediction_table(splits, preds, gap, corrected)
+    table = _prediction_table(splits, preds, preds_raw["gap"], preds_raw["corrected_gap"])
     tag = " / ".join(str(v) for v in (method, f"seed {seed}" if seed is not None else None) if v)
     if reference is None:
+        rs = settings.random_state if settings.random_state is not None else 0
         _write_figures(splits, preds, res, out_dir / "figures", tag, tsne, rs)
     save_table(out_dir / "predictions.csv", table)
     save_json(out_dir / "scores.json", scores)
@@ -230,6 +213,41 @@ def run_evaluation(
              tag or features_dir, scores["int_mae"], 100 * scores["bacc"], 100 * scores["bacc_chance"],
              scores["ext_mae"], scores["challenge_score"])
     return scores
+
+
+def _check_formulation(formulation: str | None) -> None:
+    """Raise unless ``formulation`` is None or one of the loss equations' formulations."""
+    from brainage.evaluation.table import EQUATIONS
+
+    formulations = sorted({f for _, f in EQUATIONS})
+    if formulation is not None and formulation not in formulations:
+        raise ValueError(f"unknown formulation {formulation!r}; valid choices are: {', '.join(formulations)}")
+
+
+def _head_scores(splits: Mapping[str, FeatureSplit]) -> dict[str, Any]:
+    """``{"head": ...}``: the MAEs (years) of the network's own regression head when both test splits have it."""
+    if not all(splits[s].prediction is not None for s in ("internal_test", "external_test")):
+        return {}
+    return {"head": {
+        "note": "the network's own regression head, not the challenge's Ridge probe",
+        "int_mae": mae(splits["internal_test"].age, splits["internal_test"].prediction),
+        "ext_mae": mae(splits["external_test"].age, splits["external_test"].prediction),
+    }}
+
+
+def _fold_scores(
+    splits: Mapping[str, FeatureSplit], folds: Mapping[str, Mapping[str, Sequence[str]]], settings: ProbeSettings,
+    allow_over_limit: bool, bias_cv: int,
+) -> dict[str, Any]:
+    """``folds`` (one score set per fold) and ``folds_summary`` (mean and sample std of the four challenge scores)."""
+    fold_scores = evaluate_folds(splits, folds, settings=settings, allow_over_limit=allow_over_limit,
+                                 bias_cv=bias_cv)
+    summary = {
+        key: {"mean": float(np.mean([f[key] for f in fold_scores])),
+              "std": float(np.std([f[key] for f in fold_scores], ddof=1)) if len(fold_scores) > 1 else None}
+        for key in ("int_mae", "bacc", "ext_mae", "challenge_score")
+    }
+    return {"folds": fold_scores, "folds_summary": summary}
 
 
 def _prediction_table(splits: Mapping[str, FeatureSplit], preds: Mapping[str, np.ndarray],

@@ -341,30 +341,85 @@ def evaluate_features(
             feature dimensions that differ between splits, or more than 10,000 columns.
     """
     s = settings or ProbeSettings()
+    tr, inn, ex = _checked_splits((train, internal, external), names)
+    over = _check_protocol_limits(tr, s, allow_over_limit)
+
+    probes = _fit_probes(s, tr, inn, ex)
+    bacc = _balanced_accuracy(inn.sites, probes.internal_site)
+    unseen = _warn_about_internal_sites(inn, tr)
+    if sex is not None:
+        for labels, split in ((sex[0], tr), (sex[1], inn)):
+            if len(labels) != len(split.ages):
+                raise ValueError(f"{split.name}: {len(split.ages)} feature rows but {len(labels)} sex labels")
+    collateral = (collateral_scores(tr.triple(), inn.triple(), sex, s) if analysis
+                  else {"site_given_age_bacc": None, "sex_bacc": None, "sex_chance": None})
+
+    raw_gap, corrected_gap, gap_summary = held_out_gap_correction(
+        {"train": tr.ages, "internal_test": inn.ages, "external_test": ex.ages},
+        {"train": probes.train_oof, "internal_test": probes.internal, "external_test": probes.external},
+        n_splits=int(bias_cv),
+        random_state=s.random_state if s.random_state is not None else 0,
+    )
+    return _scores(s, tr, inn, ex, probes, bacc, unseen, collateral, over, gap_summary, raw_gap, corrected_gap)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One validated split: ``features`` (n, p), ``ages`` (n,) years, ``sites`` (n,) str or None."""
+
+    name: str
+    features: np.ndarray
+    ages: np.ndarray
+    sites: np.ndarray | None
+
+    def triple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return self.features, self.ages, self.sites
+
+
+@dataclass(frozen=True)
+class _Probes:
+    """The challenge's two probes fitted on the training split, and their predictions (years, site labels)."""
+
+    age: GridSearchCV
+    site: GridSearchCV
+    n_conv: int  # saga convergence warnings of the site probe's grid search
+    train_oof: np.ndarray  # (n_train,) out-of-fold Ridge predictions at the selected alpha
+    internal: np.ndarray  # (n_internal,)
+    external: np.ndarray  # (n_external,)
+    internal_site: np.ndarray  # (n_internal,) predicted site labels
+
+
+def _checked_splits(triples: Sequence[Triple], names: Sequence[str]) -> tuple[_Split, _Split, _Split]:
+    """The three validated splits; sites are required for train and internal test, and one feature width."""
     n_train, n_int, n_ext = names
-    x_tr, y_tr, s_tr = check_features(*_unpack(train, n_train), name=n_train)
-    x_in, y_in, s_in = check_features(*_unpack(internal, n_int), name=n_int)
-    x_ex, y_ex, s_ex = check_features(*_unpack(external, n_ext), name=n_ext)
-    if s_tr is None:
+    tr, inn, ex = (_Split(name, *check_features(*_unpack(triple, name), name=name))
+                   for triple, name in zip(triples, (n_train, n_int, n_ext)))
+    if tr.sites is None:
         raise ValueError(f"{n_train}: sites are required (the site probe is fitted on them)")
-    if s_in is None:
+    if inn.sites is None:
         raise ValueError(f"{n_int}: sites are required (BAcc is measured on them)")
-    p = x_tr.shape[1]
-    for x, nm in ((x_in, n_int), (x_ex, n_ext)):
-        if x.shape[1] != p:
-            raise ValueError(f"{nm}: {x.shape[1]} feature columns but {n_train} has {p}")
-    train_sites = np.unique(s_tr)
+    p = tr.features.shape[1]
+    for split in (inn, ex):
+        if split.features.shape[1] != p:
+            raise ValueError(f"{split.name}: {split.features.shape[1]} feature columns but {n_train} has {p}")
+    return tr, inn, ex
+
+
+def _check_protocol_limits(tr: _Split, s: ProbeSettings, allow_over_limit: bool) -> bool:
+    """Raise when the probes cannot be fitted on ``tr``; returns whether the columns exceed the challenge's limit."""
+    train_sites = np.unique(tr.sites)
     if train_sites.size < 2:
         raise ValueError(
-            f"{n_train}: all {len(s_tr)} training subjects come from one site ({train_sites[0]!r}); "
+            f"{tr.name}: all {len(tr.sites)} training subjects come from one site ({train_sites[0]!r}); "
             "the site probe (a classifier) and hence BAcc and the challenge score are undefined"
         )
-    if len(y_tr) < s.cv:
-        raise ValueError(f"{n_train}: {len(y_tr)} subjects, fewer than the {s.cv} cross-validation folds")
+    if len(tr.ages) < s.cv:
+        raise ValueError(f"{tr.name}: {len(tr.ages)} subjects, fewer than the {s.cv} cross-validation folds")
+    p = tr.features.shape[1]
     over = p > MAX_FEATURES
     if over and not allow_over_limit:
         raise ValueError(
-            f"{n_train}: {p} feature columns; the OpenBHB challenge accepts at most {MAX_FEATURES} "
+            f"{tr.name}: {p} feature columns; the OpenBHB challenge accepts at most {MAX_FEATURES} "
             "(pass allow_over_limit=True / --allow-over-limit to score anyway, outside the protocol)"
         )
     if over:
@@ -372,41 +427,42 @@ def evaluate_features(
             f"{p} feature columns exceed the challenge limit of {MAX_FEATURES}: scores are not "
             "challenge-compliant",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of evaluate_features
         )
+    return over
 
-    age = clone(age_probe(s)).fit(x_tr, y_tr)
-    site, n_conv = _fit_classifier(s, x_tr, s_tr)
 
+def _fit_probes(s: ProbeSettings, tr: _Split, inn: _Split, ex: _Split) -> _Probes:
+    """Fit the age and site probes on the training split and predict the other splits."""
+    age = clone(age_probe(s)).fit(tr.features, tr.ages)
+    site, n_conv = _fit_classifier(s, tr.features, tr.sites)
     alpha = float(age.best_params_["alpha"])
-    c_value = float(site.best_params_["C"])
-    pred_in = age.predict(x_in).astype(float)
-    pred_ex = age.predict(x_ex).astype(float)
-    pred_tr_oof = cross_val_predict(Ridge(alpha=alpha), x_tr, y_tr, cv=int(s.cv)).astype(float)
-    site_in = site.predict(x_in)
-    bacc = _balanced_accuracy(s_in, site_in)
-    if np.unique(s_in).size == 1:
-        log.warning("%s: one site only; BAcc is then that site's recall, not a balanced accuracy", n_int)
-    unseen = sorted(set(np.unique(s_in)) - set(train_sites))
+    pred_in = age.predict(inn.features).astype(float)
+    pred_ex = age.predict(ex.features).astype(float)
+    pred_tr_oof = cross_val_predict(Ridge(alpha=alpha), tr.features, tr.ages, cv=int(s.cv)).astype(float)
+    return _Probes(age, site, n_conv, pred_tr_oof, pred_in, pred_ex, site.predict(inn.features))
+
+
+def _warn_about_internal_sites(inn: _Split, tr: _Split) -> list[str]:
+    """Log what makes BAcc less than a balanced accuracy; returns the internal sites absent from train."""
+    if np.unique(inn.sites).size == 1:
+        log.warning("%s: one site only; BAcc is then that site's recall, not a balanced accuracy", inn.name)
+    unseen = sorted(set(np.unique(inn.sites)) - set(np.unique(tr.sites)))
     if unseen:
         log.warning("%s: site(s) %s absent from %s; the probe cannot predict them (recall 0)",
-                    n_int, unseen, n_train)
-    refit = site.best_estimator_
-    if sex is not None:
-        for labels, n, nm in ((sex[0], len(y_tr), n_train), (sex[1], len(y_in), n_int)):
-            if len(labels) != n:
-                raise ValueError(f"{nm}: {n} feature rows but {len(labels)} sex labels")
-    collateral = (collateral_scores((x_tr, y_tr, s_tr), (x_in, y_in, s_in), sex, s) if analysis
-                  else {"site_given_age_bacc": None, "sex_bacc": None, "sex_chance": None})
-    converged = bool(np.all(np.asarray(refit.n_iter_) < s.max_iter))
+                    inn.name, unseen, tr.name)
+    return unseen
 
-    raw_gap, corrected_gap, gap_summary = held_out_gap_correction(
-        {"train": y_tr, "internal_test": y_in, "external_test": y_ex},
-        {"train": pred_tr_oof, "internal_test": pred_in, "external_test": pred_ex},
-        n_splits=int(bias_cv),
-        random_state=s.random_state if s.random_state is not None else 0,
-    )
 
+def _scores(
+    s: ProbeSettings, tr: _Split, inn: _Split, ex: _Split, probes: _Probes, bacc: float, unseen: list[str],
+    collateral: dict[str, Any], over: bool, gap_summary: dict[str, Any], raw_gap: dict[str, np.ndarray],
+    corrected_gap: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """The result of :func:`evaluate_features` (see its Returns), in its key order."""
+    y_tr, y_in, y_ex = tr.ages, inn.ages, ex.ages
+    pred_in, pred_ex = probes.internal, probes.external
+    n_train_sites = np.unique(tr.sites).size
     ext_mae = mae(y_ex, pred_ex)
     return {
         "int_mae": mae(y_in, pred_in),
@@ -417,31 +473,31 @@ def evaluate_features(
         "ext_rmse": rmse(y_ex, pred_ex),
         "int_r": pearson_r(y_in, pred_in),
         "ext_r": pearson_r(y_ex, pred_ex),
-        "train_oof_mae": mae(y_tr, pred_tr_oof),
-        "int_per_site_mae": per_site_mae(y_in, pred_in, s_in),
-        "ext_per_site_mae": per_site_mae(y_ex, pred_ex, s_ex) if s_ex is not None else None,
-        "bacc_chance": 1.0 / train_sites.size,
+        "train_oof_mae": mae(y_tr, probes.train_oof),
+        "int_per_site_mae": per_site_mae(y_in, pred_in, inn.sites),
+        "ext_per_site_mae": per_site_mae(y_ex, pred_ex, ex.sites) if ex.sites is not None else None,
+        "bacc_chance": 1.0 / n_train_sites,
         **collateral,
-        "n_sites_train": int(train_sites.size),
+        "n_sites_train": int(n_train_sites),
         "internal_sites_unseen_in_train": unseen,
-        "alpha": alpha,
-        "C": c_value,
-        "age_probe_cv_r2": float(age.best_score_),
-        "site_probe_cv_bacc": float(site.best_score_),
-        "site_probe_converged": converged,
-        "site_probe_convergence_warnings": int(n_conv),
+        "alpha": float(probes.age.best_params_["alpha"]),
+        "C": float(probes.site.best_params_["C"]),
+        "age_probe_cv_r2": float(probes.age.best_score_),
+        "site_probe_cv_bacc": float(probes.site.best_score_),
+        "site_probe_converged": bool(np.all(np.asarray(probes.site.best_estimator_.n_iter_) < s.max_iter)),
+        "site_probe_convergence_warnings": int(probes.n_conv),
         "n_train": int(len(y_tr)),
         "n_internal": int(len(y_in)),
         "n_external": int(len(y_ex)),
-        "n_features": int(p),
+        "n_features": int(tr.features.shape[1]),
         "challenge_protocol": bool(s.is_challenge and not over),
         "probe_settings": s.to_dict(),
         "brain_age_gap": gap_summary,
         "predictions": {
-            "train_oof": pred_tr_oof,
+            "train_oof": probes.train_oof,
             "internal": pred_in,
             "external": pred_ex,
-            "internal_site": np.asarray(site_in).astype(str),
+            "internal_site": np.asarray(probes.internal_site).astype(str),
             "gap": raw_gap,
             "corrected_gap": corrected_gap,
         },

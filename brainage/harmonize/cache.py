@@ -20,10 +20,12 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from brainage import __version__
@@ -138,6 +140,49 @@ def harmonize_cache(
     out = Path(out)
     if out.resolve() == src.path.resolve():
         raise ValueError(f"--out {out} is the source cache itself; write the harmonised cache elsewhere")
+    plan = _plan_splits(src, external, covariates, age_degree)
+    model = ComBatHarmonizer(covariates=tuple(covariates), age_degree=age_degree, adjust=adjust, eb=eb,
+                             chunk_size=chunk_size)
+    readers: dict[str, _NpyFile] = {}
+    # Validates sites and covariates now, before anything is written; reads lazily.
+    chunks = model.fit_chunks(lambda a, b: _read_chunk(readers["train"], plan.flat, a, b),
+                              len(plan.tables["train"]), len(plan.flat), plan.fit_frame)
+    _check_test_sites(model, plan.sites, set(plan.fit_frame[SITE]))
+
+    out.mkdir(parents=True, exist_ok=True)
+    # A finished cache is recognised by cache.json: remove the old one before touching anything.
+    (out / "cache.json").unlink(missing_ok=True)
+    _write_splits(src, out, plan, model, chunks, readers, progress)
+
+    info = _harmonization_info(model, plan.tables["train"], external, eb, age_degree, adjust, chunk_size)
+    meta = dict(src.meta)
+    params = {"source_signature": src.meta.get("signature"), "chunk_size": int(chunk_size), "external": external,
+              "eb": bool(eb), "covariates": list(model.covariates_), "adjust": adjust, "age_degree": int(age_degree)}
+    meta.update({
+        "source_cache": str(src.path.resolve()),
+        "source_signature": src.meta.get("signature"),
+        "signature": _signature(params),
+        "brainage_version": __version__,
+        "harmonization": info,
+    })
+    save_json(out / "cache.json", meta)
+    return meta
+
+
+@dataclass
+class _Plan:
+    """The splits of one harmonisation, their participants, the fit covariates and the mask voxels."""
+
+    splits: list[str]  # the source cache's splits, in SPLITS order
+    harmonised: list[str]  # the splits ComBat transforms, ``train`` first
+    tables: dict[str, pd.DataFrame]  # participants of every split
+    fit_frame: pd.DataFrame  # fit-time covariates of the training rows
+    sites: dict[str, np.ndarray]  # site label of every row of each harmonised split
+    flat: np.ndarray  # (n_voxels,) flat indices of the mask voxels in a volume, increasing
+
+
+def _plan_splits(src: TrainingCache, external: str, covariates: Sequence[str], age_degree: int) -> _Plan:
+    """Which splits are harmonised and with what; raises when the cache has no ``train`` split."""
     splits = [s for s in SPLITS if s in src.meta.get("splits", {})]
     if "train" not in splits:
         raise ValueError(f"{src.path}: the cache has no train split; ComBat is fitted on train")
@@ -146,19 +191,12 @@ def harmonize_cache(
     # Ages of the training split only: every split (train included) is transformed from its sites.
     fit_frame = covariate_frame(tables["train"], covariates, age=age_degree > 0)
     sites = {s: site_labels(tables[s]) for s in harmonised}
+    flat = np.flatnonzero(src.mask.ravel())
+    return _Plan(splits, harmonised, tables, fit_frame, sites, flat)
 
-    mask = src.mask
-    flat = np.flatnonzero(mask.ravel())
-    n_voxels = len(flat)
-    model = ComBatHarmonizer(covariates=tuple(covariates), age_degree=age_degree, adjust=adjust, eb=eb,
-                             chunk_size=chunk_size)
-    n_train = len(tables["train"])
-    readers: dict[str, _NpyFile] = {}
-    writers: dict[str, _NpyFile] = {}
-    # Validates sites and covariates now, before anything is written; reads lazily.
-    chunks = model.fit_chunks(lambda a, b: _read_chunk(readers["train"], flat, a, b), n_train, n_voxels, fit_frame)
 
-    train_sites = set(fit_frame[SITE])
+def _check_test_sites(model: ComBatHarmonizer, sites: dict[str, np.ndarray], train_sites: set[str]) -> None:
+    """Internal-test sites must be training sites; external-test sites (transductive only) must not."""
     if "internal_test" in sites:
         unseen = sorted(set(sites["internal_test"]) - train_sites)
         if unseen:
@@ -169,47 +207,37 @@ def harmonize_cache(
             raise ValueError(f"external_test has site(s) {seen} that are also in train; they are not external")
         model.check_unseen_site_sizes(sites["external_test"])
 
-    out.mkdir(parents=True, exist_ok=True)
-    # A finished cache is recognised by cache.json: remove the old one before touching anything.
-    (out / "cache.json").unlink(missing_ok=True)
 
-    partials = {s: out / f".{s}.npy.partial" for s in harmonised}
+def _write_splits(
+    src: TrainingCache, out: Path, plan: _Plan, model: ComBatHarmonizer,
+    chunks: Iterator[tuple[int, int, np.ndarray]], readers: dict[str, _NpyFile], progress: bool,
+) -> None:
+    """Every file of ``out`` but ``cache.json``; the harmonised arrays via hidden partial files renamed last.
+
+    ``readers`` is filled here (the lazy ``chunks`` read the training split through it).
+    """
+    writers: dict[str, _NpyFile] = {}
+    partials = {s: out / f".{s}.npy.partial" for s in plan.harmonised}
     try:
-        for s in harmonised:
-            np.lib.format.open_memmap(partials[s], mode="w+", dtype=np.float16, shape=src.split(s).volumes.shape).flush()
+        for s in plan.harmonised:
+            shape = src.split(s).volumes.shape
+            np.lib.format.open_memmap(partials[s], mode="w+", dtype=np.float16, shape=shape).flush()
             readers[s] = _NpyFile(src.path / f"{s}.npy")
             writers[s] = _NpyFile(partials[s], mode="r+")
-
-        bar = tqdm(total=len(model.chunk_bounds_) - 1, desc="harmonize", unit="chunk", disable=not progress)
-        try:
-            for start, stop, block in chunks:
-                _write_chunk(writers["train"], flat, start, stop, block)
-                del block
-                for s in harmonised[1:]:
-                    if len(tables[s]) == 0:
-                        continue
-                    values = _read_chunk(readers[s], flat, start, stop)
-                    if s == "external_test":
-                        result = model.transform_unseen_columns(values, sites[s], start, stop)
-                    else:
-                        result = model.transform_columns(values, sites[s], start, stop)
-                    _write_chunk(writers[s], flat, start, stop, result)
-                bar.update(1)
-        finally:
-            bar.close()
-        for s in harmonised:
+        _harmonise_chunks(plan, model, chunks, readers, writers, progress)
+        for s in plan.harmonised:
             writers.pop(s).close(sync=True)
 
         model.save(out / "model.npz")
         with atomic_path(out / "mask.nii.gz") as tmp:
             shutil.copyfile(src.path / "mask.nii.gz", tmp)
-        for s in splits:
+        for s in plan.splits:
             with atomic_path(out / f"{s}.tsv") as tmp:
                 shutil.copyfile(src.path / f"{s}.tsv", tmp)
-            if s not in harmonised:
+            if s not in plan.harmonised:
                 with atomic_path(out / f"{s}.npy") as tmp:
                     shutil.copyfile(src.path / f"{s}.npy", tmp)
-        for s in harmonised:
+        for s in plan.harmonised:
             os.replace(partials[s], out / f"{s}.npy")
     finally:
         for f in list(readers.values()) + list(writers.values()):
@@ -217,12 +245,42 @@ def harmonize_cache(
         for path in partials.values():
             path.unlink(missing_ok=True)
 
-    info = {
+
+def _harmonise_chunks(
+    plan: _Plan, model: ComBatHarmonizer, chunks: Iterator[tuple[int, int, np.ndarray]],
+    readers: dict[str, _NpyFile], writers: dict[str, _NpyFile], progress: bool,
+) -> None:
+    """Fit chunk by chunk; write each chunk's training block and the test splits' transform of it."""
+    bar = tqdm(total=len(model.chunk_bounds_) - 1, desc="harmonize", unit="chunk", disable=not progress)
+    try:
+        for start, stop, block in chunks:
+            _write_chunk(writers["train"], plan.flat, start, stop, block)
+            del block
+            for s in plan.harmonised[1:]:
+                if len(plan.tables[s]) == 0:
+                    continue
+                values = _read_chunk(readers[s], plan.flat, start, stop)
+                if s == "external_test":
+                    result = model.transform_unseen_columns(values, plan.sites[s], start, stop)
+                else:
+                    result = model.transform_columns(values, plan.sites[s], start, stop)
+                _write_chunk(writers[s], plan.flat, start, stop, result)
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _harmonization_info(
+    model: ComBatHarmonizer, train: pd.DataFrame, external: str, eb: bool, age_degree: int, adjust: str,
+    chunk_size: int,
+) -> dict:
+    """The ``harmonization`` entry of ``cache.json``: what was fitted on what, and how each split was treated."""
+    return {
         "method": "ComBat",
         "implementation": f"neuroHarmonize {importlib.metadata.version('neuroHarmonize')}",
         "fitted_on": "train",
-        "n_fit_subjects": n_train,
-        "site_label": "siteXacq" if "siteXacq" in tables["train"].columns else "site",
+        "n_fit_subjects": len(train),
+        "site_label": "siteXacq" if "siteXacq" in train.columns else "site",
         "sites": model.sites_.tolist(),
         "covariates": list(model.covariates_),
         "sex_coding": {"female": 0, "male": 1},
@@ -244,18 +302,6 @@ def harmonize_cache(
         "external_test": EXTERNAL_STRATEGIES[external],
         "model": "model.npz",
     }
-    meta = dict(src.meta)
-    params = {"source_signature": src.meta.get("signature"), "chunk_size": int(chunk_size), "external": external,
-              "eb": bool(eb), "covariates": list(model.covariates_), "adjust": adjust, "age_degree": int(age_degree)}
-    meta.update({
-        "source_cache": str(src.path.resolve()),
-        "source_signature": src.meta.get("signature"),
-        "signature": _signature(params),
-        "brainage_version": __version__,
-        "harmonization": info,
-    })
-    save_json(out / "cache.json", meta)
-    return meta
 
 
 def _span(flat: np.ndarray, start: int, stop: int) -> tuple[int, int]:

@@ -76,9 +76,7 @@ def render_model_card(spec: dict[str, Any]) -> str:
     """The Markdown model card of a bundle description (the content of ``bundle.json``)."""
     model, prep, cohort = spec["model"], spec["preprocessing"], spec["training_cohort"]
     cal, ev, qc, prov = spec["calibration"], spec["evaluation"], spec["qc"], spec["provenance"]
-    age = cohort["age"]
     modality = prep["modality"]
-    grid = prep["source_grid"]
     score_lines, leak_lines = _scores_lines(ev.get("scores"))
     out = [f"# Model card: brain age, `{model['method']}` seed {model['seed']} ({modality})", "",
            f"Written by `brainage export` ({spec['created_by']}) from `bundle.json` in this folder, "
@@ -86,7 +84,31 @@ def render_model_card(spec: dict[str, Any]) -> str:
     if prov.get("synthetic_data"):
         out += ["> **Trained on simulated data** (`brainage simulate`). This model demonstrates the software: "
                 "its predicted ages mean nothing for real scans.", ""]
-    out += ["## Intended use", "",
+    out += _model_lines(spec) + _training_data_lines(cohort, prov)
+    out += ["## Measured errors", "",
+            "This bundle's predictions on the training cache's held-out splits (never used to train the network or "
+            "the readout). The corrected gap uses the calibration below; for the internal test subjects, on whom it "
+            "is fitted, each subject's line is fitted on the other folds (cross-fitted):", ""]
+    out += _errors_table(ev["bundle"]) + [""]
+    if cal.get("slope") is not None:
+        out += [f"Age-bias calibration: predicted = {cal['slope']:.4f} × age + {cal['intercept']:.3f}, fitted on the "
+                f"{cal['fitted_on']}; corrected age = (predicted - {cal['intercept']:.3f}) / {cal['slope']:.4f}.", ""]
+    else:
+        out += [f"No age-bias calibration: {cal.get('error')}. Predict leaves the corrected gap empty.", ""]
+    out += score_lines + ["", "## Site leakage", ""] + leak_lines
+    out += _misuse_lines(cohort, modality) + _qc_lines(qc)
+    out += ["", "## Provenance", "",
+            f"- Command: `{prov.get('command') or 'export_bundle() from Python'}`",
+            f"- Run `{model['run']}` (`{prov['model_file']}`), cache fingerprint {prov.get('cache_fingerprint')}.", ""]
+    return "\n".join(out)
+
+
+def _model_lines(spec: dict[str, Any]) -> list[str]:
+    """Sections "Intended use", "Model" and "Input and preprocessing"."""
+    model, prep = spec["model"], spec["preprocessing"]
+    modality = prep["modality"]
+    grid = prep["source_grid"]
+    return ["## Intended use", "",
             f"Estimating the brain age (years) from a single {MODALITY_TEXT[modality]}, for research on groups: "
             "the brain-age gap (predicted minus chronological age) and its age-bias-corrected version. It is not a "
             "diagnostic device.", "",
@@ -103,8 +125,13 @@ def render_model_card(spec: dict[str, Any]) -> str:
             "set to 0.",
             f"- Block average by {prep['downsample']['factor']} to the network grid "
             f"{'×'.join(map(str, prep['model_grid']['shape']))}; normalisation `{prep['normalize']['method']}` "
-            f"({prep['normalize']['rule']}); float16.", "",
-            "## Training data", "",
+            f"({prep['normalize']['rule']}); float16.", ""]
+
+
+def _training_data_lines(cohort: dict[str, Any], prov: dict[str, Any]) -> list[str]:
+    """Section "Training data": ages (years), sites, sex, studies, the data's names and the age histogram."""
+    age = cohort["age"]
+    return ["## Training data", "",
             f"- {cohort['n']} subjects, ages {age['min']:.1f}-{age['max']:.1f} y (mean {age['mean']:.1f}, "
             f"sd {_num(age['std'], 1)}, median {age['median']:.1f}; 5-95 %: {age['q05']:.1f}-{age['q95']:.1f}).",
             f"- {cohort['sites']['n']} sites (`{cohort['sites']['column']}`)"
@@ -116,21 +143,16 @@ def render_model_card(spec: dict[str, Any]) -> str:
             "| age (y) | " + " | ".join(f"{a:g}-{b:g}" for a, b in zip(cohort["age_histogram"]["edges"][:-1],
                                                                     cohort["age_histogram"]["edges"][1:])) + " |",
             "| --- |" + " --- |" * len(cohort["age_histogram"]["counts"]),
-            "| subjects | " + " | ".join(str(c) for c in cohort["age_histogram"]["counts"]) + " |", "",
-            "## Measured errors", "",
-            "This bundle's predictions on the training cache's held-out splits (never used to train the network or "
-            "the readout). The corrected gap uses the calibration below; for the internal test subjects, on whom it "
-            "is fitted, each subject's line is fitted on the other folds (cross-fitted):", ""]
-    out += _errors_table(ev["bundle"]) + [""]
-    if cal.get("slope") is not None:
-        out += [f"Age-bias calibration: predicted = {cal['slope']:.4f} × age + {cal['intercept']:.3f}, fitted on the "
-                f"{cal['fitted_on']}; corrected age = (predicted - {cal['intercept']:.3f}) / {cal['slope']:.4f}.", ""]
-    else:
-        out += [f"No age-bias calibration: {cal.get('error')}. Predict leaves the corrected gap empty.", ""]
-    out += score_lines + ["", "## Site leakage", ""] + leak_lines + ["", "## Where it must not be used", "",
-            f"- Outside the training age range, {age['min']:.1f}-{age['max']:.1f} y: predictions there are "
-            "extrapolations (`brainage predict` flags such subjects).",
-            ]
+            "| subjects | " + " | ".join(str(c) for c in cohort["age_histogram"]["counts"]) + " |", ""]
+
+
+def _misuse_lines(cohort: dict[str, Any], modality: str) -> list[str]:
+    """Section "Where it must not be used" (after a blank line)."""
+    age = cohort["age"]
+    out = ["", "## Where it must not be used", "",
+           f"- Outside the training age range, {age['min']:.1f}-{age['max']:.1f} y: predictions there are "
+           "extrapolations (`brainage predict` flags such subjects).",
+           ]
     sparse = _sparse_bins(cohort)
     if sparse:
         out.append(f"- With caution where training subjects were few (< {100 * SPARSE_BIN_FRACTION:g} % of the "
@@ -142,17 +164,19 @@ def render_model_card(spec: dict[str, Any]) -> str:
             "is a research finding, not a diagnosis.",
             "- On new sites without a check: the external-test error above is what unseen scanners cost; verify on "
             "a few subjects of known age from the new site.",
-            "- For decisions about one person.", "",
-            "## Quality control ranges (training subjects)", "",
-            "| measure | flagged when | training min | training max | n |", "| --- | --- | --- | --- | --- |"]
+            "- For decisions about one person.", ""]
+    return out
+
+
+def _qc_lines(qc: dict[str, Any]) -> list[str]:
+    """Section "Quality control ranges (training subjects)" and the export's preprocessing check."""
+    out = ["## Quality control ranges (training subjects)", "",
+           "| measure | flagged when | training min | training max | n |", "| --- | --- | --- | --- | --- |"]
     for name, ref in qc["reference"].items():
         side = "below min" if qc["rules"][name] == "below" else "outside [min, max]"
         out.append(f"| {name} | {side} | {_num(ref['min'], 4)} | {_num(ref['max'], 4)} | {ref['n']} |")
     check = qc.get("preprocessing_check") or {}
     out += ["", f"Preprocessing check at export: {check.get('n', 0)} training images run through this bundle's "
             f"preprocessing reproduce the training cache (max |difference| {_num(check.get('max_abs_difference'), 6)})."
-            if check.get("n") else "Preprocessing check at export: not run (source images unavailable).", "",
-            "## Provenance", "",
-            f"- Command: `{prov.get('command') or 'export_bundle() from Python'}`",
-            f"- Run `{model['run']}` (`{prov['model_file']}`), cache fingerprint {prov.get('cache_fingerprint')}.", ""]
-    return "\n".join(out)
+            if check.get("n") else "Preprocessing check at export: not run (source images unavailable)."]
+    return out

@@ -354,35 +354,18 @@ def export_bundle(
 
     run = Path(run)
     model_path, model, info, cache_path, meta = _open_run(run, cache)
-    config, identity = info["config"], info.get("cache") or {}
+    config = info["config"]
     training_cache = TrainingCache(cache_path)
     prep, dataset = _source_preprocessing(training_cache, meta, data)
-    if config.is_contrastive:
-        kind = kind or config.features
-    elif kind == "projection":
-        raise ExportError(f"{model_path}: an L1 model has no projection head")
-    else:
-        kind = "embedding"
+    kind = _feature_kind(config, kind, model_path)
     torch_device = resolve_device(device or config.device)
     model.to(torch_device)
     splits = {name: training_cache.split(name) for name in SPLITS}
-    age_mean, age_std = float(info.get("age_mean", 0.0)), float(info.get("age_std", 1.0))
-    outputs = _split_outputs(model, splits, kind, torch_device, batch_size or config.eval_batch_size, features,
-                             age_mean, age_std)
-    if config.is_contrastive:
-        train = splits["train"]
-        readout = fit_ridge_readout(
-            outputs["train"][0], train.ages, kind, settings=_probe_settings(scores),
-            fitted_on=f"train split of the training cache ({len(train)} subjects, the network's training subjects)")
-    else:
-        readout = Readout("head", kind, age_mean=age_mean, age_std=age_std)
-    predicted = {name: readout.predict(*outputs[name]) for name in SPLITS}
+    readout, predicted, n_features = _fit_readout(model, info, splits, kind, torch_device, batch_size, features,
+                                                  scores)
     calibration = _calibration(splits["internal_test"], predicted["internal_test"], readout)
-    n_features = int(outputs["train"][0].shape[1])
 
-    reference_mean, template_r = _reference_mean(splits["train"], prep.mask, progress)
-    measures, reproduction = _source_measures(splits["train"], prep, dataset, qc_subjects, progress)
-    measures["template_r"] = template_r
+    reference_mean, measures, reproduction = _training_image_qc(splits["train"], prep, dataset, qc_subjects, progress)
     resources = read_resources(dataset.root) if dataset is not None else {}
     state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
     cohort = cohort_summary(splits["train"].table)
@@ -398,30 +381,92 @@ def export_bundle(
         "preprocessing": prep.to_spec(),
         "calibration": calibration,
         "training_cohort": cohort,
-        "qc": {
-            "rules": dict(qc.QC_RULES),
-            "reference": {name: qc.summarize(values) for name, values in measures.items()},
-            "age_range": [cohort["age"]["min"], cohort["age"]["max"]],
-            "preprocessing_check": reproduction,
-            "max_oblique_deg": MAX_OBLIQUE_DEG,
-            "min_mask_coverage": MIN_MASK_COVERAGE,
-        },
+        "qc": _qc_spec(measures, reproduction, cohort),
         "evaluation": {
             "bundle": _held_out_errors(splits, predicted, calibration, (cohort["age"]["min"], cohort["age"]["max"])),
             "scores": _scores(scores, config, n_features) if scores is not None else None,
         },
-        "provenance": {
-            "command": command if isinstance(command, str) or command is None else " ".join(command),
-            "model_file": model_path.name,
-            "cache": cache_path.resolve().name,
-            "cache_signature": meta.get("signature"),
-            "cache_fingerprint": identity.get("fingerprint"),
-            "data": Path(dataset.root).resolve().name if dataset is not None else None,
-            "data_layout": getattr(dataset, "layout", None),
-            "synthetic_data": bool(resources.get("synthetic", False)),
-        },
+        "provenance": _provenance(command, model_path, cache_path, meta, info, dataset, resources),
     }
     bundle = ModelBundle(spec, state, prep, readout, reference_mean)
     if out is not None:
         bundle.save(out)
     return bundle
+
+
+def _feature_kind(config, kind: str | None, model_path: Path) -> str:
+    """The readout's features: ``kind`` or the run's ``features`` for contrastive runs, the embedding for L1 runs."""
+    if config.is_contrastive:
+        kind = kind or config.features
+    elif kind == "projection":
+        raise ExportError(f"{model_path}: an L1 model has no projection head")
+    else:
+        kind = "embedding"
+    return kind
+
+
+def _fit_readout(
+    model, info: dict[str, Any], splits: dict[str, CacheSplit], kind: str, device: torch.device,
+    batch_size: int | None, features: str | os.PathLike | None, scores: str | os.PathLike | None,
+) -> tuple[Readout, dict[str, np.ndarray], int]:
+    """The readout (Ridge on the training features, or the regression head) and its ``(n,)`` ages (years) per split.
+
+    Returns:
+        The readout, ``{split: predicted ages}`` and the number of feature columns.
+    """
+    config = info["config"]
+    age_mean, age_std = float(info.get("age_mean", 0.0)), float(info.get("age_std", 1.0))
+    outputs = _split_outputs(model, splits, kind, device, batch_size or config.eval_batch_size, features,
+                             age_mean, age_std)
+    if config.is_contrastive:
+        train = splits["train"]
+        readout = fit_ridge_readout(
+            outputs["train"][0], train.ages, kind, settings=_probe_settings(scores),
+            fitted_on=f"train split of the training cache ({len(train)} subjects, the network's training subjects)")
+    else:
+        readout = Readout("head", kind, age_mean=age_mean, age_std=age_std)
+    predicted = {name: readout.predict(*outputs[name]) for name in SPLITS}
+    return readout, predicted, int(outputs["train"][0].shape[1])
+
+
+def _training_image_qc(
+    train: CacheSplit, prep: Preprocessing, dataset, qc_subjects: int, progress: bool
+) -> tuple[np.ndarray, dict[str, list[float]], dict[str, Any]]:
+    """The mean training input (model grid), the training subjects' QC measures, the preprocessing check.
+
+    See :func:`_reference_mean` and :func:`_source_measures`; ``template_r`` joins the measures.
+    """
+    reference_mean, template_r = _reference_mean(train, prep.mask, progress)
+    measures, reproduction = _source_measures(train, prep, dataset, qc_subjects, progress)
+    measures["template_r"] = template_r
+    return reference_mean, measures, reproduction
+
+
+def _qc_spec(measures: dict[str, list[float]], reproduction: dict[str, Any], cohort: dict[str, Any]) -> dict[str, Any]:
+    """The ``qc`` entry of ``bundle.json``: rules, the training ranges of each measure, the training age range."""
+    return {
+        "rules": dict(qc.QC_RULES),
+        "reference": {name: qc.summarize(values) for name, values in measures.items()},
+        "age_range": [cohort["age"]["min"], cohort["age"]["max"]],
+        "preprocessing_check": reproduction,
+        "max_oblique_deg": MAX_OBLIQUE_DEG,
+        "min_mask_coverage": MIN_MASK_COVERAGE,
+    }
+
+
+def _provenance(
+    command: str | Sequence[str] | None, model_path: Path, cache_path: Path, meta: dict[str, Any],
+    info: dict[str, Any], dataset, resources: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``provenance`` entry of ``bundle.json``: the command and the names (never local paths) of the inputs."""
+    identity = info.get("cache") or {}
+    return {
+        "command": command if isinstance(command, str) or command is None else " ".join(command),
+        "model_file": model_path.name,
+        "cache": cache_path.resolve().name,
+        "cache_signature": meta.get("signature"),
+        "cache_fingerprint": identity.get("fingerprint"),
+        "data": Path(dataset.root).resolve().name if dataset is not None else None,
+        "data_layout": getattr(dataset, "layout", None),
+        "synthetic_data": bool(resources.get("synthetic", False)),
+    }

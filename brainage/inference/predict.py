@@ -163,7 +163,6 @@ def predict_brain_age(
         FileNotFoundError, ValueError: a missing input, a bad table or BIDS folder, a bad bundle.
     """
     from brainage.device import resolve_device
-    from brainage.training.extract import predict_split
 
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
@@ -171,14 +170,7 @@ def predict_brain_age(
     bundle = model if isinstance(model, ModelBundle) else open_model(model, **(export_options or {}))
     prep = bundle.preprocessing
     scans = collect_scans(images, select)
-    headers: list[ImageHeader | None] = []
-    errors: dict[int, str] = {}
-    for i, scan in enumerate(scans):
-        try:
-            headers.append(inspect_image(scan.path, prep))
-        except (ImageRefused, FileNotFoundError) as err:
-            headers.append(None)
-            errors[i] = str(err)
+    headers, errors = _inspect_headers(scans, prep)
     if errors and not skip_invalid:
         raise ImageRefused(f"{len(errors)} of {len(scans)} image(s) cannot be used; nothing was written "
                            f"(--skip-invalid predicts the others): " + " | ".join(list(errors.values())[:5]))
@@ -189,25 +181,7 @@ def predict_brain_age(
         log.warning("%s has no age-bias calibration: the corrected columns stay empty", bundle.name)
     loader = DataLoader(_Images(headers, prep, bundle.reference_mean), batch_size=batch_size, num_workers=workers,
                         collate_fn=_as_list)
-    rows: list[dict[str, Any] | None] = [None] * len(scans)
-    with tqdm(total=len(scans), desc="predict", unit="image", disable=not progress) as bar:
-        for batch in loader:
-            ready = []
-            for item in batch:
-                if item["error"]:
-                    message = errors.get(item["index"], item["error"])
-                    if not skip_invalid:
-                        raise ImageRefused(f"{message}; nothing was written (--skip-invalid predicts the others)")
-                    rows[item["index"]] = _row(scans[item["index"]], {"error": message}, math.nan, bundle, None)
-                else:
-                    ready.append(item)
-            if ready:
-                volumes = np.stack([item.pop("input") for item in ready])
-                features, head = predict_split(network, volumes, bundle.readout.features, torch_device,
-                                               batch_size=len(ready), name=str(scans[ready[0]["index"]].path))
-                for item, age in zip(ready, bundle.readout.predict(features, head)):
-                    rows[item["index"]] = _row(scans[item["index"]], item, float(age), bundle, correction)
-            bar.update(len(batch))
+    rows = _predict_rows(loader, scans, errors, network, bundle, correction, torch_device, skip_invalid, progress)
     table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
     save_table(out, table)
     summary = _summary(table, bundle, command, torch_device)
@@ -222,3 +196,49 @@ def predict_brain_age(
     log.info("%s: %d image(s) predicted, %d flagged, %d refused", out, summary["n_predicted"], summary["n_flagged"],
              summary["n_refused"])
     return table
+
+
+def _inspect_headers(scans: Sequence[Scan], prep: Preprocessing) -> tuple[list[ImageHeader | None], dict[int, str]]:
+    """Every scan's header (``None`` when refused) and why each refused scan was, by scan index."""
+    headers: list[ImageHeader | None] = []
+    errors: dict[int, str] = {}
+    for i, scan in enumerate(scans):
+        try:
+            headers.append(inspect_image(scan.path, prep))
+        except (ImageRefused, FileNotFoundError) as err:
+            headers.append(None)
+            errors[i] = str(err)
+    return headers, errors
+
+
+def _predict_rows(
+    loader: DataLoader, scans: Sequence[Scan], errors: dict[int, str], network: torch.nn.Module, bundle: ModelBundle,
+    correction, device: torch.device, skip_invalid: bool, progress: bool,
+) -> list[dict[str, Any] | None]:
+    """One output row per scan, in scan order: the network and readout on each batch of usable images.
+
+    Raises:
+        ImageRefused: an image refused while it is read (unless ``skip_invalid``).
+    """
+    from brainage.training.extract import predict_split
+
+    rows: list[dict[str, Any] | None] = [None] * len(scans)
+    with tqdm(total=len(scans), desc="predict", unit="image", disable=not progress) as bar:
+        for batch in loader:
+            ready = []
+            for item in batch:
+                if item["error"]:
+                    message = errors.get(item["index"], item["error"])
+                    if not skip_invalid:
+                        raise ImageRefused(f"{message}; nothing was written (--skip-invalid predicts the others)")
+                    rows[item["index"]] = _row(scans[item["index"]], {"error": message}, math.nan, bundle, None)
+                else:
+                    ready.append(item)
+            if ready:
+                volumes = np.stack([item.pop("input") for item in ready])
+                features, head = predict_split(network, volumes, bundle.readout.features, device,
+                                               batch_size=len(ready), name=str(scans[ready[0]["index"]].path))
+                for item, age in zip(ready, bundle.readout.predict(features, head)):
+                    rows[item["index"]] = _row(scans[item["index"]], item, float(age), bundle, correction)
+            bar.update(len(batch))
+    return rows

@@ -93,20 +93,8 @@ def submission_metadata(run: str | os.PathLike, cache: str | os.PathLike | None 
     for key in ("modality", "downsample", "normalize", "shape", "source_shape"):
         if key not in cache_meta:
             raise SubmissionBuildError(f"{cache_path}/cache.json has no {key!r}: not a cache written by brainage preprocess")
-    modality = cache_meta["modality"]
-    if not config.is_contrastive:
-        if kind == "projection":
-            raise SubmissionBuildError(f"{model_path}: an L1 model has no projection head; its features are the embedding")
-        kind = "embedding"
-    kind = kind or config.features
-    if kind not in ("projection", "embedding"):
-        raise SubmissionBuildError(f"unknown feature kind {kind!r}; valid choices are: 'projection', 'embedding'")
-    n_features = int(model.output_dim if kind == "projection" else model.embedding_dim)
-    if n_features > ramp_estimator.MAX_FEATURES:
-        raise SubmissionBuildError(
-            f"{model_path}: {kind} features have {n_features} dimensions; the challenge accepts at most "
-            f"{ramp_estimator.MAX_FEATURES}"
-        )
+    kind = _feature_kind(config, kind, model_path)
+    n_features = _n_features(model, kind, model_path)
     mask = np.asarray(nib.load(cache_path / "mask.nii.gz").dataobj) > 0
     if list(mask.shape) != list(cache_meta["shape"]):
         raise SubmissionBuildError(f"{cache_path}/mask.nii.gz has shape {mask.shape}, cache.json says {cache_meta['shape']}")
@@ -118,7 +106,43 @@ def submission_metadata(run: str | os.PathLike, cache: str | os.PathLike | None 
         "projection_hidden": None if config.projection_hidden is None else int(config.projection_hidden),
         "in_channels": 1,
     }
-    meta = {
+    meta = _metadata(run, config, info, cache_meta, mask, network, kind, n_features)
+    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    _check_network_copy(model, state, network, kind, meta["cache_shape"])
+    return meta, state
+
+
+def _feature_kind(config, kind: str | None, model_path: Path) -> str:
+    """The submission's feature kind: always the embedding for L1 runs, else ``kind`` or the run's ``features``."""
+    if not config.is_contrastive:
+        if kind == "projection":
+            raise SubmissionBuildError(f"{model_path}: an L1 model has no projection head; its features are the embedding")
+        kind = "embedding"
+    kind = kind or config.features
+    if kind not in ("projection", "embedding"):
+        raise SubmissionBuildError(f"unknown feature kind {kind!r}; valid choices are: 'projection', 'embedding'")
+    return kind
+
+
+def _n_features(model: torch.nn.Module, kind: str, model_path: Path) -> int:
+    """Feature columns of ``kind``; raises above the challenge's limit."""
+    n_features = int(model.output_dim if kind == "projection" else model.embedding_dim)
+    if n_features > ramp_estimator.MAX_FEATURES:
+        raise SubmissionBuildError(
+            f"{model_path}: {kind} features have {n_features} dimensions; the challenge accepts at most "
+            f"{ramp_estimator.MAX_FEATURES}"
+        )
+    return n_features
+
+
+def _metadata(run: Path, config, info: dict[str, Any], cache_meta: dict[str, Any], mask: np.ndarray,
+              network: dict[str, Any], kind: str, n_features: int) -> dict[str, Any]:
+    """``metadata.pkl``'s plain data: preprocessing, network, features and where the run came from.
+
+    ``mask`` is the cache-grid mask, ``(X, Y, Z)`` bool, stored as ``numpy.packbits`` bytes.
+    """
+    modality = cache_meta["modality"]
+    return {
         "format_version": ramp_estimator.FORMAT_VERSION,
         "created_by": f"brainage {__version__}",
         "run": run.resolve().name,  # the folder's name only: metadata.pkl goes to the challenge server
@@ -142,9 +166,6 @@ def submission_metadata(run: str | os.PathLike, cache: str | os.PathLike | None 
         "age_mean": float(info.get("age_mean", float("nan"))),
         "age_std": float(info.get("age_std", float("nan"))),
     }
-    state = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
-    _check_network_copy(model, state, network, kind, meta["cache_shape"])
-    return meta, state
 
 
 def _check_network_copy(model: torch.nn.Module, state: dict[str, torch.Tensor], network: dict[str, Any],

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pandas as pd
 
 from brainage.data.cache import SPLITS
 from brainage.data.modalities import MODALITIES
-from brainage.evaluation.features import load_feature_dir
+from brainage.evaluation.features import FeatureSplit, load_feature_dir
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.io import atomic_open, save_json
 from brainage.submission.build import SUBMISSION_FILES
@@ -137,53 +138,13 @@ def check_submission(
         raise FileNotFoundError(f"{submission}: missing {missing}; build it with `brainage submission`")
     meta = load_metadata(submission / "metadata.pkl")
     project = load_feature_dir(features)
-    settings = settings or ProbeSettings()
-    if project_scores is not None:
-        given = json.loads(Path(project_scores).read_text())
-        stored = given.get("probe_settings")
-        if stored:
-            settings = ProbeSettings(**{**stored, "alphas": tuple(stored["alphas"]), "cs": tuple(stored["cs"])})
+    settings = _probe_settings(settings, project_scores)
     out.mkdir(parents=True, exist_ok=True)
     base = Path(workdir) if workdir is not None else out.parent
     base.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".submission-check.", dir=base) as tmp:
-        tmp = Path(tmp)
-        rows = write_ramp_rows(data, tmp / "ramp", modalities=[meta["modality"]], layout=layout)
-        rows_seconds = time.perf_counter() - started
-        env = {f"{m.upper()}_MASK": str(tmp / "ramp" / "resource" / MODALITIES[m].mask_file) for m in MODALITIES}
-        requests = [
-            {"name": "train", "array": str(tmp / "ramp" / "train.npy"), "indices": list(range(rows["train"]))},
-            {"name": "test", "array": str(tmp / "ramp" / "test.npy"), "indices": "range"},
-        ]
-        feats, server = run_like_server(submission, requests, env, tmp)
-        tables = {part: pd.read_csv(tmp / "ramp" / f"{part}.tsv", sep="\t", dtype={"participant_id": str})
-                  for part in ("train", "test")}
-
-    ids = {part: tables[part]["participant_id"].astype(str).to_numpy() for part in tables}
-    position = {part: {pid: i for i, pid in enumerate(ids[part])} for part in ids}
-    comparison, triples = {}, {}
-    for split in SPLITS:
-        part = "train" if split == "train" else "test"
-        wanted = project[split].participant_id.astype(str)
-        absent = [pid for pid in wanted if pid not in position[part]]
-        if absent:
-            raise SubmissionCheckError(f"{split}: {len(absent)} subject(s) of the feature files are not in {data}, "
-                                       f"e.g. {absent[:3]}")
-        sub = feats[part][[position[part][pid] for pid in wanted]]
-        if sub.shape != project[split].features.shape:
-            raise SubmissionCheckError(f"{split}: the submission gives features of shape {sub.shape}, the project "
-                                       f"{project[split].features.shape}")
-        comparison[split] = _compare(sub, project[split].features, rtol, atol)
-        triples[split] = (sub, project[split].age, project[split].site)
-    bad = {s: c for s, c in comparison.items() if c["n_values_outside_tolerance"]}
-    if bad:
-        raise SubmissionCheckError(
-            "the submission's features differ from the project's beyond tolerance "
-            f"(rtol {rtol:g}, atol {atol:g}): "
-            + "; ".join(f"{s}: {c['n_subjects_outside_tolerance']} subject(s), max |diff| {c['max_abs_diff']:.3g}"
-                        for s, c in bad.items())
-        )
+    run = _run_on_ramp_rows(submission, data, meta["modality"], layout, base, started)
+    comparison, triples = _match_project_features(run, project, data, rtol, atol)
     scores = evaluate_features(triples["train"], triples["internal_test"], triples["external_test"], settings=settings)
     scores.pop("predictions")
     report: dict[str, Any] = {
@@ -197,12 +158,12 @@ def check_submission(
         "n_features": meta["n_features"],
         "modality": meta["modality"],
         "factor": meta["factor"],
-        "row_length": rows["row_length"],
+        "row_length": run.rows["row_length"],
         "n_subjects": {s: len(project[s]) for s in SPLITS},
         "tolerance": {"rtol": rtol, "atol": atol},
         "feature_comparison": comparison,
-        "server_run": server,
-        "seconds": {"ramp_rows": rows_seconds, "total": time.perf_counter() - started},
+        "server_run": run.report,
+        "seconds": {"ramp_rows": run.rows_seconds, "total": time.perf_counter() - started},
         "scores": scores,
     }
     if project_scores is not None:
@@ -214,6 +175,85 @@ def check_submission(
     log.info("submission check passed: L_c %.3f (Int. MAE %.2f, BAcc %.1f %%, Ext. MAE %.2f)",
              scores["challenge_score"], scores["int_mae"], 100 * scores["bacc"], scores["ext_mae"])
     return report
+
+
+def _probe_settings(settings: ProbeSettings | None, project_scores: str | os.PathLike | None) -> ProbeSettings:
+    """The probe settings recorded in ``project_scores`` when it has them, else ``settings`` or the challenge's."""
+    settings = settings or ProbeSettings()
+    if project_scores is not None:
+        given = json.loads(Path(project_scores).read_text())
+        stored = given.get("probe_settings")
+        if stored:
+            settings = ProbeSettings(**{**stored, "alphas": tuple(stored["alphas"]), "cs": tuple(stored["cs"])})
+    return settings
+
+
+@dataclass(frozen=True)
+class _ServerRun:
+    """What the submission gave on the RAMP rows: features per part, participant ids per part, the run's report."""
+
+    rows: dict[str, Any]  # write_ramp_rows' counts and row length
+    rows_seconds: float  # time to write the RAMP rows
+    features: dict[str, np.ndarray]  # {"train", "test"}: (n, p) in row order
+    ids: dict[str, np.ndarray]  # {"train", "test"}: (n,) participant ids in row order
+    report: dict[str, Any]  # run_like_server's report
+
+
+def _run_on_ramp_rows(
+    submission: Path, data: str | os.PathLike, modality: str, layout: str, base: Path, started: float
+) -> _ServerRun:
+    """Write the data's RAMP rows into a temporary folder under ``base`` and run the submission on them there."""
+    with tempfile.TemporaryDirectory(prefix=".submission-check.", dir=base) as tmp:
+        tmp = Path(tmp)
+        rows = write_ramp_rows(data, tmp / "ramp", modalities=[modality], layout=layout)
+        rows_seconds = time.perf_counter() - started
+        env = {f"{m.upper()}_MASK": str(tmp / "ramp" / "resource" / MODALITIES[m].mask_file) for m in MODALITIES}
+        requests = [
+            {"name": "train", "array": str(tmp / "ramp" / "train.npy"), "indices": list(range(rows["train"]))},
+            {"name": "test", "array": str(tmp / "ramp" / "test.npy"), "indices": "range"},
+        ]
+        feats, server = run_like_server(submission, requests, env, tmp)
+        tables = {part: pd.read_csv(tmp / "ramp" / f"{part}.tsv", sep="\t", dtype={"participant_id": str})
+                  for part in ("train", "test")}
+    ids = {part: tables[part]["participant_id"].astype(str).to_numpy() for part in tables}
+    return _ServerRun(rows, rows_seconds, feats, ids, server)
+
+
+def _match_project_features(
+    run: _ServerRun, project: dict[str, FeatureSplit], data: str | os.PathLike, rtol: float, atol: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, tuple]]:
+    """The submission's features of each split's subjects, compared with the project's.
+
+    Returns:
+        Per split, the comparison (see :func:`_compare`) and ``(features (n, p), ages (n,), sites (n,))``.
+
+    Raises:
+        SubmissionCheckError: a subject missing from the RAMP rows, another shape, or values beyond tolerance.
+    """
+    position = {part: {pid: i for i, pid in enumerate(run.ids[part])} for part in run.ids}
+    comparison, triples = {}, {}
+    for split in SPLITS:
+        part = "train" if split == "train" else "test"
+        wanted = project[split].participant_id.astype(str)
+        absent = [pid for pid in wanted if pid not in position[part]]
+        if absent:
+            raise SubmissionCheckError(f"{split}: {len(absent)} subject(s) of the feature files are not in {data}, "
+                                       f"e.g. {absent[:3]}")
+        sub = run.features[part][[position[part][pid] for pid in wanted]]
+        if sub.shape != project[split].features.shape:
+            raise SubmissionCheckError(f"{split}: the submission gives features of shape {sub.shape}, the project "
+                                       f"{project[split].features.shape}")
+        comparison[split] = _compare(sub, project[split].features, rtol, atol)
+        triples[split] = (sub, project[split].age, project[split].site)
+    bad = {s: c for s, c in comparison.items() if c["n_values_outside_tolerance"]}
+    if bad:
+        raise SubmissionCheckError(
+            "the submission's features differ from the project's beyond tolerance "
+            f"(rtol {rtol:g}, atol {atol:g}): "
+            + "; ".join(f"{s}: {c['n_subjects_outside_tolerance']} subject(s), max |diff| {c['max_abs_diff']:.3g}"
+                        for s, c in bad.items())
+        )
+    return comparison, triples
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -102,15 +102,7 @@ def extract_features(
     config = info["config"]
     torch_device = resolve_device(device or config.device)
     model.to(torch_device)
-    regression = not config.is_contrastive
-    if regression:
-        if kind == "projection":
-            raise ValueError(f"{model_path}: an L1 model has no projection head; its features are the embedding")
-        kind = "embedding"
-    else:
-        kind = kind or config.features
-    if kind not in ("projection", "embedding"):
-        raise ValueError(f"unknown feature kind {kind!r}; valid choices are: 'projection', 'embedding'")
+    kind = _feature_kind(config, kind, model_path)
     grid = read_cache_meta(cache)["shape"]
     trained = list(info.get("cache", {}).get("shape", []))
     if trained and trained != list(grid):
@@ -122,27 +114,51 @@ def extract_features(
         raise ValueError(f"unknown precision {precision!r}; valid choices are: 'fp32', 'bf16'")
     amp = torch.autocast(torch_device.type, dtype=torch.bfloat16) if precision == "bf16" else None
 
-    results = {}
-    for split in splits:
-        arrays = open_split(cache, split)
-        features, raw = predict_split(model, arrays.volumes, kind, torch_device, batch_size or config.eval_batch_size,
-                                      amp, channels_last, name=f"{cache}/{split}")
-        bad = ~np.isfinite(features).all(axis=1)
-        if bad.any():
-            raise ValueError(
-                f"{model_path}: {int(bad.sum())} of {len(bad)} {split} subject(s) have NaN/inf features "
-                f"(first: {arrays.participant_id[np.flatnonzero(bad)[0]]}); nothing was written"
-            )
-        entry = {
-            "features": features,
-            "age": arrays.ages.astype(np.float32),
-            "site": arrays.sites.astype(str),
-            "participant_id": arrays.participant_id.astype(str),
-        }
-        if arrays.sex is not None:
-            entry["sex"] = arrays.sex.astype(str)
-        if raw is not None:
-            entry["prediction"] = (raw * float(info["age_std"]) + float(info["age_mean"])).astype(np.float32)
-        results[split] = entry
+    results = {
+        split: _split_arrays(model, info, model_path, cache, split, kind, torch_device,
+                             batch_size or config.eval_batch_size, amp, channels_last)
+        for split in splits
+    }
     out = Path(out)
     return {split: save_npz(out / f"{split}.npz", **arrays) for split, arrays in results.items()}
+
+
+def _feature_kind(config, kind: str | None, model_path: Path) -> str:
+    """``kind`` or the run's ``features`` for contrastive models; the embedding for L1 models."""
+    regression = not config.is_contrastive
+    if regression:
+        if kind == "projection":
+            raise ValueError(f"{model_path}: an L1 model has no projection head; its features are the embedding")
+        kind = "embedding"
+    else:
+        kind = kind or config.features
+    if kind not in ("projection", "embedding"):
+        raise ValueError(f"unknown feature kind {kind!r}; valid choices are: 'projection', 'embedding'")
+    return kind
+
+
+def _split_arrays(
+    model: torch.nn.Module, info: dict, model_path: Path, cache: str | os.PathLike, split: str, kind: str,
+    device: torch.device, batch_size: int, amp, channels_last: bool,
+) -> dict[str, np.ndarray]:
+    """The arrays of ``<split>.npz`` (see :func:`extract_features`); raises on NaN/inf features."""
+    arrays = open_split(cache, split)
+    features, raw = predict_split(model, arrays.volumes, kind, device, batch_size, amp, channels_last,
+                                  name=f"{cache}/{split}")
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{model_path}: {int(bad.sum())} of {len(bad)} {split} subject(s) have NaN/inf features "
+            f"(first: {arrays.participant_id[np.flatnonzero(bad)[0]]}); nothing was written"
+        )
+    entry = {
+        "features": features,
+        "age": arrays.ages.astype(np.float32),
+        "site": arrays.sites.astype(str),
+        "participant_id": arrays.participant_id.astype(str),
+    }
+    if arrays.sex is not None:
+        entry["sex"] = arrays.sex.astype(str)
+    if raw is not None:
+        entry["prediction"] = (raw * float(info["age_std"]) + float(info["age_mean"])).astype(np.float32)
+    return entry

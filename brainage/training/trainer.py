@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -45,7 +46,7 @@ from brainage.training.checkpoint import (
     save_file,
 )
 from brainage.training.config import RUNTIME_FIELDS, TrainConfig
-from brainage.data.cache import cache_identity, open_split
+from brainage.data.cache import CacheSplit, cache_identity, open_split
 from brainage.device import resolve_device
 from brainage.training.data import VolumeStore, build_augmentation, make_views
 from brainage.training.distributed import (
@@ -316,6 +317,86 @@ def train(
     amp = autocast_context(config, device)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
+    split, target = _open_training_split(config, cache, ctx)
+    ckpt_path = out / "checkpoint.pt"
+
+    restore_determinism = _set_determinism(device)
+    writer = None
+    try:
+        run = _start_run(config, target, out, ckpt_path, device, restart_on_mismatch, ctx)
+        loop = _make_loop(config, split, f"{cache}/train", run.model, device, amp, target, ctx)
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            writer = _tensorboard(out)
+        bar = _progress(loop.steps * config.epochs, loop.steps * run.start_epoch, config.progress and ctx.is_main,
+                        f"train {config.method} seed {config.seed}")
+        end_epoch = config.epochs if stop_after is None else min(config.epochs, run.start_epoch + stop_after)
+
+        for epoch in range(run.start_epoch, end_epoch):
+            row, seconds = _train_epoch(loop, run, epoch, ckpt_path, bar)
+            run.metrics.append(row)
+            if ctx.is_main:
+                save_file(ckpt_path, _checkpoint_payload(run, config, target, epoch + 1, device))
+                _write_metrics(out / "metrics.csv", run.metrics)
+                _log_epoch(writer, row, config.epochs, seconds)
+            barrier(ctx)
+        if bar is not None:
+            bar.close()
+
+        done = len(run.metrics) >= config.epochs
+        if done and ctx.is_main:
+            _write_finished_run(out, run, config, target, device, ctx)
+        barrier(ctx)
+        return out / ("model.pt" if done else "checkpoint.pt")
+    finally:
+        if writer is not None:
+            writer.close()
+        restore_determinism()
+
+
+@dataclass
+class _Target:
+    """What the run trains on: the cache's identity and the age scaling of the regression targets (years)."""
+
+    identity: dict[str, Any]
+    age_mean: float
+    age_std: float
+
+
+@dataclass
+class _Run:
+    """The state carried from epoch to epoch and saved in ``checkpoint.pt`` (restored on resume)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    metrics: list[dict[str, Any]]
+    start_epoch: int
+    threads_used: list[int]
+
+
+@dataclass
+class _Loop:
+    """What every epoch uses unchanged: the data on its device, the loss, the sampler and the batch sizes."""
+
+    config: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    amp: contextlib.AbstractContextManager
+    target: _Target
+    store: VolumeStore
+    ages_all: Tensor
+    criterion: nn.Module | None
+    augment: Callable | None
+    ddp_model: nn.Module
+    sampler: DistributedSampler
+    local_batch: int
+    steps: int
+    channels_last: bool
+
+
+def _open_training_split(config: TrainConfig, cache: str | os.PathLike, ctx: DistContext) -> tuple[CacheSplit, _Target]:
+    """The cache's ``train`` split and its :class:`_Target`; raises when the batch does not fit it."""
     if config.batch_size % ctx.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     split = open_split(cache, "train")
@@ -328,157 +409,184 @@ def train(
         age_mean, age_std = float(split.ages.mean()), float(split.ages.std()) or 1.0
     else:
         age_mean, age_std = 0.0, 1.0
+    return split, _Target(identity, age_mean, age_std)
 
-    restore_determinism = _set_determinism(device)
-    writer = None
+
+def _start_run(
+    config: TrainConfig, target: _Target, out: Path, ckpt_path: Path, device: torch.device,
+    restart_on_mismatch: bool, ctx: DistContext,
+) -> _Run:
+    """Model, optimiser and scheduler seeded from ``config.seed``, then restored from ``ckpt_path`` if resumable."""
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    if use_channels_last(config, device):
+        model = model.to(memory_format=torch.channels_last_3d)
+    optimizer = make_optimizer(config, model.parameters())
+    scheduler = make_scheduler(config, optimizer)
+    run = _Run(model, optimizer, scheduler, metrics=[], start_epoch=0, threads_used=[torch.get_num_threads()])
+    if ctx.is_main:
+        remove_stale_temporaries(out, _RUN_FILES)  # left by a killed run
+    payload = _resumable_checkpoint(ckpt_path, config, target.identity, restart_on_mismatch, ctx)
+    if payload is not None:
+        _resume(run, payload, ckpt_path, config, device, ctx)
+    return run
+
+
+def _resume(
+    run: _Run, payload: dict[str, Any], ckpt_path: Path, config: TrainConfig, device: torch.device, ctx: DistContext
+) -> None:
+    """Load weights, optimiser, scheduler and RNG states, epoch and metrics of a checkpoint into ``run``."""
+    load_state_strict(run.model, payload["model"], ckpt_path)
     try:
-        torch.manual_seed(config.seed)
-        model = build_model(config).to(device)
-        channels_last = use_channels_last(config, device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-        optimizer = make_optimizer(config, model.parameters())
-        scheduler = make_scheduler(config, optimizer)
-        metrics: list[dict[str, Any]] = []
-        start_epoch = 0
-        threads_used = [torch.get_num_threads()]
+        run.optimizer.load_state_dict(payload["optimizer"])
+        run.scheduler.load_state_dict(payload["scheduler"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{ckpt_path}: optimiser or scheduler state does not match ({err})") from err
+    _set_rng_state(payload["rng"], device)
+    run.start_epoch = int(payload["epoch"])
+    run.metrics = list(payload["metrics"])
+    if ctx.is_main:
+        log.info("resuming %s from epoch %d of %d", ckpt_path, run.start_epoch, config.epochs)
+    run.threads_used = _threads_on_resume(payload, ckpt_path, ctx)
 
-        ckpt_path = out / "checkpoint.pt"
-        if ctx.is_main:
-            remove_stale_temporaries(out, _RUN_FILES)  # left by a killed run
-        payload = _resumable_checkpoint(ckpt_path, config, identity, restart_on_mismatch, ctx)
-        if payload is not None:
-            load_state_strict(model, payload["model"], ckpt_path)
-            try:
-                optimizer.load_state_dict(payload["optimizer"])
-                scheduler.load_state_dict(payload["scheduler"])
-            except (KeyError, ValueError, RuntimeError) as err:
-                raise CheckpointError(f"{ckpt_path}: optimiser or scheduler state does not match ({err})") from err
-            _set_rng_state(payload["rng"], device)
-            start_epoch = int(payload["epoch"])
-            metrics = list(payload["metrics"])
-            if ctx.is_main:
-                log.info("resuming %s from epoch %d of %d", ckpt_path, start_epoch, config.epochs)
-            threads_used = _threads_on_resume(payload, ckpt_path, ctx)
 
-        store = VolumeStore(split.volumes, device, resident=_resident(config.data_on_device), name=f"{cache}/train")
-        ages_all = torch.as_tensor(split.ages, dtype=torch.float32, device=device)
-        criterion = make_criterion(config)
-        augment = build_augmentation(config.augmentations) if config.is_contrastive else None
-        views = config.n_views
-        ddp_model = wrap_model(model, ctx, device, config.sync_batchnorm)
-        sampler = DistributedSampler(range(n_train), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                     seed=config.seed, drop_last=True)
-        local_batch = config.batch_size // ctx.world_size
-        steps = len(sampler) // local_batch
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            writer = _tensorboard(out)
-        bar = _progress(steps * config.epochs, steps * start_epoch, config.progress and ctx.is_main,
-                        f"train {config.method} seed {config.seed}")
-        end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
+def _make_loop(
+    config: TrainConfig, split: CacheSplit, name: str, model: nn.Module, device: torch.device,
+    amp: contextlib.AbstractContextManager, target: _Target, ctx: DistContext,
+) -> _Loop:
+    """The training split on ``device``, the loss and augmentation, the wrapped model and the sampler."""
+    store = VolumeStore(split.volumes, device, resident=_resident(config.data_on_device), name=name)
+    ages_all = torch.as_tensor(split.ages, dtype=torch.float32, device=device)
+    criterion = make_criterion(config)
+    augment = build_augmentation(config.augmentations) if config.is_contrastive else None
+    ddp_model = wrap_model(model, ctx, device, config.sync_batchnorm)
+    sampler = DistributedSampler(range(len(split)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    local_batch = config.batch_size // ctx.world_size
+    return _Loop(config, ctx, device, amp, target, store, ages_all, criterion, augment, ddp_model, sampler,
+                 local_batch, steps=len(sampler) // local_batch, channels_last=use_channels_last(config, device))
 
-        for epoch in range(start_epoch, end_epoch):
-            ddp_model.train()
-            sampler.set_epoch(epoch)
-            order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
-            if augment is not None:
-                augment.set_random_state(seed=_augment_seed(config.seed, epoch, ctx.rank))
-            lr = optimizer.param_groups[0]["lr"]
-            start = time.perf_counter()
-            order_on_device = order.to(device)
-            losses = _EpochLosses(steps, device)
-            seen = 0
-            for step in range(steps):
-                rows = slice(step * local_batch, (step + 1) * local_batch)
-                x = store.batch(order_on_device[rows] if store.resident else order[rows])
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last_3d)
-                ages = ages_all[order_on_device[rows]]
-                with amp, trusted_inputs():
-                    if criterion is not None:
-                        loss = contrastive_loss(ddp_model, x, ages, criterion, views, augment, ctx)
-                    else:
-                        loss, prediction = regression_loss(ddp_model, x, (ages - age_mean) / age_std)
-                abs_err = None if criterion is not None else (prediction * age_std + age_mean - ages).abs().sum()
-                losses.record(step, loss, abs_err)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                seen += local_batch
-                if bar is not None:
-                    bar.update(1)
-                if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 or step + 1 == steps:
-                    window_loss = losses.check(step + 1, epoch, ckpt_path, ctx, device)
-                    if bar is not None:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{window_loss:.4f}", refresh=False)
-            loss_sum, abs_err_sum = losses.totals()
-            scheduler.step()
-            seconds = time.perf_counter() - start
-            row = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "loss": all_mean(loss_sum / steps, ctx, device),
-                "train_mae": all_mean(abs_err_sum / seen, ctx, device) if criterion is None else None,
-                "seconds": round(seconds, 3),
-                "samples_per_s": round(seen * ctx.world_size / seconds, 2),
-            }
-            metrics.append(row)
-            if ctx.is_main:
-                payload = {
-                    "format": CHECKPOINT_FORMAT,
-                    "version": VERSION,
-                    "epoch": epoch + 1,
-                    "config": config.to_dict(),
-                    "cache": identity,
-                    "age_mean": age_mean,
-                    "age_std": age_std,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(device),
-                    "metrics": metrics,
-                    "num_threads": threads_used[-1],
-                    "num_threads_used": threads_used,
-                }
-                save_file(ckpt_path, payload)
-                _write_metrics(out / "metrics.csv", metrics)
-                if writer is not None:
-                    for key in ("loss", "train_mae", "lr", "samples_per_s"):
-                        if row[key] is not None:
-                            writer.add_scalar(key, row[key], epoch + 1)
-                    writer.flush()
-                log.info("epoch %d/%d loss %.4f%s (%.1f s)", epoch + 1, config.epochs, row["loss"],
-                         f" train MAE {row['train_mae']:.2f} y" if row["train_mae"] is not None else "", seconds)
-            barrier(ctx)
+
+def _train_epoch(loop: _Loop, run: _Run, epoch: int, ckpt_path: Path, bar) -> tuple[dict[str, Any], float]:
+    """One epoch (0-based ``epoch``): its metrics row (see :data:`METRIC_COLUMNS`) and its duration in seconds.
+
+    Raises:
+        TrainingDivergedError: a non-finite loss, before anything of this epoch is saved.
+    """
+    config, ctx, device = loop.config, loop.ctx, loop.device
+    loop.ddp_model.train()
+    loop.sampler.set_epoch(epoch)
+    order = torch.as_tensor(list(iter(loop.sampler)), dtype=torch.long)
+    if loop.augment is not None:
+        loop.augment.set_random_state(seed=_augment_seed(config.seed, epoch, ctx.rank))
+    lr = run.optimizer.param_groups[0]["lr"]
+    start = time.perf_counter()
+    order_on_device = order.to(device)
+    losses = _EpochLosses(loop.steps, device)
+    seen = 0
+    for step in range(loop.steps):
+        rows = slice(step * loop.local_batch, (step + 1) * loop.local_batch)
+        x = loop.store.batch(order_on_device[rows] if loop.store.resident else order[rows])
+        if loop.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        loss, abs_err = _batch_loss(loop, x, loop.ages_all[order_on_device[rows]])
+        losses.record(step, loss, abs_err)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        seen += loop.local_batch
         if bar is not None:
-            bar.close()
+            bar.update(1)
+        if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 or step + 1 == loop.steps:
+            window_loss = losses.check(step + 1, epoch, ckpt_path, ctx, device)
+            if bar is not None:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{window_loss:.4f}", refresh=False)
+    loss_sum, abs_err_sum = losses.totals()
+    run.scheduler.step()
+    seconds = time.perf_counter() - start
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "loss": all_mean(loss_sum / loop.steps, ctx, device),
+        "train_mae": all_mean(abs_err_sum / seen, ctx, device) if loop.criterion is None else None,
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(seen * ctx.world_size / seconds, 2),
+    }
+    return row, seconds
 
-        done = len(metrics) >= config.epochs
-        if done and ctx.is_main:
-            # again here: a rerun that resumes a finished checkpoint (a workflow manager removed the
-            # incomplete outputs of a killed job, metrics.csv among them) runs no epoch
-            _write_metrics(out / "metrics.csv", metrics)
-            save_file(out / "model.pt", {
-                "format": MODEL_FORMAT,
-                "version": VERSION,
-                "epoch": config.epochs,
-                "config": config.to_dict(),
-                "cache": identity,
-                "age_mean": age_mean,
-                "age_std": age_std,
-                "model": model.state_dict(),
-                "num_threads_used": threads_used,
-            })
-            save_json(out / "config.json", {"config": config.to_dict(), "cache": identity, "epochs_done": len(metrics),
-                                             "world_size": ctx.world_size, "device": str(device),
-                                             "num_threads_used": threads_used})
-        barrier(ctx)
-        return out / ("model.pt" if done else "checkpoint.pt")
-    finally:
-        if writer is not None:
-            writer.close()
-        restore_determinism()
+
+def _batch_loss(loop: _Loop, x: Tensor, ages: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Loss of one local batch: ``x`` ``(B, 1, X, Y, Z)``, ``ages`` ``(B,)`` in years.
+
+    Returns:
+        The scalar loss and, for L1 runs, the batch's summed absolute age error in years (else ``None``).
+    """
+    target = loop.target
+    with loop.amp, trusted_inputs():
+        if loop.criterion is not None:
+            loss = contrastive_loss(loop.ddp_model, x, ages, loop.criterion, loop.config.n_views, loop.augment,
+                                    loop.ctx)
+        else:
+            loss, prediction = regression_loss(loop.ddp_model, x, (ages - target.age_mean) / target.age_std)
+    abs_err = None if loop.criterion is not None else (prediction * target.age_std + target.age_mean - ages).abs().sum()
+    return loss, abs_err
+
+
+def _model_payload(
+    fmt: str, epoch: int, run: _Run, config: TrainConfig, target: _Target, **extra: Any
+) -> dict[str, Any]:
+    """The entries ``checkpoint.pt`` and ``model.pt`` share (format to weights), then ``extra`` in order."""
+    return {
+        "format": fmt,
+        "version": VERSION,
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "cache": target.identity,
+        "age_mean": target.age_mean,
+        "age_std": target.age_std,
+        "model": run.model.state_dict(),
+        **extra,
+    }
+
+
+def _checkpoint_payload(
+    run: _Run, config: TrainConfig, target: _Target, epoch: int, device: torch.device
+) -> dict[str, Any]:
+    """``checkpoint.pt`` after ``epoch`` epochs: the model payload plus what resuming needs."""
+    return _model_payload(
+        CHECKPOINT_FORMAT, epoch, run, config, target,
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
+        rng=_rng_state(device),
+        metrics=run.metrics,
+        num_threads=run.threads_used[-1],
+        num_threads_used=run.threads_used,
+    )
+
+
+def _log_epoch(writer, row: dict[str, Any], epochs: int, seconds: float) -> None:
+    """The epoch's row to TensorBoard (when installed) and one log line."""
+    if writer is not None:
+        for key in ("loss", "train_mae", "lr", "samples_per_s"):
+            if row[key] is not None:
+                writer.add_scalar(key, row[key], row["epoch"])
+        writer.flush()
+    log.info("epoch %d/%d loss %.4f%s (%.1f s)", row["epoch"], epochs, row["loss"],
+             f" train MAE {row['train_mae']:.2f} y" if row["train_mae"] is not None else "", seconds)
+
+
+def _write_finished_run(
+    out: Path, run: _Run, config: TrainConfig, target: _Target, device: torch.device, ctx: DistContext
+) -> None:
+    """``metrics.csv``, ``model.pt`` and ``config.json`` of a run whose epochs are all done."""
+    # again here: a rerun that resumes a finished checkpoint (a workflow manager removed the
+    # incomplete outputs of a killed job, metrics.csv among them) runs no epoch
+    _write_metrics(out / "metrics.csv", run.metrics)
+    save_file(out / "model.pt", _model_payload(MODEL_FORMAT, config.epochs, run, config, target,
+                                               num_threads_used=run.threads_used))
+    save_json(out / "config.json", {"config": config.to_dict(), "cache": target.identity,
+                                     "epochs_done": len(run.metrics), "world_size": ctx.world_size,
+                                     "device": str(device), "num_threads_used": run.threads_used})
 
 
 def _threads_on_resume(payload: dict[str, Any], path: Path, ctx: DistContext) -> list[int]:

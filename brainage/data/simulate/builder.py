@@ -227,21 +227,8 @@ def simulate_openbhb(
         FileExistsError: ``out`` exists, is not empty, and ``overwrite`` is False.
     """
     out = Path(out)
-    if isinstance(n_subjects, bool) or int(n_subjects) != n_subjects or n_subjects < 1:
-        raise ValueError(f"n_subjects must be a positive integer, got {n_subjects!r}")
-    if isinstance(downsample, bool) or int(downsample) != downsample or not 1 <= downsample <= 16:
-        raise ValueError(f"downsample must be an integer in [1, 16] (1 = the full OpenBHB grids), got {downsample!r}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    n_subjects, downsample, seed = int(n_subjects), int(downsample), int(seed)
-    mods = parse_modalities(modalities)
-    if ramp and set(mods) != set(MODALITIES):
-        raise ValueError(f"the RAMP layout holds both modalities: ramp=True needs modalities vbm,quasiraw, got {','.join(mods)}")
-    if not 0.0 < external_fraction < 1.0 or not 0.0 < internal_fraction < 1.0:
-        raise ValueError("external_fraction and internal_fraction must lie in (0, 1)")
-    n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
-    if n_jobs < 1:
-        raise ValueError(f"n_jobs must be >= 1 (or -1 for all CPUs), got {n_jobs}")
+    n_subjects, downsample, seed, mods, n_jobs = _checked_arguments(
+        n_subjects, downsample, seed, modalities, ramp, external_fraction, internal_fraction, n_jobs)
     n_sites = default_n_sites(n_subjects) if n_sites is None else int(n_sites)
     _check_out(out, overwrite)
     model = model or AgeingModel()
@@ -260,34 +247,72 @@ def simulate_openbhb(
     stage.mkdir()
     try:
         info = _write_masks(stage, downsample, ramp)
-        ramp_paths = ramp_rows = slices = None
-        if ramp:
-            slices = ramp_row_slices(info["vbm"]["n_voxels"], info["quasiraw"]["n_voxels"])
-            is_train = (table["split"] == "train").to_numpy()
-            ramp_rows = np.where(is_train, np.cumsum(is_train) - 1, np.cumsum(~is_train) - 1)
-            ramp_paths = {}
-            for part, n in (("train", int(is_train.sum())), ("test", int((~is_train).sum()))):
-                path = stage / "ramp" / f".{part}.npy.partial"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, slices["destrieux_roi"].stop))
-                del mm
-                ramp_paths[part] = path
+        ramp_paths, ramp_rows, slices = _create_ramp_arrays(stage, table, info) if ramp else (None, None, None)
         ctx = _Context(root=stage, seed=seed, factor=downsample, modalities=mods, table=table, cohort=cohort,
                        model=model, ramp=ramp_paths, ramp_rows=ramp_rows, row_slices=slices)
         records = _run(ctx, n_jobs, progress)
         _write_tables(stage, ctx, records, info, n_sites, max_acquisitions, external_fraction, internal_fraction)
         if ramp_paths is not None:
-            _MEMMAPS.clear()
-            for part, path in ramp_paths.items():
-                with open(path, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(path, path.with_name(f"{part}.npy"))
+            _publish_ramp_arrays(ramp_paths)
         _swap_into_place(stage, out)
     except BaseException:
         _MEMMAPS.clear()
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return out
+
+
+def _checked_arguments(
+    n_subjects: int, downsample: int, seed: int, modalities: str | Sequence[str], ramp: bool,
+    external_fraction: float, internal_fraction: float, n_jobs: int,
+) -> tuple[int, int, int, tuple[str, ...], int]:
+    """``(n_subjects, downsample, seed, modalities, n_jobs)`` as integers and a modality tuple; raises on a bad one."""
+    if isinstance(n_subjects, bool) or int(n_subjects) != n_subjects or n_subjects < 1:
+        raise ValueError(f"n_subjects must be a positive integer, got {n_subjects!r}")
+    if isinstance(downsample, bool) or int(downsample) != downsample or not 1 <= downsample <= 16:
+        raise ValueError(f"downsample must be an integer in [1, 16] (1 = the full OpenBHB grids), got {downsample!r}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    n_subjects, downsample, seed = int(n_subjects), int(downsample), int(seed)
+    mods = parse_modalities(modalities)
+    if ramp and set(mods) != set(MODALITIES):
+        raise ValueError(f"the RAMP layout holds both modalities: ramp=True needs modalities vbm,quasiraw, got {','.join(mods)}")
+    if not 0.0 < external_fraction < 1.0 or not 0.0 < internal_fraction < 1.0:
+        raise ValueError("external_fraction and internal_fraction must lie in (0, 1)")
+    n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be >= 1 (or -1 for all CPUs), got {n_jobs}")
+    return n_subjects, downsample, seed, mods, n_jobs
+
+
+def _create_ramp_arrays(
+    stage: Path, table: pd.DataFrame, info: dict
+) -> tuple[dict[str, Path], np.ndarray, dict[str, slice]]:
+    """The RAMP ``train``/``test`` float32 arrays as zero-filled partial files under ``stage/ramp``.
+
+    Returns:
+        Their paths, each participant's row in its part's array (``(n,)``), and the slices of a row.
+    """
+    slices = ramp_row_slices(info["vbm"]["n_voxels"], info["quasiraw"]["n_voxels"])
+    is_train = (table["split"] == "train").to_numpy()
+    ramp_rows = np.where(is_train, np.cumsum(is_train) - 1, np.cumsum(~is_train) - 1)
+    ramp_paths = {}
+    for part, n in (("train", int(is_train.sum())), ("test", int((~is_train).sum()))):
+        path = stage / "ramp" / f".{part}.npy.partial"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, slices["destrieux_roi"].stop))
+        del mm
+        ramp_paths[part] = path
+    return ramp_paths, ramp_rows, slices
+
+
+def _publish_ramp_arrays(ramp_paths: dict[str, Path]) -> None:
+    """Close the workers' memory maps, sync the partial RAMP arrays and give them their final names."""
+    _MEMMAPS.clear()
+    for part, path in ramp_paths.items():
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(path, path.with_name(f"{part}.npy"))
 
 
 def _run(ctx: _Context, n_jobs: int, progress: bool) -> list[dict]:

@@ -259,7 +259,23 @@ def design_cohort(
         raise ValueError(f"n_sites must be >= 2 (training sites and at least one external site), got {n_sites}")
     if max_acquisitions < 1:
         raise ValueError(f"max_acquisitions must be >= 1, got {max_acquisitions}")
+    # one generator drawn from in this order: site weights, external sites, site numbers,
+    # acquisitions per site, subjects per acquisition, participant ids, then per acquisition
+    # ages, sexes and internal-test subjects
     rng = np.random.default_rng([seed, _STREAM_COHORT])
+    profiles, site_weight = _site_profiles(n_sites, rng)
+    external = _external_sites(profiles, site_weight, n_sites, rng)
+    # site numbering independent of the profile order; studies group up to 3 sites of a kind
+    numbers = rng.permutation(n_sites)
+    acqs = _draw_acquisitions(seed, profiles, external, numbers, max_acquisitions, rng)
+    site_index = {str(int(numbers[i])): i for i in range(n_sites)}
+    per_acq = _subjects_per_acquisition(acqs, site_weight, site_index, n_subjects, n_sites, external_fraction, rng)
+    table = _draw_participants(seed, acqs, per_acq, site_index, n_subjects, internal_fraction, rng)
+    return Cohort(acquisitions=acqs, participants=table)
+
+
+def _site_profiles(n_sites: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """The age profile of each site (at least one lifespan site, two from 8 sites) and its ``(n_sites,)`` weight."""
     names = list(PROFILES)
     counts = _apportion(np.array([PROFILES[p].site_share for p in names]), n_sites)
     life = names.index("lifespan")
@@ -271,9 +287,15 @@ def design_cohort(
     site_weight = np.array([
         PROFILES[p].subject_share / counts[names.index(p)] * np.exp(rng.normal(0.0, 0.4)) for p in profiles
     ])
+    return profiles, site_weight
 
-    # external sites: an adult/lifespan site (a lifespan one kept for training), plus a
-    # younger site when there are enough sites
+
+def _external_sites(profiles: list[str], site_weight: np.ndarray, n_sites: int, rng: np.random.Generator) -> list[int]:
+    """Indices of the external sites.
+
+    An adult/lifespan site (a lifespan one kept for training), plus younger sites up to 12 % of
+    the sites; the lightest site when no site qualifies.
+    """
     n_ext = max(1, int(round(0.12 * n_sites)))
     old = [i for i, p in enumerate(profiles) if p in ("adult", "lifespan")]
     life_sites = [i for i, p in enumerate(profiles) if p == "lifespan"]
@@ -288,9 +310,14 @@ def design_cohort(
         young.remove(pick)
     if not external:
         external.append(int(np.argmin(site_weight)))
+    return external
 
-    # site numbering independent of the profile order; studies group up to 3 sites of a kind
-    numbers = rng.permutation(n_sites)
+
+def _draw_acquisitions(
+    seed: int, profiles: list[str], external: list[int], numbers: np.ndarray, max_acquisitions: int,
+    rng: np.random.Generator,
+) -> list[Acquisition]:
+    """1 to ``max_acquisitions`` acquisition settings per site, site by site; site ``i`` is named ``numbers[i]``."""
     acqs: list[Acquisition] = []
     study_count: dict[str, int] = {}
     p_acq = np.array([0.55, 0.3, 0.15][:max_acquisitions])
@@ -300,9 +327,19 @@ def design_cohort(
         study = f"sim-{p}-{k // 3 + 1}"
         n_acq = 1 + int(rng.choice(len(p_acq), p=p_acq / p_acq.sum()))
         acqs.extend(_site_acquisitions(seed, i, str(int(numbers[i])), study, PROFILES[p], i in external, n_acq))
+    return acqs
 
+
+def _subjects_per_acquisition(
+    acqs: list[Acquisition], site_weight: np.ndarray, site_index: dict[str, int], n_subjects: int, n_sites: int,
+    external_fraction: float, rng: np.random.Generator,
+) -> np.ndarray:
+    """``(n_acquisitions,)`` subject counts: at least 2 per training acquisition, 1 per external one.
+
+    Raises:
+        ValueError: fewer subjects than those minima.
+    """
     is_ext = np.array([a.external for a in acqs])
-    site_index = {str(int(numbers[i])): i for i in range(n_sites)}
     acq_weight = np.array([site_weight[site_index[a.site]] for a in acqs]) * rng.dirichlet(np.full(len(acqs), 4.0)) * len(acqs)
     need_min = minimum_subjects(int((~is_ext).sum()), int(is_ext.sum()))
     if n_subjects < need_min:
@@ -316,7 +353,17 @@ def design_cohort(
     per_acq = np.zeros(len(acqs), dtype=np.int64)
     per_acq[is_ext] = _apportion(acq_weight[is_ext], n_external, 1)
     per_acq[~is_ext] = _apportion(acq_weight[~is_ext], n_subjects - n_external, 2)
+    return per_acq
 
+
+def _draw_participants(
+    seed: int, acqs: list[Acquisition], per_acq: np.ndarray, site_index: dict[str, int], n_subjects: int,
+    internal_fraction: float, rng: np.random.Generator,
+) -> pd.DataFrame:
+    """The participants (ids, age in years, sex, split) of every acquisition, sorted by split then id.
+
+    Sets each acquisition's ``n_subjects``.
+    """
     rows = []
     ids = rng.choice(9_000_000, size=n_subjects, replace=False) + 1_000_000
     pos = 0
@@ -346,7 +393,7 @@ def design_cohort(
     table["_split_order"] = table["split"].map({s: i for i, s in enumerate(SPLITS)})
     table["_id"] = table["participant_id"].astype(np.int64)
     table = table.sort_values(["_split_order", "_id"], kind="stable").drop(columns=["_split_order", "_id"])
-    return Cohort(acquisitions=acqs, participants=table.reset_index(drop=True))
+    return table.reset_index(drop=True)
 
 
 def participants_table(cohort: Cohort, volumes: pd.DataFrame) -> pd.DataFrame:
