@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from brainage.errors import BrainAgeError
 
 __all__ = ["resolve_device"]
 
@@ -31,11 +32,11 @@ def resolve_device(spec: str, ctx: _Process | None = None) -> torch.device:
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise BrainAgeError(
             f"device {spec!r} requested but CUDA is not available here (torch {torch.__version__}, "
             f"built with CUDA: {torch.version.cuda or 'no'}); use device 'cpu' or 'auto'"
         )
     index = int(spec.split(":")[1]) if ":" in spec else local_rank
     if index >= torch.cuda.device_count():
-        raise ValueError(f"device cuda:{index} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+        raise BrainAgeError(f"device cuda:{index} requested but only {torch.cuda.device_count()} GPU(s) are visible")
     return torch.device("cuda", index)

@@ -1,12 +1,17 @@
 """User-facing errors: input the user can fix, reported without a traceback by the CLI.
 
-They subclass :class:`ValueError`, so callers that catch ``ValueError`` keep working. Each
-message names the file, row or field at fault and what was expected.
+``brainage`` (the CLI) catches :class:`BrainAgeError` alone and prints its message on one line;
+any other exception is a bug and keeps its traceback. The classes subclass :class:`ValueError`
+(and the two file errors :class:`FileNotFoundError` / :class:`FileExistsError`), so callers that
+catch the built-in types keep working. Each message names the file, row or field at fault and
+what was expected. Modules raise these or a subclass of their own (``CheckpointError``,
+``BundleError``, ...); ``submission/ramp_estimator.py`` alone keeps built-in errors, because it
+runs on the challenge server without this package.
 """
 
 from __future__ import annotations
 
-__all__ = ["BrainAgeError", "ConfigError", "OutputLockedError"]
+__all__ = ["BrainAgeError", "ConfigError", "InputNotFoundError", "OutputExistsError", "OutputLockedError"]
 
 
 class BrainAgeError(ValueError):
@@ -19,3 +24,11 @@ class ConfigError(BrainAgeError):
 
 class OutputLockedError(BrainAgeError):
     """Another live process is writing the same output folder."""
+
+
+class InputNotFoundError(BrainAgeError, FileNotFoundError):
+    """A file or folder the user named (or the workflow made earlier) is not there."""
+
+
+class OutputExistsError(BrainAgeError, FileExistsError):
+    """An output already exists and the command was not asked to replace it."""

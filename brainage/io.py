@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from brainage.errors import BrainAgeError, OutputLockedError
+from brainage.errors import BrainAgeError, InputNotFoundError, OutputLockedError
 
 __all__ = [
     "atomic_path",
@@ -104,7 +104,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         if not tmp_path.exists():
-            raise FileNotFoundError(f"nothing was written to the temporary file for {path}")
+            raise InputNotFoundError(f"nothing was written to the temporary file for {path}")
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
@@ -333,7 +333,7 @@ def read_table(path: str | os.PathLike, sep: str | None = "\t") -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"table not found: {path}")
+        raise InputNotFoundError(f"table not found: {path}")
     text = read_text(path)
     if not text.strip():
         raise BrainAgeError(f"{path}: the file is empty; expected a header line naming the columns, then one "

@@ -217,3 +217,19 @@ def test_workflow_rules_on_a_tiny_config(tmp_path):
     # config keys reach the command line, the boolean one as --no-cifar-stem
     assert ckpt["train"]["model"] == "resnet18" and ckpt["train"]["cifar_stem"] is False
     assert ckpt["train"]["width"] == 0.125 and ckpt["train"]["batch_size"] == 20
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--lr", "inf", "--lr must be a finite number"),
+    ("--lr", "0", "--lr must be > 0"),
+    ("--temperature", "nan", "--temperature must be a finite number"),
+    ("--weight-decay", "-1e-4", "--weight-decay >= 0"),
+])
+def test_debias_train_refuses_non_finite_or_out_of_range_numbers(tmp_path, capsys, option, value, expected):
+    data = tmp_path / "data"
+    assert _run(["debias-data", "biased-mnist", "--out", str(data), "--rho", "0.99",
+                 "--train", "2", "--val", "1", "--test", "1"], capsys)[0] == 0
+    code, err = _run(["debias-train", "--train", str(data / "train_rho0.99.npz"), "--val", str(data / "val.npz"),
+                      "--method", "ce", f"{option}={value}", "--out", str(tmp_path / "m.pt")], capsys)
+    assert code == 2 and expected in err
+    assert not (tmp_path / "m.pt").exists()

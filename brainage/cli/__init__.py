@@ -19,9 +19,9 @@ import sys
 from typing import Sequence
 
 from brainage.cli import data, debias, evaluate, harmonize, predict, submission, train
-from brainage.cli._common import UserError
+from brainage.errors import BrainAgeError
 
-__all__ = ["UserError", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 #: The subcommand modules, in pipeline order (the order of ``brainage --help``).
 GROUPS = (data, harmonize, train, evaluate, submission, predict, debias)
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _output_lock(args, argv):
             return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except BrainAgeError as err:  # anything else is a bug and keeps its traceback
         if args.verbose:
             raise
         print(f"brainage {args.command}: error: {err}", file=sys.stderr)

@@ -1,15 +1,11 @@
-"""What the subcommand modules share: the user-error type, list-valued option types, the command line."""
+"""What the subcommand modules share: list-valued option types and the command line."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Callable
 
-__all__ = ["UserError", "command_line", "float_list", "int_list"]
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed without a traceback."""
+__all__ = ["command_line", "float_list", "int_list"]
 
 
 def _comma_list(cast: Callable[[str], float], what: str) -> Callable[[str], list]:

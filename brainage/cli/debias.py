@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
-from brainage.cli._common import UserError, float_list, int_list
+from brainage.cli._common import float_list, int_list
+from brainage.errors import ConfigError, InputNotFoundError
 
 
 def _unit_interval(text: str) -> float:
@@ -158,14 +160,25 @@ def _register_debias_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_debias_train)
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse non-finite numeric options, a step size <= 0 and a negative weight decay."""
+    names = ("lr", "weight_decay", "temperature", "epsilon", "alpha", "lambd", "end_alpha", "end_beta")
+    for name in names:
+        if not math.isfinite(getattr(args, name)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(args, name)}")
+    if args.lr <= 0 or args.weight_decay < 0:
+        raise ConfigError(f"--lr must be > 0 and --weight-decay >= 0 (got {args.lr}, {args.weight_decay})")
+
+
 def _run_debias_train(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.batch_size < 2:
-        raise UserError(f"--epochs must be >= 1 and --batch-size >= 2 (got {args.epochs}, {args.batch_size})")
+        raise ConfigError(f"--epochs must be >= 1 and --batch-size >= 2 (got {args.epochs}, {args.batch_size})")
     if not 0 < args.width <= 16:
-        raise UserError(f"--width must lie in (0, 16], got {args.width}")
+        raise ConfigError(f"--width must lie in (0, 16], got {args.width}")
+    _check_numbers(args)
     for path in (args.train, args.val, args.monitor):
         if path is not None and not path.is_file():
-            raise FileNotFoundError(f"{path}: data file not found")
+            raise InputNotFoundError(f"{path}: data file not found")
     from brainage.debias import steps
 
     method = dict(name=args.method, temperature=args.temperature, epsilon=args.epsilon, alpha=args.alpha,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,16 +94,16 @@ def _read_cache_json(cache: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     """:func:`read_cache_meta` and the raw bytes of ``cache.json`` (one read)."""
     path = Path(cache) / "cache.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {cache} is not a finished training cache (run `brainage preprocess`)")
+        raise InputNotFoundError(f"{path} not found: {cache} is not a finished training cache (run `brainage preprocess`)")
     raw = path.read_bytes()
     try:
         # decoded as Path.read_text would (the locale's preferred encoding)
         meta = json.loads(raw.decode(locale.getpreferredencoding(False)))
         shape = tuple(int(s) for s in meta["shape"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid cache description ({err})") from err
+        raise BrainAgeError(f"{path}: not a valid cache description ({err})") from err
     if len(shape) != 3:
-        raise ValueError(f"{path}: grid shape {shape} is not 3-D")
+        raise BrainAgeError(f"{path}: grid shape {shape} is not 3-D")
     meta["shape"] = list(shape)
     return meta, raw
 
@@ -155,7 +156,7 @@ def locate_trained_cache(
     """
     recorded = cache if cache is not None else identity.get("path")
     if not recorded or not (Path(recorded) / "cache.json").is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{model_path}: the training cache {recorded or '(not recorded)'} is not available; pass --cache with "
             f"the cache the run was trained on ({why})"
         )
@@ -175,15 +176,15 @@ def check_trained_cache(
     """
     signature = identity.get("signature")
     if signature and meta.get("signature") and signature != meta["signature"]:
-        raise ValueError(f"{path}: cache signature {meta['signature']} differs from the one the run was trained on "
+        raise BrainAgeError(f"{path}: cache signature {meta['signature']} differs from the one the run was trained on "
                          f"({signature})")
     if identity.get("fingerprint") and cache_identity(path)["fingerprint"] != identity["fingerprint"]:
-        raise ValueError(
+        raise BrainAgeError(
             f"{path}: not the cache the run was trained on (its content fingerprint differs from the one "
             f"recorded in {model_path}); {why}"
         )
     if list(meta.get("shape", [])) != list(identity.get("shape", meta.get("shape", []))):
-        raise ValueError(f"{path}: grid {meta.get('shape')} but the run was trained on {identity.get('shape')}")
+        raise BrainAgeError(f"{path}: grid {meta.get('shape')} but the run was trained on {identity.get('shape')}")
 
 
 def _read_table(path: Path) -> dict[str, list[str]]:
@@ -210,11 +211,11 @@ def _check_split_signature(cache: Path, split: str, meta: dict[str, Any]) -> Non
     try:
         found = json.loads(sidecar.read_text()).get("signature")
     except (ValueError, AttributeError) as err:
-        raise ValueError(f"{sidecar}: unreadable split signature ({err}); rebuild the cache") from err
+        raise BrainAgeError(f"{sidecar}: unreadable split signature ({err}); rebuild the cache") from err
     if found != expected.get(split):
         described = (f"signature {expected[split]}" if split in expected
                      else f"no {split!r} split (it lists {sorted(expected)})")
-        raise ValueError(
+        raise BrainAgeError(
             f"{cache}: the {split!r} split (signature {found}, {sidecar.name}) was written by another "
             f"preprocessing run than the one cache.json describes ({described}): the folder mixes two "
             "caches. Rerun `brainage preprocess` into it (finished splits with matching inputs are kept)."
@@ -233,7 +234,7 @@ def open_split(cache: str | os.PathLike, split: str, *, meta: dict[str, Any] | N
     """
     if split not in SPLITS:
         hint = difflib.get_close_matches(split, SPLITS, n=1)
-        raise ValueError(f"unknown split {split!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        raise BrainAgeError(f"unknown split {split!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                          + f"; valid splits are: {', '.join(SPLITS)}")
     cache = Path(cache)
     if meta is None:
@@ -241,16 +242,16 @@ def open_split(cache: str | os.PathLike, split: str, *, meta: dict[str, Any] | N
     array_path, table_path = cache / f"{split}.npy", cache / f"{split}.tsv"
     for path in (array_path, table_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: the cache {cache} has no {split!r} split")
+            raise InputNotFoundError(f"{path} not found: the cache {cache} has no {split!r} split")
     _check_split_signature(cache, split, meta)
     try:
         volumes = np.load(array_path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
-        raise ValueError(f"{array_path}: not a readable numeric .npy array ({err})") from err
+        raise BrainAgeError(f"{array_path}: not a readable numeric .npy array ({err})") from err
     table = _read_table(table_path)
     n = len(next(iter(table.values()))) if table else 0
     if volumes.ndim != 4 or volumes.shape != (n, *meta["shape"]):
-        raise ValueError(
+        raise BrainAgeError(
             f"{array_path}: shape {tuple(volumes.shape)} does not match {table_path} ({n} rows) and the cache "
             f"grid {tuple(meta['shape'])}"
         )
@@ -259,13 +260,13 @@ def open_split(cache: str | os.PathLike, split: str, *, meta: dict[str, Any] | N
         return CacheSplit(split, volumes, np.zeros(0, np.float32), empty, empty, table_path)
     missing = [c for c in ("participant_id", "age") if c not in table]
     if missing or _site_column(table) not in table:
-        raise ValueError(f"{table_path}: missing column(s) {missing or ['site']}; columns are {list(table)}")
+        raise BrainAgeError(f"{table_path}: missing column(s) {missing or ['site']}; columns are {list(table)}")
     try:
         ages = np.asarray(table["age"], dtype=np.float32)
     except ValueError as err:
-        raise ValueError(f"{table_path}: non-numeric age ({err})") from err
+        raise BrainAgeError(f"{table_path}: non-numeric age ({err})") from err
     if not np.isfinite(ages).all():
-        raise ValueError(f"{table_path}: {int((~np.isfinite(ages)).sum())} missing or non-finite age(s)")
+        raise BrainAgeError(f"{table_path}: {int((~np.isfinite(ages)).sum())} missing or non-finite age(s)")
     sites = np.asarray(table[_site_column(table)], dtype=str)
     sex = np.asarray(table["sex"], dtype=str) if "sex" in table else None
     return CacheSplit(split, volumes, ages, sites, np.asarray(table["participant_id"], dtype=str), table_path, sex)

@@ -35,6 +35,7 @@ from brainage.data.modalities import (
     ramp_row_slices,
 )
 from brainage.data.participants import load_participants
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "SPLIT_FOLDER",
@@ -61,7 +62,7 @@ def open_npy(path: str | os.PathLike, mode: str = "r") -> np.memmap:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"array file not found: {path}")
+        raise InputNotFoundError(f"array file not found: {path}")
     with open(path, "rb") as fh:
         try:
             version = np.lib.format.read_magic(fh)
@@ -146,7 +147,7 @@ class OpenBHBDataset:
             mod = get_modality(modality)
             path = self.mask_paths.get(modality)
             if path is None or not Path(path).is_file():
-                raise FileNotFoundError(f"{modality} mask not found: expected {path or mod.mask_file}")
+                raise InputNotFoundError(f"{modality} mask not found: expected {path or mod.mask_file}")
             data = load_mask(path, threshold=mod.threshold)
             if not data.any():
                 raise OpenBHBError(f"{path}: empty {modality} mask: no voxel is above the mask threshold "
@@ -259,7 +260,7 @@ class RampLayout(OpenBHBDataset):
     ) -> None:
         root = Path(root)
         if part not in ("train", "test", "both"):
-            raise ValueError(f"part must be 'train', 'test' or 'both', got {part!r}")
+            raise BrainAgeError(f"part must be 'train', 'test' or 'both', got {part!r}")
         parts = ["train", "test"] if part == "both" else [part]
         masks = {
             "vbm": Path(vbm_mask or os.environ.get("VBM_MASK") or root / "resource" / MODALITIES["vbm"].mask_file),
@@ -335,7 +336,7 @@ def detect_layout(root: str | os.PathLike) -> str:
     """``"per_subject"`` or ``"ramp"`` from the files present in ``root``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"OpenBHB folder not found: {root}")
+        raise InputNotFoundError(f"OpenBHB folder not found: {root}")
     if (root / "participants.tsv").is_file():
         return "per_subject"
     if (root / "train.npy").is_file() or (root / "test.npy").is_file():
@@ -353,7 +354,7 @@ def open_dataset(root: str | os.PathLike, layout: str = "auto", **kwargs) -> Ope
         return PerSubjectLayout(root, **kwargs)
     if layout == "ramp":
         return RampLayout(root, **kwargs)
-    raise ValueError(f"unknown layout {layout!r}; expected 'auto', 'per_subject' or 'ramp'")
+    raise BrainAgeError(f"unknown layout {layout!r}; expected 'auto', 'per_subject' or 'ramp'")
 
 
 def read_resources(root: str | os.PathLike) -> dict:

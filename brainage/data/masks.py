@@ -16,6 +16,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from brainage.data.modalities import MODALITIES, OpenBHBError
+from brainage.errors import InputNotFoundError
 
 __all__ = ["load_mask", "mask_volumes", "unmask_rows"]
 
@@ -55,7 +56,7 @@ def load_mask(
     if isinstance(mask, (str, os.PathLike)):
         name = str(mask)
         if not Path(name).is_file():
-            raise FileNotFoundError(f"mask image not found: {name}")
+            raise InputNotFoundError(f"mask image not found: {name}")
     else:
         name = mask.get_filename() or ""
     try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "MODALITIES",
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class OpenBHBError(ValueError):
+class OpenBHBError(BrainAgeError):
     """Input that does not follow the OpenBHB format; the message names file, row or field."""
 
 
@@ -102,7 +103,7 @@ def grid(modality: str, factor: int = 1) -> tuple[tuple[int, int, int], np.ndarr
     """
     mod = get_modality(modality)
     if int(factor) != factor or factor < 1:
-        raise ValueError(f"grid factor must be a positive integer, got {factor!r}")
+        raise BrainAgeError(f"grid factor must be a positive integer, got {factor!r}")
     factor = int(factor)
     shape = tuple(-(-n // factor) for n in mod.shape)
     affine = np.asarray(mod.affine, dtype=float) @ np.diag([factor, factor, factor, 1.0])

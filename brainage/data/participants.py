@@ -11,7 +11,7 @@ import pandas as pd
 
 from brainage.data.cache import SPLITS
 from brainage.data.modalities import OpenBHBError
-from brainage.errors import BrainAgeError
+from brainage.errors import BrainAgeError, InputNotFoundError
 from brainage.io import read_table
 
 __all__ = [
@@ -82,7 +82,7 @@ def _where(table: pd.DataFrame, path: Path, index) -> str:
 def _read_columns(path: Path, require_split: bool, default_split: str | None) -> pd.DataFrame:
     """The table as stripped strings, indexed by file line, with its required columns (``split`` filled)."""
     if not path.is_file():
-        raise FileNotFoundError(f"participants table not found: {path}")
+        raise InputNotFoundError(f"participants table not found: {path}")
     try:
         table = read_table(path, sep="\t")  # indexed by file line
     except BrainAgeError as err:

@@ -39,6 +39,7 @@ from brainage.data.cache import SPLITS
 from brainage.data.layouts import OpenBHBDataset, open_dataset
 from brainage.data.modalities import OpenBHBError
 from brainage.io import atomic_path, save_json, save_table
+from brainage.errors import BrainAgeError
 
 __all__ = ["block_mean", "downsample_mask", "downsampled_affine", "normalize_volume", "preprocess"]
 
@@ -92,7 +93,7 @@ def normalize_volume(volume: np.ndarray, mask: np.ndarray, method: str = "zscore
         std = values.std()
         values = (values - values.mean()) / std if std > 0 else np.zeros_like(values)
     elif method != "none":
-        raise ValueError(f"unknown normalisation {method!r}; expected one of {NORMALIZATIONS}")
+        raise BrainAgeError(f"unknown normalisation {method!r}; expected one of {NORMALIZATIONS}")
     out[mask] = values
     return out
 
@@ -209,14 +210,14 @@ def preprocess(
 def _check_options(normalize: str, downsample: int, chunk: int, splits: Sequence[str]) -> None:
     """Raise on an unknown normalisation or split, a non-integer factor or a chunk below 1."""
     if normalize not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalisation {normalize!r}; expected one of {NORMALIZATIONS}")
+        raise BrainAgeError(f"unknown normalisation {normalize!r}; expected one of {NORMALIZATIONS}")
     if int(downsample) != downsample or downsample < 1:
-        raise ValueError(f"downsample must be a positive integer, got {downsample!r}")
+        raise BrainAgeError(f"downsample must be a positive integer, got {downsample!r}")
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+        raise BrainAgeError(f"chunk must be >= 1, got {chunk}")
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; expected a subset of {list(SPLITS)}")
+        raise BrainAgeError(f"unknown split(s) {unknown}; expected a subset of {list(SPLITS)}")
 
 
 def _cache_masks(dataset: OpenBHBDataset, modality: str, downsample: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data.arrays import ArraySet
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "accuracy",
@@ -39,7 +40,7 @@ def accuracy(logits_or_pred: np.ndarray, labels: np.ndarray) -> float:
         pred = pred.argmax(1)
     labels = np.asarray(labels)
     if pred.shape != labels.shape:
-        raise ValueError(f"predictions {pred.shape} and labels {labels.shape} differ in shape")
+        raise BrainAgeError(f"predictions {pred.shape} and labels {labels.shape} differ in shape")
     return float(np.mean(pred == labels)) if labels.size else float("nan")
 
 
@@ -74,9 +75,9 @@ def fit_linear(features: np.ndarray, targets: np.ndarray, seed: int = 0, max_ite
 
     targets = np.asarray(targets)
     if np.any(targets < 0):
-        raise ValueError("the attribute is unknown (-1) for some samples; a linear probe needs it")
+        raise BrainAgeError("the attribute is unknown (-1) for some samples; a linear probe needs it")
     if np.unique(targets).size < 2:
-        raise ValueError("a linear probe needs at least two values of the attribute")
+        raise BrainAgeError("a linear probe needs at least two values of the attribute")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
     clf.fit(np.asarray(features, dtype=np.float64), targets)
     return clf
@@ -101,15 +102,15 @@ def _as_predictions(logits_or_pred, labels) -> tuple[np.ndarray, np.ndarray]:
         pred = pred.argmax(1)
     labels = np.asarray(labels)
     if pred.ndim != 1 or pred.shape != labels.shape:
-        raise ValueError(
+        raise BrainAgeError(
             f"expected logits (n, C) or predictions (n,) matching labels (n,); got {np.shape(logits_or_pred)} "
             f"and {labels.shape}"
         )
     for name, arr in (("predictions", pred), ("labels", labels)):
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{name} must be integers, got {arr.dtype}")
+            raise BrainAgeError(f"{name} must be integers, got {arr.dtype}")
     if labels.size and labels.min() < 0:
-        raise ValueError("labels must be non-negative")
+        raise BrainAgeError("labels must be non-negative")
     return pred, labels
 
 
@@ -123,24 +124,24 @@ def texture_cluster_scores(logits_or_pred, labels, clusters, min_cell: int = 10)
     if isinstance(clusters, np.ndarray):
         rows = [clusters] if clusters.ndim == 1 else list(clusters) if clusters.ndim == 2 else None
         if rows is None:
-            raise ValueError(f"clusters must be (R, n) or a list of R arrays of length n, got shape {clusters.shape}")
+            raise BrainAgeError(f"clusters must be (R, n) or a list of R arrays of length n, got shape {clusters.shape}")
     else:
         rows = list(clusters)
     if not rows:
-        raise ValueError("no texture clustering given")
+        raise BrainAgeError("no texture clustering given")
     if int(min_cell) < 1:
-        raise ValueError(f"min_cell must be at least 1, got {min_cell}")
+        raise BrainAgeError(f"min_cell must be at least 1, got {min_cell}")
     correct = pred == labels
     n_classes = int(labels.max()) + 1 if n else 0
     scores = []
     for r, row in enumerate(rows, start=1):
         row = np.asarray(row)
         if row.shape != (n,):
-            raise ValueError(f"clustering {r}: expected {n} cluster labels (one per image), got shape {row.shape}")
+            raise BrainAgeError(f"clustering {r}: expected {n} cluster labels (one per image), got shape {row.shape}")
         if n and not np.issubdtype(row.dtype, np.integer):
-            raise ValueError(f"clustering {r}: cluster labels must be integers, got {row.dtype}")
+            raise BrainAgeError(f"clustering {r}: cluster labels must be integers, got {row.dtype}")
         if n and row.min() < 0:
-            raise ValueError(f"clustering {r}: cluster labels must be non-negative, found {int(row.min())}")
+            raise BrainAgeError(f"clustering {r}: cluster labels must be non-negative, found {int(row.min())}")
         n_clusters = int(row.max()) + 1 if n else 0
         cell = labels.astype(np.int64) * n_clusters + row.astype(np.int64)
         size = np.bincount(cell, minlength=n_classes * n_clusters)
@@ -148,7 +149,7 @@ def texture_cluster_scores(logits_or_pred, labels, clusters, min_cell: int = 10)
         kept = size >= min_cell
         if not kept.any():
             largest = int(size.max()) if size.size else 0
-            raise ValueError(
+            raise BrainAgeError(
                 f"clustering {r}: no (class, cluster) cell has at least {min_cell} images "
                 f"(largest cell: {largest}); the metric is undefined"
             )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
+from brainage.errors import BrainAgeError
 
 if TYPE_CHECKING:  # torch is imported when an objective is built, so the CLI can read METHODS cheaply
     from torch import Tensor
@@ -65,7 +66,7 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; choose one of {METHODS}")
+            raise BrainAgeError(f"unknown method {self.name!r}; choose one of {METHODS}")
 
     @property
     def contrastive(self) -> bool:

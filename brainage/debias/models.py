@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from brainage.errors import BrainAgeError
 
 __all__ = ["SimpleConvNet", "ResNet18", "build_model", "MODEL_NAMES"]
 
@@ -45,9 +46,9 @@ class SimpleConvNet(nn.Module):
     ) -> None:
         super().__init__()
         if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
+            raise BrainAgeError(f"width must be positive, got {width}")
         if feature_activation not in ("none", "tanh"):
-            raise ValueError(f"feature_activation must be 'none' or 'tanh', got {feature_activation!r}")
+            raise BrainAgeError(f"feature_activation must be 'none' or 'tanh', got {feature_activation!r}")
         channels = [max(1, round(c * width)) for c in (16, 32, 64, 128)]
         layers: list[nn.Module] = []
         previous = in_channels
@@ -64,7 +65,7 @@ class SimpleConvNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
-            raise ValueError(f"expected a B3HW batch, got shape {tuple(x.shape)}")
+            raise BrainAgeError(f"expected a B3HW batch, got shape {tuple(x.shape)}")
         return self.encoder(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ class ResNet18(nn.Module):
         from monai.networks.nets import resnet18
 
         if feature_activation not in ("none", "tanh"):
-            raise ValueError(f"feature_activation must be 'none' or 'tanh', got {feature_activation!r}")
+            raise BrainAgeError(f"feature_activation must be 'none' or 'tanh', got {feature_activation!r}")
         stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if cifar_stem else dict(
             conv1_t_size=7, conv1_t_stride=2, no_max_pool=False
         )
@@ -121,7 +122,7 @@ class ResNet18(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
-            raise ValueError(f"expected a BCHW batch, got shape {tuple(x.shape)}")
+            raise BrainAgeError(f"expected a BCHW batch, got shape {tuple(x.shape)}")
         return self.activation(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,4 +137,4 @@ def build_model(
         return SimpleConvNet(n_classes, width, feature_activation)
     if name == "resnet18":
         return ResNet18(n_classes, cifar_stem, width, feature_activation=feature_activation)
-    raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+    raise BrainAgeError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.arrays import ArraySet, load_array_set, save_array_set
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "format_rho",
@@ -45,7 +46,7 @@ def _digits_for(source: str, sizes: dict[str, int | None], seed: int):
         images, labels = load_digits_source("bundled")
         want = {k: sizes.get(k) for k in ("train", "val", "test")}
         if any(v is None for v in want.values()):
-            raise ValueError("the bundled digits need explicit per-class sizes for train, val and test")
+            raise BrainAgeError("the bundled digits need explicit per-class sizes for train, val and test")
         parts = split_per_class(labels, want, seed)
         return {k: (images[idx], labels[idx]) for k, idx in parts.items()}
     train_images, train_labels = load_digits_source(source, "train")
@@ -168,7 +169,7 @@ def build_corrupted(
     from .data.idx import load_digits_source
 
     if layout not in ("dfa", "npz"):
-        raise ValueError(f"layout must be 'dfa' or 'npz', got {layout!r}")
+        raise BrainAgeError(f"layout must be 'dfa' or 'npz', got {layout!r}")
     if source.startswith("cifar10:"):
         folder = source.split(":", 1)[1]
         train_images, train_labels = load_cifar10(folder, "train")
@@ -243,7 +244,7 @@ def convert_folder_dataset(
         # no class order: ImageNet-A, read through ReBias's fixed 42-WordNet-id map
         listing = read_imagenet9(root, None if class_order is None else imagenet_class_order(class_order))
     else:
-        raise ValueError(f"unknown folder data set kind {kind!r}")
+        raise BrainAgeError(f"unknown folder data set kind {kind!r}")
     data = ArraySet(load_images(listing.paths, size), listing.labels, listing.bias)
     save_array_set(out, data)
     return data
@@ -262,7 +263,7 @@ def build_cifar(
 
     loader = {"cifar10": load_cifar10, "cifar100": load_cifar100}.get(which)
     if loader is None:
-        raise ValueError(f"which must be cifar10 or cifar100, got {which!r}")
+        raise BrainAgeError(f"which must be cifar10 or cifar100, got {which!r}")
     images, labels = loader(folder, "train")
     test_images, test_labels = loader(folder, "test")
     held = split_per_class(labels, {"val": val_per_class}, seed)["val"]
@@ -336,14 +337,14 @@ def load_checkpoint(path: str | os.PathLike):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: model checkpoint not found")
+        raise InputNotFoundError(f"{path}: model checkpoint not found")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for corrupt files
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
+        raise BrainAgeError(f"{path}: not a readable checkpoint ({err})") from err
     missing = {"state_dict", "method", "train", "n_classes"} - set(record)
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks {sorted(missing)}")
+        raise BrainAgeError(f"{path}: checkpoint lacks {sorted(missing)}")
     method, config = MethodConfig(**record["method"]), TrainConfig(**record["train"])
     model = build_from_config(method, config, record["n_classes"])
     model.load_state_dict(record["state_dict"])
@@ -501,10 +502,10 @@ def table_step(evals: list[str | os.PathLike], out_dir: str | os.PathLike, recip
     for path in evals:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: evaluation file not found")
+            raise InputNotFoundError(f"{path}: evaluation file not found")
         try:
             content = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+            raise BrainAgeError(f"{path}: not valid JSON ({err})") from err
         records.extend(content if isinstance(content, list) else [content])
     return write_tables(records, out_dir, recipe_note)

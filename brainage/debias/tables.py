@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .methods import METHOD_LABELS, METHODS
+from brainage.errors import BrainAgeError
 
 __all__ = ["records_frame", "table2", "privacy_table", "write_tables", "PROTOCOL_NOTE"]
 
@@ -33,12 +34,12 @@ PROTOCOL_NOTE = (
 def records_frame(records: list[dict]) -> pd.DataFrame:
     """One row per trained model; accuracies in percent."""
     if not records:
-        raise ValueError("no evaluation records")
+        raise BrainAgeError("no evaluation records")
     frame = pd.DataFrame.from_records(records)
     needed = {"method", "rho", "seed", "test_acc", "attacker_acc"}
     missing = needed - set(frame.columns)
     if missing:
-        raise ValueError(f"evaluation records lack {sorted(missing)}")
+        raise BrainAgeError(f"evaluation records lack {sorted(missing)}")
     return frame
 
 

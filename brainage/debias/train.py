@@ -21,6 +21,7 @@ from torch import nn
 from .data.arrays import ArraySet
 from .methods import MethodConfig, build_objective
 from .models import build_model
+from brainage.errors import BrainAgeError
 
 __all__ = ["TrainConfig", "TrainResult", "Normalizer", "augment_batch", "train_model", "predict", "build_from_config"]
 
@@ -70,9 +71,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+            raise BrainAgeError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
         if self.n_views < 1:
-            raise ValueError(f"n_views must be >= 1, got {self.n_views}")
+            raise BrainAgeError(f"n_views must be >= 1, got {self.n_views}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +105,7 @@ class Normalizer:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] != self.mean.shape[1]:
-            raise ValueError(f"images have {images.shape[1]} channels, the normalisation {self.mean.shape[1]}")
+            raise BrainAgeError(f"images have {images.shape[1]} channels, the normalisation {self.mean.shape[1]}")
         return (images.float() / 255.0 - self.mean) / self.std
 
 
@@ -188,9 +189,9 @@ def train_model(
     from tqdm.auto import tqdm
 
     if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError("training and validation splits must not be empty")
+        raise BrainAgeError("training and validation splits must not be empty")
     if method.name in ("eps-supinfonce-fairkl", "ce-end") and np.any(train_set.bias < 0):
-        raise ValueError(f"method {method.name} needs the bias label of every training sample")
+        raise BrainAgeError(f"method {method.name} needs the bias label of every training sample")
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     if n_classes is None:

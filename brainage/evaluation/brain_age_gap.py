@@ -27,6 +27,7 @@ from sklearn.model_selection import KFold
 
 from brainage.data.cache import SPLITS
 from brainage.evaluation.metrics import pearson_r
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "brain_age_gap",
@@ -42,7 +43,7 @@ def brain_age_gap(predicted: Sequence[float], age: Sequence[float]) -> np.ndarra
     p = np.asarray(predicted, dtype=float).ravel()
     a = np.asarray(age, dtype=float).ravel()
     if p.shape != a.shape:
-        raise ValueError(f"predicted and age differ in length: {p.shape[0]} != {a.shape[0]}")
+        raise BrainAgeError(f"predicted and age differ in length: {p.shape[0]} != {a.shape[0]}")
     return p - a
 
 
@@ -69,14 +70,14 @@ class AgeBiasCorrection:
         a = np.asarray(age, dtype=float).ravel()
         p = np.asarray(predicted, dtype=float).ravel()
         if a.shape != p.shape:
-            raise ValueError(f"age and predicted differ in length: {a.shape[0]} != {p.shape[0]}")
+            raise BrainAgeError(f"age and predicted differ in length: {a.shape[0]} != {p.shape[0]}")
         if a.size < 3:
-            raise ValueError(f"age-bias correction needs at least 3 calibration subjects, got {a.size}")
+            raise BrainAgeError(f"age-bias correction needs at least 3 calibration subjects, got {a.size}")
         if np.ptp(a) == 0:
-            raise ValueError("age-bias correction needs calibration subjects of different ages")
+            raise BrainAgeError("age-bias correction needs calibration subjects of different ages")
         slope, intercept = np.polyfit(a, p, deg=1)
         if not slope > self.min_slope:
-            raise ValueError(
+            raise BrainAgeError(
                 f"predicted age hardly follows true age on the calibration set (slope {slope:.3g} "
                 f"<= {self.min_slope}); the age-bias correction (pred - b) / a is undefined"
             )
@@ -122,11 +123,11 @@ def cross_fitted_corrected_gap(
     a = np.asarray(age, dtype=float).ravel()
     p = np.asarray(predicted, dtype=float).ravel()
     if a.shape != p.shape:
-        raise ValueError(f"age and predicted differ in length: {a.shape[0]} != {p.shape[0]}")
+        raise BrainAgeError(f"age and predicted differ in length: {a.shape[0]} != {p.shape[0]}")
     if n_splits < 2:
-        raise ValueError(f"cross-fitting needs n_splits >= 2, got {n_splits}")
+        raise BrainAgeError(f"cross-fitting needs n_splits >= 2, got {n_splits}")
     if a.size < 2 * n_splits:
-        raise ValueError(
+        raise BrainAgeError(
             f"cross-fitting over {n_splits} folds needs at least {2 * n_splits} subjects, got {a.size}"
         )
     out = np.empty_like(a)

@@ -16,6 +16,7 @@ import numpy as np
 
 from brainage.data.cache import SPLITS
 from brainage.evaluation.protocol import check_features
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["FeatureSplit", "load_split", "load_feature_dir"]
 
@@ -60,15 +61,15 @@ def load_split(path: str | os.PathLike, name: str | None = None) -> FeatureSplit
     path = Path(path)
     name = name or path.stem
     if not path.is_file():
-        raise FileNotFoundError(f"feature file {path} not found")
+        raise InputNotFoundError(f"feature file {path} not found")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a readable .npz feature file ({err})") from err
+        raise BrainAgeError(f"{path}: not a readable .npz feature file ({err})") from err
     missing = [k for k in ("features", "age") if k not in arrays]
     if missing:
-        raise ValueError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
+        raise BrainAgeError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
     n = arrays["features"].shape[0] if arrays["features"].ndim else 0
     ids = arrays.get("participant_id")
     ids = np.asarray(ids).astype(str) if ids is not None else np.array([f"{name}-{i}" for i in range(n)])
@@ -77,15 +78,15 @@ def load_split(path: str | os.PathLike, name: str | None = None) -> FeatureSplit
     if pred is not None:
         pred = np.asarray(pred, dtype=float).ravel()
         if pred.shape[0] != len(y):
-            raise ValueError(f"{path}: {len(y)} feature rows but {pred.shape[0]} predictions")
+            raise BrainAgeError(f"{path}: {len(y)} feature rows but {pred.shape[0]} predictions")
         if not np.isfinite(pred).all():
             row = int(np.flatnonzero(~np.isfinite(pred))[0])
-            raise ValueError(f"{path}: prediction is NaN or inf at row {row} (participant {ids[row]})")
+            raise BrainAgeError(f"{path}: prediction is NaN or inf at row {row} (participant {ids[row]})")
     sex = arrays.get("sex")
     if sex is not None:
         sex = np.asarray(sex).astype(str).ravel()
         if sex.shape[0] != len(y):
-            raise ValueError(f"{path}: {len(y)} feature rows but {sex.shape[0]} sex labels")
+            raise BrainAgeError(f"{path}: {len(y)} feature rows but {sex.shape[0]} sex labels")
         if np.isin(np.char.lower(np.char.strip(sex)), ["", "nan", "n/a", "na"]).any():
             sex = None  # the sex probe needs every label
     return FeatureSplit(name=name, path=path, features=x, age=y, site=s, participant_id=ids, prediction=pred, sex=sex)
@@ -95,10 +96,10 @@ def load_feature_dir(folder: str | os.PathLike) -> dict[str, FeatureSplit]:
     """Load ``train.npz``, ``internal_test.npz`` and ``external_test.npz`` from ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"feature folder {folder} not found")
+        raise InputNotFoundError(f"feature folder {folder} not found")
     absent = [s for s in SPLITS if not (folder / f"{s}.npz").is_file()]
     if absent:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{folder}: missing feature file(s) {[f'{s}.npz' for s in absent]} (expected {list(SPLITS)})"
         )
     return {s: load_split(folder / f"{s}.npz", name=s) for s in SPLITS}

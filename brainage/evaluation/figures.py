@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from brainage.io import atomic_path
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "plot_predicted_vs_true",
@@ -147,7 +148,7 @@ def plot_embedding(
         method: ``"pca"`` or ``"tsne"``.
     """
     if method not in ("pca", "tsne"):
-        raise ValueError(f"unknown embedding method {method!r}; expected 'pca' or 'tsne'")
+        raise BrainAgeError(f"unknown embedding method {method!r}; expected 'pca' or 'tsne'")
     names = list(features)
     emb, axis, split_of, site_of = _embed(features, sites, method, random_state, max_points)
     seen, external_only = site_order(sites)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from brainage.errors import BrainAgeError
 
 __all__ = ["mae", "rmse", "pearson_r", "per_site_mae"]
 
@@ -13,9 +14,9 @@ def _pair(y_true: Sequence[float], y_pred: Sequence[float]) -> tuple[np.ndarray,
     t = np.asarray(y_true, dtype=float).ravel()
     p = np.asarray(y_pred, dtype=float).ravel()
     if t.shape != p.shape:
-        raise ValueError(f"y_true and y_pred differ in length: {t.shape[0]} != {p.shape[0]}")
+        raise BrainAgeError(f"y_true and y_pred differ in length: {t.shape[0]} != {p.shape[0]}")
     if t.size == 0:
-        raise ValueError("empty y_true / y_pred: a metric needs at least one subject")
+        raise BrainAgeError("empty y_true / y_pred: a metric needs at least one subject")
     return t, p
 
 
@@ -51,7 +52,7 @@ def per_site_mae(
     t, p = _pair(y_true, y_pred)
     s = np.asarray(sites).astype(str).ravel()
     if s.shape != t.shape:
-        raise ValueError(f"sites and ages differ in length: {s.shape[0]} != {t.shape[0]}")
+        raise BrainAgeError(f"sites and ages differ in length: {s.shape[0]} != {t.shape[0]}")
     out: dict[str, dict[str, float | int]] = {}
     for site in np.unique(s):
         keep = s == site

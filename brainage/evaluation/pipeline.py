@@ -30,6 +30,7 @@ from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.evaluation.reference import reference_features, reference_method_id
 from brainage.io import read_table, read_text, save_json, save_table
+from brainage.errors import BrainAgeError
 
 __all__ = ["load_folds", "evaluate_folds", "run_evaluation", "SCORE_KEYS"]
 
@@ -52,31 +53,31 @@ def load_folds(
     try:
         raw = json.loads(read_text(path))
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON fold file ({err})") from err
+        raise BrainAgeError(f"{path}: not a readable JSON fold file ({err})") from err
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path}: expected a non-empty mapping of fold name -> splits")
+        raise BrainAgeError(f"{path}: expected a non-empty mapping of fold name -> splits")
     ids_by_row: np.ndarray | None = None
     if id_table is not None:
         table = read_table(id_table, sep=None)
         if "participant_id" not in table.columns:
-            raise ValueError(f"{id_table}: no participant_id column (columns: {list(table.columns)})")
+            raise BrainAgeError(f"{id_table}: no participant_id column (columns: {list(table.columns)})")
         ids_by_row = table["participant_id"].str.strip().to_numpy()
     folds: dict[str, dict[str, list[str]]] = {}
     for name, sets in raw.items():
         if not isinstance(sets, dict) or any(k not in sets for k in SPLITS):
-            raise ValueError(f"{path}: fold {name!r} must list {list(SPLITS)}")
+            raise BrainAgeError(f"{path}: fold {name!r} must list {list(SPLITS)}")
         fold: dict[str, list[str]] = {}
         for split in SPLITS:
             items = list(sets[split])
             if items and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
                 if ids_by_row is None:
-                    raise ValueError(
+                    raise BrainAgeError(
                         f"{path}: fold {name!r} lists row numbers, not participant ids; pass the "
                         "table they index (the kit's train.tsv) to map them"
                     )
                 bad = [v for v in items if not 0 <= v < len(ids_by_row)]
                 if bad:
-                    raise ValueError(f"{path}: fold {name!r} {split}: row {bad[0]} outside the id table")
+                    raise BrainAgeError(f"{path}: fold {name!r} {split}: row {bad[0]} outside the id table")
                 items = [str(ids_by_row[v]) for v in items]
             fold[split] = [str(v) for v in items]
         folds[str(name)] = fold
@@ -95,7 +96,7 @@ def _stack(splits: Mapping[str, FeatureSplit]) -> tuple[pd.Index, np.ndarray, np
     index = pd.Index(ids)
     if index.has_duplicates:
         dup = index[index.duplicated()][0]
-        raise ValueError(f"participant {dup!r} appears more than once across the feature files")
+        raise BrainAgeError(f"participant {dup!r} appears more than once across the feature files")
     x = np.concatenate([s.features for s in splits.values()])
     age = np.concatenate([s.age for s in splits.values()])
     site = np.concatenate([
@@ -122,9 +123,9 @@ def evaluate_folds(
             rows = index.get_indexer(list(sets[split]))
             if (rows < 0).any():
                 missing = list(np.asarray(sets[split])[rows < 0][:3])
-                raise ValueError(f"fold {name!r} {split}: participant(s) {missing} not in the feature files")
+                raise BrainAgeError(f"fold {name!r} {split}: participant(s) {missing} not in the feature files")
             if split != "external_test" and (site[rows] == "").any():
-                raise ValueError(f"fold {name!r} {split}: some subjects have no site label")
+                raise BrainAgeError(f"fold {name!r} {split}: some subjects have no site label")
             sites = site[rows] if split != "external_test" or (site[rows] != "").all() else None
             triples.append((x[rows], age[rows], sites))
         fold_sex = None if sex is None else tuple(
@@ -221,7 +222,7 @@ def _check_formulation(formulation: str | None) -> None:
 
     formulations = sorted({f for _, f in EQUATIONS})
     if formulation is not None and formulation not in formulations:
-        raise ValueError(f"unknown formulation {formulation!r}; valid choices are: {', '.join(formulations)}")
+        raise BrainAgeError(f"unknown formulation {formulation!r}; valid choices are: {', '.join(formulations)}")
 
 
 def _head_scores(splits: Mapping[str, FeatureSplit]) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from sklearn.preprocessing import SplineTransformer
 from brainage.data.cache import SPLITS
 from brainage.evaluation.brain_age_gap import held_out_gap_correction
 from brainage.evaluation.metrics import mae, pearson_r, per_site_mae, rmse
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "MAX_FEATURES",
@@ -111,13 +112,13 @@ class ProbeSettings:
 
     def __post_init__(self) -> None:
         if int(self.cv) < 2:
-            raise ValueError(f"cv must be >= 2, got {self.cv}")
+            raise BrainAgeError(f"cv must be >= 2, got {self.cv}")
         if not self.alphas or any(not (a > 0) for a in self.alphas):
-            raise ValueError(f"alphas must be a non-empty list of positive numbers, got {self.alphas}")
+            raise BrainAgeError(f"alphas must be a non-empty list of positive numbers, got {self.alphas}")
         if not self.cs or any(not (c > 0) for c in self.cs):
-            raise ValueError(f"cs must be a non-empty list of positive numbers, got {self.cs}")
+            raise BrainAgeError(f"cs must be a non-empty list of positive numbers, got {self.cs}")
         if int(self.max_iter) < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+            raise BrainAgeError(f"max_iter must be >= 1, got {self.max_iter}")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
         object.__setattr__(self, "cs", tuple(float(c) for c in self.cs))
 
@@ -166,9 +167,9 @@ def challenge_score(bacc: float, ext_mae: float) -> float:
     b, e = float(bacc), float(ext_mae)
     if not (math.isfinite(b) and 0.0 <= b <= 1.0):
         hint = " (a percentage? pass a fraction, e.g. 0.067 for 6.7 %)" if math.isfinite(b) and 1 < b <= 100 else ""
-        raise ValueError(f"bacc must be a fraction in [0, 1], got {bacc}{hint}")
+        raise BrainAgeError(f"bacc must be a fraction in [0, 1], got {bacc}{hint}")
     if not (math.isfinite(e) and e >= 0.0):
-        raise ValueError(f"ext_mae must be a finite non-negative number of years, got {ext_mae}")
+        raise BrainAgeError(f"ext_mae must be a finite non-negative number of years, got {ext_mae}")
     return b**0.3 * e
 
 
@@ -184,22 +185,22 @@ def check_features(
     """
     x = np.asarray(features)
     if x.ndim != 2:
-        raise ValueError(f"{name}: features must be 2-D (n_subjects, n_features), got shape {x.shape}")
+        raise BrainAgeError(f"{name}: features must be 2-D (n_subjects, n_features), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"{name}: features must be numeric, got dtype {x.dtype}")
+        raise BrainAgeError(f"{name}: features must be numeric, got dtype {x.dtype}")
     n = x.shape[0]
     if n == 0:
-        raise ValueError(f"{name}: no subjects")
+        raise BrainAgeError(f"{name}: no subjects")
     y = np.asarray(ages, dtype=float).ravel()
     if y.shape[0] != n:
-        raise ValueError(f"{name}: {n} feature rows but {y.shape[0]} ages")
+        raise BrainAgeError(f"{name}: {n} feature rows but {y.shape[0]} ages")
     s = None
     if sites is not None:
         s = np.asarray(sites).astype(str).ravel()
         if s.shape[0] != n:
-            raise ValueError(f"{name}: {n} feature rows but {s.shape[0]} sites")
+            raise BrainAgeError(f"{name}: {n} feature rows but {s.shape[0]} sites")
     if ids is not None and len(ids) != n:
-        raise ValueError(f"{name}: {n} feature rows but {len(ids)} participant ids")
+        raise BrainAgeError(f"{name}: {n} feature rows but {len(ids)} participant ids")
 
     def where(row: int) -> str:
         return f"row {row}" + (f" (participant {ids[row]})" if ids is not None else "")
@@ -207,13 +208,13 @@ def check_features(
     bad_rows = ~np.isfinite(x).all(axis=1)
     if bad_rows.any():
         first = int(np.flatnonzero(bad_rows)[0])
-        raise ValueError(
+        raise BrainAgeError(
             f"{name}: features contain NaN or inf in {int(bad_rows.sum())} row(s), first at {where(first)}"
         )
     bad_ages = ~np.isfinite(y)
     if bad_ages.any():
         first = int(np.flatnonzero(bad_ages)[0])
-        raise ValueError(f"{name}: age is NaN or inf at {where(first)}")
+        raise BrainAgeError(f"{name}: age is NaN or inf at {where(first)}")
     return x, y, s
 
 
@@ -289,7 +290,7 @@ def collateral_scores(
 
 def _unpack(triple: Triple, name: str) -> tuple[Any, Any, Any]:
     if len(triple) != 3:
-        raise ValueError(f"{name}: expected a (features, ages, sites) triple, got {len(triple)} items")
+        raise BrainAgeError(f"{name}: expected a (features, ages, sites) triple, got {len(triple)} items")
     return triple[0], triple[1], triple[2]
 
 
@@ -350,7 +351,7 @@ def evaluate_features(
     if sex is not None:
         for labels, split in ((sex[0], tr), (sex[1], inn)):
             if len(labels) != len(split.ages):
-                raise ValueError(f"{split.name}: {len(split.ages)} feature rows but {len(labels)} sex labels")
+                raise BrainAgeError(f"{split.name}: {len(split.ages)} feature rows but {len(labels)} sex labels")
     collateral = (collateral_scores(tr.triple(), inn.triple(), sex, s) if analysis
                   else {"site_given_age_bacc": None, "sex_bacc": None, "sex_chance": None})
 
@@ -395,13 +396,13 @@ def _checked_splits(triples: Sequence[Triple], names: Sequence[str]) -> tuple[_S
     tr, inn, ex = (_Split(name, *check_features(*_unpack(triple, name), name=name))
                    for triple, name in zip(triples, (n_train, n_int, n_ext)))
     if tr.sites is None:
-        raise ValueError(f"{n_train}: sites are required (the site probe is fitted on them)")
+        raise BrainAgeError(f"{n_train}: sites are required (the site probe is fitted on them)")
     if inn.sites is None:
-        raise ValueError(f"{n_int}: sites are required (BAcc is measured on them)")
+        raise BrainAgeError(f"{n_int}: sites are required (BAcc is measured on them)")
     p = tr.features.shape[1]
     for split in (inn, ex):
         if split.features.shape[1] != p:
-            raise ValueError(f"{split.name}: {split.features.shape[1]} feature columns but {n_train} has {p}")
+            raise BrainAgeError(f"{split.name}: {split.features.shape[1]} feature columns but {n_train} has {p}")
     return tr, inn, ex
 
 
@@ -409,16 +410,16 @@ def _check_protocol_limits(tr: _Split, s: ProbeSettings, allow_over_limit: bool)
     """Raise when the probes cannot be fitted on ``tr``; returns whether the columns exceed the challenge's limit."""
     train_sites = np.unique(tr.sites)
     if train_sites.size < 2:
-        raise ValueError(
+        raise BrainAgeError(
             f"{tr.name}: all {len(tr.sites)} training subjects come from one site ({train_sites[0]!r}); "
             "the site probe (a classifier) and hence BAcc and the challenge score are undefined"
         )
     if len(tr.ages) < s.cv:
-        raise ValueError(f"{tr.name}: {len(tr.ages)} subjects, fewer than the {s.cv} cross-validation folds")
+        raise BrainAgeError(f"{tr.name}: {len(tr.ages)} subjects, fewer than the {s.cv} cross-validation folds")
     p = tr.features.shape[1]
     over = p > MAX_FEATURES
     if over and not allow_over_limit:
-        raise ValueError(
+        raise BrainAgeError(
             f"{tr.name}: {p} feature columns; the OpenBHB challenge accepts at most {MAX_FEATURES} "
             "(pass allow_over_limit=True / --allow-over-limit to score anyway, outside the protocol)"
         )

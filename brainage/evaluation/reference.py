@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+from brainage.errors import BrainAgeError
 
 __all__ = ["REFERENCE_KINDS", "reference_features", "reference_method_id"]
 
@@ -40,10 +41,10 @@ def reference_features(kind: str, ages: Mapping[str, np.ndarray], train: str = "
         ValueError: unknown kind, or training ages without spread (the oracle is undefined).
     """
     if kind not in REFERENCE_KINDS:
-        raise ValueError(f"unknown reference {kind!r}; valid choices are: {', '.join(map(repr, REFERENCE_KINDS))}")
+        raise BrainAgeError(f"unknown reference {kind!r}; valid choices are: {', '.join(map(repr, REFERENCE_KINDS))}")
     if kind == "constant":
         return {split: np.zeros((len(a), 1)) for split, a in ages.items()}
     mean, sd = float(np.mean(ages[train])), float(np.std(ages[train]))
     if not sd > 0:
-        raise ValueError(f"{train}: every subject has the same age ({mean}); the age oracle cannot be z-scored")
+        raise BrainAgeError(f"{train}: every subject has the same age ({mean}); the age oracle cannot be z-scored")
     return {split: ((np.asarray(a, dtype=np.float64) - mean) / sd)[:, None] for split, a in ages.items()}

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.io import atomic_open, save_table
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "METHOD_LABELS",
@@ -92,7 +93,7 @@ def resolve_score_paths(items: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             hits = [Path(h) for h in sorted(glob.glob(str(item), recursive=True))]
         if not hits:
-            raise FileNotFoundError(f"no scores.json found at {item}")
+            raise InputNotFoundError(f"no scores.json found at {item}")
         found.extend(hits)
     return sorted(set(found))
 
@@ -103,7 +104,7 @@ def _replicate(rec: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
                                    "site_given_age_bacc", "sex_bacc")}
     missing = [k for k in ("int_mae", "bacc", "ext_mae", "challenge_score") if row[k] is None]
     if missing:
-        raise ValueError(f"{extra.get('path')}: scores lack {missing}")
+        raise BrainAgeError(f"{extra.get('path')}: scores lack {missing}")
     row.update(extra)
     return row
 
@@ -121,14 +122,14 @@ def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not a readable scores.json ({err})") from err
+            raise BrainAgeError(f"{path}: not a readable scores.json ({err})") from err
         m = _PATH_RE.search(path.as_posix())
         method = rec.get("method") or (m.group("method") if m else None)
         seed = rec.get("seed")
         if seed is None and m:
             seed = int(m.group("seed"))
         if method is None:
-            raise ValueError(
+            raise BrainAgeError(
                 f"{path}: no method recorded (pass --method to `brainage evaluate`, or keep the "
                 "<method>/seed<N>/scores.json layout)"
             )
@@ -144,7 +145,7 @@ def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         else:
             rows.append(_replicate(rec, fold=None, **base))
     if not rows:
-        raise ValueError("no scores to aggregate")
+        raise BrainAgeError("no scores to aggregate")
     df = pd.DataFrame(rows)
     df["bacc_pct"] = 100.0 * df["bacc"].astype(float)
     df["bacc_chance_pct"] = 100.0 * df["bacc_chance"].astype(float)

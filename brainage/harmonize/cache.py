@@ -32,6 +32,7 @@ from brainage import __version__
 from brainage.data.cache import SPLITS, TrainingCache, site_labels
 from brainage.harmonize.combat import DEFAULT_CHUNK_SIZE, SITE, ComBatHarmonizer, covariate_frame
 from brainage.io import atomic_path, save_json
+from brainage.errors import BrainAgeError
 
 __all__ = ["EXTERNAL_STRATEGIES", "harmonize_cache"]
 
@@ -68,7 +69,7 @@ class _NpyFile:
             shape, fortran, dtype = reader(fh)
             self.offset = fh.tell()
         if fortran:
-            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
+            raise BrainAgeError(f"{path}: Fortran-ordered arrays are not supported")
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.row = int(np.prod(self.shape[1:], dtype=np.int64))
@@ -81,7 +82,7 @@ class _NpyFile:
         for i in range(self.shape[0]):
             got = os.preadv(self.fd, [memoryview(out[i]).cast("B")], self.offset + (i * self.row + lo) * size)
             if got != (hi - lo) * size:
-                raise OSError(f"{self.path}: short read ({got} of {(hi - lo) * size} bytes) at row {i}")
+                raise BrainAgeError(f"{self.path}: short read ({got} of {(hi - lo) * size} bytes) at row {i}")
         return out
 
     def write(self, block: np.ndarray, lo: int) -> None:
@@ -135,11 +136,11 @@ def harmonize_cache(
             site, NaN, covariate without variance). Nothing is left in ``out`` on error.
     """
     if external not in EXTERNAL_STRATEGIES:
-        raise ValueError(f"unknown external strategy {external!r}; expected one of {list(EXTERNAL_STRATEGIES)}")
+        raise BrainAgeError(f"unknown external strategy {external!r}; expected one of {list(EXTERNAL_STRATEGIES)}")
     src = TrainingCache(cache)
     out = Path(out)
     if out.resolve() == src.path.resolve():
-        raise ValueError(f"--out {out} is the source cache itself; write the harmonised cache elsewhere")
+        raise BrainAgeError(f"--out {out} is the source cache itself; write the harmonised cache elsewhere")
     plan = _plan_splits(src, external, covariates, age_degree)
     model = ComBatHarmonizer(covariates=tuple(covariates), age_degree=age_degree, adjust=adjust, eb=eb,
                              chunk_size=chunk_size)
@@ -185,7 +186,7 @@ def _plan_splits(src: TrainingCache, external: str, covariates: Sequence[str], a
     """Which splits are harmonised and with what; raises when the cache has no ``train`` split."""
     splits = [s for s in SPLITS if s in src.meta.get("splits", {})]
     if "train" not in splits:
-        raise ValueError(f"{src.path}: the cache has no train split; ComBat is fitted on train")
+        raise BrainAgeError(f"{src.path}: the cache has no train split; ComBat is fitted on train")
     tables = {s: src.split(s).table for s in splits}
     harmonised = [s for s in splits if s != "external_test" or external == "transductive"]
     # Ages of the training split only: every split (train included) is transformed from its sites.
@@ -200,11 +201,11 @@ def _check_test_sites(model: ComBatHarmonizer, sites: dict[str, np.ndarray], tra
     if "internal_test" in sites:
         unseen = sorted(set(sites["internal_test"]) - train_sites)
         if unseen:
-            raise ValueError(f"internal_test has site(s) {unseen} that are not in train; ComBat cannot harmonise them")
+            raise BrainAgeError(f"internal_test has site(s) {unseen} that are not in train; ComBat cannot harmonise them")
     if "external_test" in sites:  # only with the transductive strategy
         seen = sorted(set(sites["external_test"]) & train_sites)
         if seen:
-            raise ValueError(f"external_test has site(s) {seen} that are also in train; they are not external")
+            raise BrainAgeError(f"external_test has site(s) {seen} that are also in train; they are not external")
         model.check_unseen_site_sizes(sites["external_test"])
 
 
@@ -320,5 +321,5 @@ def _write_chunk(writer: _NpyFile, flat: np.ndarray, start: int, stop: int, valu
     buf = np.zeros((values.shape[0], hi - lo), dtype=np.float16)
     buf[:, flat[start:stop] - lo] = values
     if not np.all(np.isfinite(buf)):
-        raise ValueError(f"harmonised values in voxels {start}..{stop - 1} do not fit float16 (overflow or NaN)")
+        raise BrainAgeError(f"harmonised values in voxels {start}..{stop - 1} do not fit float16 (overflow or NaN)")
     writer.write(buf, lo)

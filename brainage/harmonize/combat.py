@@ -54,6 +54,7 @@ from sklearn.exceptions import NotFittedError
 
 from brainage.data.cache import site_labels
 from brainage.io import save_npz
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "ADJUSTMENTS",
@@ -86,14 +87,14 @@ def _check_covariate_names(covariates: Sequence[str]) -> tuple[str, ...]:
     names = tuple(str(c) for c in covariates)
     for name in names:
         if _is_age_name(name):
-            raise ValueError(
+            raise BrainAgeError(
                 f"covariate {name!r} refused: age enters ComBat only through age_degree (protected at fit "
                 "time on the training split, never used by transform)"
             )
         if name == SITE:
-            raise ValueError(f"{SITE!r} is the batch column, not a covariate")
+            raise BrainAgeError(f"{SITE!r} is the batch column, not a covariate")
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate covariates in {list(names)}")
+        raise BrainAgeError(f"duplicate covariates in {list(names)}")
     return names
 
 
@@ -109,7 +110,7 @@ def encode_sex(values: Sequence | pd.Series) -> np.ndarray:
     bad = out.isna() | series.isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"sex value {series.iloc[i]!r} (row {i}) is not one of 'male', 'female', 'm', 'f', 0, 1")
+        raise BrainAgeError(f"sex value {series.iloc[i]!r} (row {i}) is not one of 'male', 'female', 'm', 'f', 0, 1")
     return out.to_numpy(dtype=np.float64)
 
 
@@ -132,7 +133,7 @@ def covariate_frame(table: pd.DataFrame, covariates: Sequence[str] = ("sex",), a
     wanted = [*names, AGE] if age else list(names)
     missing = [c for c in wanted if c not in table.columns]
     if missing:
-        raise ValueError(f"covariate column(s) {missing} not in the participants table (columns: {list(table.columns)})")
+        raise BrainAgeError(f"covariate column(s) {missing} not in the participants table (columns: {list(table.columns)})")
     frame = pd.DataFrame({SITE: site_labels(table)})
     for name in names:
         if name == "sex":
@@ -151,7 +152,7 @@ def chunk_bounds(n_features: int, chunk_size: int) -> np.ndarray:
     tiny remainder whose EB priors would rest on a handful of voxels.
     """
     if chunk_size < 2:
-        raise ValueError(f"chunk_size must be >= 2 (EB priors are estimated across the voxels of a chunk), got {chunk_size}")
+        raise BrainAgeError(f"chunk_size must be >= 2 (EB priors are estimated across the voxels of a chunk), got {chunk_size}")
     n_chunks = max(1, -(-int(n_features) // int(chunk_size)))
     return (np.arange(n_chunks + 1, dtype=np.int64) * int(n_features)) // n_chunks
 
@@ -187,15 +188,15 @@ def _site_column(sites: Sequence | pd.Series | pd.DataFrame, n_rows: int, what: 
     if isinstance(sites, pd.DataFrame):
         ages = [c for c in sites.columns if _is_age_name(c)]
         if ages:
-            raise ValueError(f"{what}: the frame has age column(s) {ages}; the transform never uses age (pass site labels)")
+            raise BrainAgeError(f"{what}: the frame has age column(s) {ages}; the transform never uses age (pass site labels)")
         if SITE not in sites.columns:
-            raise ValueError(f"{what}: the frame has no {SITE!r} column (columns: {list(sites.columns)})")
+            raise BrainAgeError(f"{what}: the frame has no {SITE!r} column (columns: {list(sites.columns)})")
         sites = sites[SITE]
     labels = pd.Series(np.asarray(sites, dtype=object).ravel())
     if len(labels) != n_rows:
-        raise ValueError(f"{what}: X has {n_rows} rows but there are {len(labels)} site labels")
+        raise BrainAgeError(f"{what}: X has {n_rows} rows but there are {len(labels)} site labels")
     if labels.isna().any():
-        raise ValueError(f"{what}: SITE is missing for row {int(np.flatnonzero(labels.isna())[0])}")
+        raise BrainAgeError(f"{what}: SITE is missing for row {int(np.flatnonzero(labels.isna())[0])}")
     return labels.astype(str).to_numpy()
 
 
@@ -263,11 +264,11 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
 
     def _check_params(self) -> tuple[str, ...]:
         if self.unseen_sites not in UNSEEN_POLICIES:
-            raise ValueError(f"unseen_sites must be one of {UNSEEN_POLICIES}, got {self.unseen_sites!r}")
+            raise BrainAgeError(f"unseen_sites must be one of {UNSEEN_POLICIES}, got {self.unseen_sites!r}")
         if self.adjust not in ADJUSTMENTS:
-            raise ValueError(f"adjust must be one of {ADJUSTMENTS}, got {self.adjust!r}")
+            raise BrainAgeError(f"adjust must be one of {ADJUSTMENTS}, got {self.adjust!r}")
         if not (isinstance(self.age_degree, (int, np.integer)) and 0 <= self.age_degree <= 3):
-            raise ValueError(f"age_degree must be an integer in 0..3, got {self.age_degree!r}")
+            raise BrainAgeError(f"age_degree must be an integer in 0..3, got {self.age_degree!r}")
         return _check_covariate_names(self.covariates)
 
     def _fit_frame(self, covars: pd.DataFrame, n_rows: int, covariates: tuple[str, ...]) -> pd.DataFrame:
@@ -276,7 +277,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         if not isinstance(covars, pd.DataFrame):
             raise TypeError(f"covars must be a pandas DataFrame with columns {expected}, got {type(covars).__name__}")
         if sorted(map(str, covars.columns)) != sorted(expected):
-            raise ValueError(f"fit: covars must have exactly the columns {expected} (build it with covariate_frame), "
+            raise BrainAgeError(f"fit: covars must have exactly the columns {expected} (build it with covariate_frame), "
                              f"got {list(covars.columns)}")
         frame = pd.DataFrame({SITE: _site_column(covars[SITE], n_rows, "fit")})
         values = {}
@@ -284,10 +285,10 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
             try:
                 values[name] = pd.to_numeric(covars[name], errors="raise").to_numpy(dtype=np.float64)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"fit: covariate {name!r} must be numeric (dummy-code sex with encode_sex): {err}") from err
+                raise BrainAgeError(f"fit: covariate {name!r} must be numeric (dummy-code sex with encode_sex): {err}") from err
             bad = ~np.isfinite(values[name])
             if bad.any():
-                raise ValueError(f"fit: covariate {name!r} has NaN/inf at row {int(np.flatnonzero(bad)[0])}")
+                raise BrainAgeError(f"fit: covariate {name!r} has NaN/inf at row {int(np.flatnonzero(bad)[0])}")
         for name in covariates:
             frame[name] = values[name]
         self.age_mean_, self.age_scale_ = float("nan"), float("nan")
@@ -295,7 +296,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
             age = values[AGE]
             self.age_mean_, self.age_scale_ = float(age.mean()), float(age.std())
             if not self.age_scale_ > 0:
-                raise ValueError(f"fit: age has no variance in the training set (all {age[0]!r})")
+                raise BrainAgeError(f"fit: age has no variance in the training set (all {age[0]!r})")
             z = (age - self.age_mean_) / self.age_scale_
             for degree in range(1, int(self.age_degree) + 1):
                 frame["age_z" if degree == 1 else f"age_z^{degree}"] = z**degree
@@ -305,12 +306,12 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
     def _check_fit_frame(frame: pd.DataFrame) -> np.ndarray:
         sites, counts = np.unique(frame[SITE].to_numpy(), return_counts=True)
         if len(sites) < 2:
-            raise ValueError(
+            raise BrainAgeError(
                 f"the training set has a single site ({sites.tolist()}): ComBat needs at least two sites to estimate site effects"
             )
         lonely = sites[counts < 2]
         if len(lonely):
-            raise ValueError(
+            raise BrainAgeError(
                 f"site(s) {lonely.tolist()} have a single training subject: ComBat needs >= 2 subjects per site "
                 "to estimate a site variance (drop or merge them)"
             )
@@ -318,10 +319,10 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         for name in names:
             values = frame[name].to_numpy()
             if np.ptp(values) == 0:
-                raise ValueError(f"covariate {name!r} has no variance in the training set (all values {values[0]!r})")
+                raise BrainAgeError(f"covariate {name!r} has no variance in the training set (all values {values[0]!r})")
         design = np.column_stack([frame[SITE].to_numpy()[:, None] == sites[None, :], frame[names].to_numpy()])
         if np.linalg.matrix_rank(design.astype(np.float64)) < design.shape[1]:
-            raise ValueError(
+            raise BrainAgeError(
                 f"covariate(s) {names} are confounded with SITE in the training set "
                 "(e.g. every site has a single sex): the ComBat design matrix is singular"
             )
@@ -332,7 +333,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         finite = np.isfinite(block)
         if not finite.all():
             row, col = np.argwhere(~finite)[0]
-            raise ValueError(
+            raise BrainAgeError(
                 f"{what}: {int((~finite).sum())} NaN/inf value(s) in features {start}..{start + block.shape[1] - 1}, "
                 f"first at row {int(row)}, feature {start + int(col)}"
             )
@@ -347,7 +348,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         """
         values, counts = np.unique(np.asarray(sites), return_counts=True)
         if (counts < 2).any():
-            raise ValueError(
+            raise BrainAgeError(
                 (f"{what}: " if what else "")
                 + f"external site(s) {values[counts < 2].tolist()} have a single subject: the transductive "
                 "strategy estimates each external site from its own subjects and needs >= 2"
@@ -359,9 +360,9 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
 
     def _check_width(self, X: np.ndarray) -> None:
         if getattr(X, "ndim", None) != 2:
-            raise ValueError(f"X must be a 2-D (subjects, features) array, got shape {getattr(X, 'shape', None)}")
+            raise BrainAgeError(f"X must be a 2-D (subjects, features) array, got shape {getattr(X, 'shape', None)}")
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features but the model was fitted on {self.n_features_in_}")
+            raise BrainAgeError(f"X has {X.shape[1]} features but the model was fitted on {self.n_features_in_}")
 
     # ------------------------------------------------------------------ fit
 
@@ -443,7 +444,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
                 del model
             out = self._adjust(block, site_index, int(start), int(stop))
             if not np.all(np.isfinite(out)):
-                raise ValueError(
+                raise BrainAgeError(
                     f"fit: ComBat produced non-finite values in features {start}..{stop - 1} "
                     "(a site with zero variance at some voxel and eb=False?)"
                 )
@@ -479,11 +480,11 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         self._check_fitted()
         block = np.asarray(block, dtype=np.float64)
         if block.ndim != 2 or block.shape[1] != stop - start:
-            raise ValueError(f"block shape {block.shape} does not match features [{start}, {stop})")
+            raise BrainAgeError(f"block shape {block.shape} does not match features [{start}, {stop})")
         labels = _site_column(sites, block.shape[0], "transform")
         seen = np.isin(labels, self.sites_)
         if not seen.all() and self.unseen_sites == "raise":
-            raise ValueError(
+            raise BrainAgeError(
                 f"transform: site(s) {sorted(set(labels[~seen]))} were not in the training set; ComBat has no "
                 "parameters for them (set unseen_sites='nan' or 'passthrough', or see transform_unseen_sites)"
             )
@@ -526,7 +527,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         labels = _site_column(sites, block.shape[0], "transform_unseen_sites")
         known = np.isin(labels, self.sites_)
         if known.any():
-            raise ValueError(f"transform_unseen_sites: site(s) {sorted(set(labels[known]))} were seen at fit time; use transform")
+            raise BrainAgeError(f"transform_unseen_sites: site(s) {sorted(set(labels[known]))} were seen at fit time; use transform")
         self._check_finite(block, start, "transform_unseen_sites")
         self.check_unseen_site_sizes(labels, "transform_unseen_sites")
         cols = slice(start, stop)
@@ -552,7 +553,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
             else:
                 out[np.ix_(rows, active)] = _age_free(values, location, centre[active], d_star)
         if not np.all(np.isfinite(out)):
-            raise ValueError(f"transform_unseen_sites: non-finite output in features {start}..{stop - 1}")
+            raise BrainAgeError(f"transform_unseen_sites: non-finite output in features {start}..{stop - 1}")
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -591,19 +592,19 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         if "format" in arrays and int(arrays["format"]) != _MODEL_FORMAT:
-            raise ValueError(f"{path}: ComBat model format {int(arrays['format'])}, this version reads {_MODEL_FORMAT} "
+            raise BrainAgeError(f"{path}: ComBat model format {int(arrays['format'])}, this version reads {_MODEL_FORMAT} "
                              "(format 1 models used no age covariate: rerun `brainage harmonize`)")
         needed = {"format", "sites", "covariates", "input_covariates", "age_degree", "adjust", "age_mean",
                   "age_scale", "eb", "chunk_size", *cls._ARRAYS}
         if needed - set(arrays):
-            raise ValueError(f"{path}: not a ComBat model (missing {sorted(needed - set(arrays))})")
+            raise BrainAgeError(f"{path}: not a ComBat model (missing {sorted(needed - set(arrays))})")
         k, p = arrays["gamma_star"].shape
         q = len(arrays["covariates"])
         shapes = {"sites": (k,), "grand_mean": (p,), "coef": (q, p), "var_pooled": (p,), "delta_star": (k, p),
                   "site_design_mean": (k, q), "train_design_mean": (q,), "passthrough": (p,)}
         for key, shape in shapes.items():
             if arrays[key].shape != shape:
-                raise ValueError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}")
+                raise BrainAgeError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}")
         model = cls(covariates=tuple(arrays["input_covariates"].tolist()), age_degree=int(arrays["age_degree"]),
                     adjust=str(arrays["adjust"]), eb=bool(arrays["eb"]), chunk_size=int(arrays["chunk_size"]),
                     unseen_sites=unseen_sites)
@@ -621,5 +622,5 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
 
 def _column_reader(X: np.ndarray) -> Callable[[int, int], np.ndarray]:
     if getattr(X, "ndim", None) != 2:
-        raise ValueError(f"X must be a 2-D (subjects, features) array, got shape {getattr(X, 'shape', None)}")
+        raise BrainAgeError(f"X must be a 2-D (subjects, features) array, got shape {getattr(X, 'shape', None)}")
     return lambda start, stop: X[:, start:stop]

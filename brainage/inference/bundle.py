@@ -36,6 +36,7 @@ import torch
 from brainage.inference.preprocessing import AFFINE_ATOL_MM, Preprocessing
 from brainage.inference.readout import Readout
 from brainage.io import atomic_dir
+from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError
 
 __all__ = [
     "BUNDLE_FILES",
@@ -57,7 +58,7 @@ BUNDLE_FILES: tuple[str, ...] = (
 )
 
 
-class BundleError(ValueError):
+class BundleError(BrainAgeError):
     """A bundle that cannot be used: incomplete, altered, of a newer format, or inconsistent."""
 
 
@@ -156,7 +157,7 @@ class ModelBundle:
         if out.exists():
             content = {p.name for p in out.iterdir()} if out.is_dir() else None
             if content is None or (content and not is_bundle(out)):
-                raise FileExistsError(f"{out} exists and is not a model bundle; choose a new or empty folder")
+                raise OutputExistsError(f"{out} exists and is not a model bundle; choose a new or empty folder")
         prep = self.preprocessing
         with atomic_dir(out) as tmp:
             payload: dict[str, Any] = {"format": WEIGHTS_FORMAT, "version": BUNDLE_VERSION, "model": self.state}
@@ -185,7 +186,7 @@ class ModelBundle:
         path = Path(path)
         index = path / "bundle.json"
         if not index.is_file():
-            raise FileNotFoundError(f"{index} not found: {path} is not a finished model bundle (brainage export)")
+            raise InputNotFoundError(f"{index} not found: {path} is not a finished model bundle (brainage export)")
         try:
             spec = json.loads(index.read_text())
         except ValueError as err:
@@ -253,4 +254,4 @@ def open_model(path: str | os.PathLike, **export_options: Any) -> ModelBundle:
 
         log.info("%s is a training run, not a bundle: exporting it in memory (brainage export saves it)", path)
         return export_bundle(path, **export_options)
-    raise FileNotFoundError(f"{path}: neither a model bundle (bundle.json) nor a finished training run (model.pt)")
+    raise InputNotFoundError(f"{path}: neither a model bundle (bundle.json) nor a finished training run (model.pt)")

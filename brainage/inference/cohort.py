@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.data.cache import _site_column
+from brainage.errors import BrainAgeError
 
 __all__ = ["AGE_BIN_YEARS", "cohort_summary"]
 
@@ -32,10 +33,10 @@ def cohort_summary(table: pd.DataFrame) -> dict[str, Any]:
         ValueError: an empty table or a missing or non-finite age.
     """
     if len(table) == 0:
-        raise ValueError("the training cohort is empty")
+        raise BrainAgeError("the training cohort is empty")
     ages = pd.to_numeric(table["age"], errors="coerce").to_numpy(dtype=float)
     if not np.isfinite(ages).all():
-        raise ValueError(f"the training cohort has {int((~np.isfinite(ages)).sum())} missing or non-numeric age(s)")
+        raise BrainAgeError(f"the training cohort has {int((~np.isfinite(ages)).sum())} missing or non-numeric age(s)")
     low = AGE_BIN_YEARS * math.floor(ages.min() / AGE_BIN_YEARS)
     high = AGE_BIN_YEARS * (math.floor(ages.max() / AGE_BIN_YEARS) + 1)
     edges = np.arange(low, high + AGE_BIN_YEARS / 2, AGE_BIN_YEARS, dtype=float)

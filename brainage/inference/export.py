@@ -43,6 +43,7 @@ from brainage.inference.cohort import cohort_summary
 from brainage.inference.preprocessing import AFFINE_ATOL_MM, Preprocessing
 from brainage.inference.readout import Readout, fit_ridge_readout
 from brainage.inference.spatial import MAX_OBLIQUE_DEG, MIN_MASK_COVERAGE
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["ExportError", "export_bundle"]
 
@@ -61,7 +62,7 @@ CALIBRATION_FOLDS = 5
 CHUNK = 16
 
 
-class ExportError(ValueError):
+class ExportError(BrainAgeError):
     """A run that cannot be exported; the message says why."""
 
 
@@ -71,7 +72,7 @@ def _open_run(run: Path, cache: str | os.PathLike | None):
 
     model_path = run / "model.pt" if run.is_dir() else run
     if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path} not found: the training run has not finished")
+        raise InputNotFoundError(f"{model_path} not found: the training run has not finished")
     model, info = load_model(model_path, "cpu")
     if info["config"].method == "combat_l1":
         raise ExportError(f"{model_path}: a combat_l1 model expects ComBat-harmonised images, which needs each new "
@@ -101,7 +102,7 @@ def _source_preprocessing(cache: TrainingCache, meta: dict[str, Any], data: str 
                       "and the bundle has no intensity QC ranges; pass --data to add them", UserWarning, stacklevel=3)
         source_mask, source_affine = cache.mask, cache.affine
     else:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"the OpenBHB folder the cache {cache.path} was built from ({root}) is not available: its source-grid mask "
             f"is needed to undo the block average by {factor}; pass --data"
         )

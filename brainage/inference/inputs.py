@@ -26,6 +26,7 @@ import pandas as pd
 
 from brainage.data.participants import AGE_RANGE, SEX_VALUES
 from brainage.inference.spatial import NIFTI_SUFFIXES
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["Scan", "collect_scans", "scans_from_bids", "scans_from_table"]
 
@@ -90,9 +91,9 @@ def _age(value: object, where: str) -> float:
     try:
         age = float(text)
     except ValueError:
-        raise ValueError(f"{where}: age {text!r} is not a number (years)") from None
+        raise BrainAgeError(f"{where}: age {text!r} is not a number (years)") from None
     if not math.isfinite(age) or not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
-        raise ValueError(f"{where}: age {text} is outside [{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}] years")
+        raise BrainAgeError(f"{where}: age {text} is outside [{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}] years")
     return age
 
 
@@ -101,7 +102,7 @@ def _sex(value: object, where: str) -> str:
     if text.lower() in _MISSING:
         return ""
     if text.lower() not in SEX_VALUES:
-        raise ValueError(f"{where}: sex {text!r} is not one of 'male', 'female' (or M/F), or empty")
+        raise BrainAgeError(f"{where}: sex {text!r} is not one of 'male', 'female' (or M/F), or empty")
     return SEX_VALUES[text.lower()]
 
 
@@ -110,7 +111,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({err})") from err
+        raise BrainAgeError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({err})") from err
     table.columns = [c.strip() for c in table.columns]
     return table
 
@@ -125,15 +126,15 @@ def scans_from_table(path: str | os.PathLike) -> list[Scan]:
     path = Path(path)
     table = _read_table(path)
     if "path" not in table.columns:
-        raise ValueError(f"{path}: no 'path' column; columns are {list(table.columns)} "
+        raise BrainAgeError(f"{path}: no 'path' column; columns are {list(table.columns)} "
                          f"(expected 'path' and optionally {list(TABLE_COLUMNS[1:])})")
     if len(table) == 0:
-        raise ValueError(f"{path}: the table lists no images")
+        raise BrainAgeError(f"{path}: the table lists no images")
     scans = []
     for i, row in table.iterrows():
         where = f"{path}, line {int(i) + 2}"
         if not row["path"].strip():
-            raise ValueError(f"{where}: empty path")
+            raise BrainAgeError(f"{where}: empty path")
         image = Path(row["path"].strip())
         image = image if image.is_absolute() else path.parent / image
         default = scan_from_file(image)
@@ -153,7 +154,7 @@ def _bids_participants(root: Path) -> dict[str, tuple[float, str]]:
         return {}
     table = _read_table(table_path)
     if "participant_id" not in table.columns:
-        raise ValueError(f"{table_path}: no 'participant_id' column")
+        raise BrainAgeError(f"{table_path}: no 'participant_id' column")
     out = {}
     for i, row in table.iterrows():
         where = f"{table_path}, line {int(i) + 2}"
@@ -185,10 +186,10 @@ def scans_from_bids(root: str | os.PathLike, select: Sequence[str] = ()) -> list
         elif re.fullmatch(r"[A-Za-z0-9]+", item):
             suffix = item
         else:
-            raise ValueError(f"BIDS selector {item!r}: expected an entity key-value (e.g. desc-gm) or a suffix (T1w)")
+            raise BrainAgeError(f"BIDS selector {item!r}: expected an entity key-value (e.g. desc-gm) or a suffix (T1w)")
     subjects = sorted(p for p in root.glob("sub-*") if p.is_dir())
     if not subjects:
-        raise ValueError(f"{root}: no sub-* folder; not a BIDS (derivatives) folder")
+        raise BrainAgeError(f"{root}: no sub-* folder; not a BIDS (derivatives) folder")
     participants = _bids_participants(root)
     scans, unmatched = [], []
     for subject in subjects:
@@ -206,14 +207,14 @@ def scans_from_bids(root: str | os.PathLike, select: Sequence[str] = ()) -> list
                 unmatched.append(label)
                 continue
             if len(found) > 1:
-                raise ValueError(
+                raise BrainAgeError(
                     f"{root}: {label} has {len(found)} images matching {list(select) or 'no selector'}: "
                     f"{[f.name for f in found[:4]]}; add an entity that selects one (--bids-select)"
                 )
             age, sex = participants.get(subject.name, (math.nan, ""))
             scans.append(Scan(found[0], subject.name, folder.name if folder is not subject else "", age, sex))
     if not scans:
-        raise ValueError(f"{root}: no image under sub-*/[ses-*/]anat/ matches {list(select) or 'no selector'}")
+        raise BrainAgeError(f"{root}: no image under sub-*/[ses-*/]anat/ matches {list(select) or 'no selector'}")
     if unmatched:
         log.warning("%s: %d subject/session folder(s) without a matching image, e.g. %s", root, len(unmatched),
                     unmatched[:3])
@@ -233,13 +234,13 @@ def collect_scans(items: Sequence[str | os.PathLike], select: Sequence[str] = ()
         if path.is_dir():
             scans += scans_from_bids(path, select)
         elif not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise InputNotFoundError(f"{path}: no such file or folder")
         elif path.suffix.lower() in TABLE_SUFFIXES:
             scans += scans_from_table(path)
         else:
             scans.append(scan_from_file(path))
     if not scans:
-        raise ValueError("no images to predict")
+        raise BrainAgeError("no images to predict")
     keys = pd.Series([(s.participant_id, s.session_id) for s in scans])
     if keys.duplicated().any():
         log.warning("%d image(s) share a participant and session id with another (e.g. %s); the path column tells "

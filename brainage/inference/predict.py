@@ -30,6 +30,7 @@ from brainage.inference.inputs import Scan, collect_scans
 from brainage.inference.preprocessing import Preprocessing
 from brainage.inference.spatial import ImageHeader, ImageRefused, inspect_image, load_on_source_grid
 from brainage.io import save_json, save_table
+from brainage.errors import BrainAgeError
 
 __all__ = ["PREDICTION_COLUMNS", "predict_brain_age"]
 
@@ -165,7 +166,7 @@ def predict_brain_age(
     from brainage.device import resolve_device
 
     if batch_size < 1 or workers < 0:
-        raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+        raise BrainAgeError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     out = Path(out)
     bundle = model if isinstance(model, ModelBundle) else open_model(model, **(export_options or {}))
     prep = bundle.preprocessing

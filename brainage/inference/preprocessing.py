@@ -24,6 +24,7 @@ from brainage.data.preprocess import (
     downsampled_affine,
     normalize_volume,
 )
+from brainage.errors import BrainAgeError
 
 __all__ = ["Preprocessing"]
 
@@ -60,14 +61,14 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
-            raise ValueError(f"unknown modality {self.modality!r}; expected one of {sorted(MODALITIES)}")
+            raise BrainAgeError(f"unknown modality {self.modality!r}; expected one of {sorted(MODALITIES)}")
         if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalisation {self.normalize!r}; expected one of {NORMALIZATIONS}")
+            raise BrainAgeError(f"unknown normalisation {self.normalize!r}; expected one of {NORMALIZATIONS}")
         if tuple(self.source_mask.shape) != tuple(self.source_shape):
-            raise ValueError(f"source mask of shape {self.source_mask.shape} on a {tuple(self.source_shape)} grid")
+            raise BrainAgeError(f"source mask of shape {self.source_mask.shape} on a {tuple(self.source_shape)} grid")
         expected = downsample_mask(self.source_mask, self.factor)
         if expected.shape != self.mask.shape or not np.array_equal(expected, self.mask):
-            raise ValueError(
+            raise BrainAgeError(
                 f"the model-grid mask {self.mask.shape} is not the source mask block-averaged by {self.factor} "
                 f"({expected.shape}, {int(expected.sum())} voxels vs {int(self.mask.sum())})"
             )
@@ -107,14 +108,14 @@ class Preprocessing:
             ValueError: wrong shape, or (``normalize="none"``) a value too large for float16.
         """
         if tuple(volume.shape) != tuple(self.source_shape):
-            raise ValueError(f"volume of shape {volume.shape}, expected the source grid {tuple(self.source_shape)}")
+            raise BrainAgeError(f"volume of shape {volume.shape}, expected the source grid {tuple(self.source_shape)}")
         block = np.zeros(self.source_shape, dtype=np.float32)
         np.copyto(block, volume, where=self.source_mask, casting="unsafe")
         pooled = block_mean(block[None], self.factor)[0]
         normed = normalize_volume(pooled, self.mask, self.normalize)
         peak = float(np.abs(normed).max()) if normed.size else 0.0
         if peak > FLOAT16_MAX:
-            raise ValueError(
+            raise BrainAgeError(
                 f"a voxel value of magnitude {peak:.6g} after normalize={self.normalize!r} does not fit the "
                 f"model's float16 input (largest finite value {FLOAT16_MAX:g})"
             )
@@ -175,7 +176,7 @@ class Preprocessing:
                 normalize=str(spec["normalize"]["method"]),
             )
         except (KeyError, TypeError) as err:
-            raise ValueError(f"incomplete preprocessing description (missing {err})") from err
+            raise BrainAgeError(f"incomplete preprocessing description (missing {err})") from err
         if not np.allclose(prep.affine, np.asarray(spec["model_grid"]["affine"], dtype=float), atol=AFFINE_ATOL_MM):
-            raise ValueError("the model-grid affine does not follow from the source grid and the factor")
+            raise BrainAgeError("the model-grid affine does not follow from the source grid and the factor")
         return prep

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from brainage.errors import BrainAgeError
 
 __all__ = ["READOUTS", "Readout", "fit_ridge_readout"]
 
@@ -45,9 +46,9 @@ class Readout:
 
     def __post_init__(self) -> None:
         if self.kind not in READOUTS:
-            raise ValueError(f"unknown readout {self.kind!r}; expected one of {READOUTS}")
+            raise BrainAgeError(f"unknown readout {self.kind!r}; expected one of {READOUTS}")
         if self.kind == "ridge" and (self.coef is None or np.asarray(self.coef).ndim != 1):
-            raise ValueError("a ridge readout needs a 1-D coefficient vector")
+            raise BrainAgeError("a ridge readout needs a 1-D coefficient vector")
 
     def predict(self, features: np.ndarray, head_output: np.ndarray | None) -> np.ndarray:
         """Ages (n,) float64 in years.
@@ -58,11 +59,11 @@ class Readout:
         """
         if self.kind == "head":
             if head_output is None:
-                raise ValueError("a head readout needs the regression head's output")
+                raise BrainAgeError("a head readout needs the regression head's output")
             return np.asarray(head_output, dtype=np.float64) * self.age_std + self.age_mean
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.coef.shape[0]:
-            raise ValueError(f"features of shape {x.shape}; the ridge readout expects (n, {self.coef.shape[0]})")
+            raise BrainAgeError(f"features of shape {x.shape}; the ridge readout expects (n, {self.coef.shape[0]})")
         return x @ self.coef + self.intercept
 
     def to_spec(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import numpy as np
 from brainage.data.layouts import open_npy
 from brainage.data.modalities import MODALITIES, OpenBHBError, grid, grid_factor
 from brainage.inference.preprocessing import Preprocessing
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "MAX_OBLIQUE_DEG",
@@ -53,7 +54,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _TALAIRACH = 3  # NIfTI xform code
 
 
-class ImageRefused(ValueError):
+class ImageRefused(BrainAgeError):
     """An image that cannot be brought onto the model's grid; the message names the file and why."""
 
 
@@ -204,7 +205,7 @@ def inspect_image(path: str | os.PathLike, prep: Preprocessing) -> ImageHeader:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise InputNotFoundError(f"image not found: {path}")
     kind = _kind(path)
     shape, affine = _nifti_header(path) if kind == "nifti" else _npy_header(path, prep)
     coverage = _check_geometry(path, affine, shape, prep)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "check_choice",
@@ -43,7 +44,7 @@ def check_choice(value: str, valid: Iterable[str], what: str) -> str:
     """
     valid = tuple(valid)
     if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid choices are: {', '.join(map(repr, valid))}")
+        raise BrainAgeError(f"unknown {what} {value!r}; valid choices are: {', '.join(map(repr, valid))}")
     return value
 
 
@@ -58,9 +59,9 @@ def check_features(features: Tensor, expected: str = "(B, V, D)") -> None:
         raise TypeError(f"features must be a floating-point torch.Tensor of shape {expected}, got {type(features)!r}"
                         + (f" with dtype {features.dtype}" if isinstance(features, Tensor) else ""))
     if features.ndim != 3:
-        raise ValueError(f"features must have shape {expected} (batch, views, dim), got {tuple(features.shape)}")
+        raise BrainAgeError(f"features must have shape {expected} (batch, views, dim), got {tuple(features.shape)}")
     if min(features.shape) < 1:
-        raise ValueError(f"features must have non-empty dimensions {expected}, got {tuple(features.shape)}")
+        raise BrainAgeError(f"features must have non-empty dimensions {expected}, got {tuple(features.shape)}")
 
 
 def check_per_sample(values: Tensor, batch_size: int, name: str, features_shape: tuple[int, ...]) -> Tensor:
@@ -82,7 +83,7 @@ def check_per_sample(values: Tensor, batch_size: int, name: str, features_shape:
     if not isinstance(values, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape ({batch_size},), got {type(values)!r}")
     if values.ndim != 1 or values.shape[0] != batch_size:
-        raise ValueError(
+        raise BrainAgeError(
             f"{name} must have shape (B,) = ({batch_size},) to match features of shape "
             f"{tuple(features_shape)}, got {tuple(values.shape)}"
         )
@@ -130,7 +131,7 @@ def check_unit_norm(features: Tensor) -> None:
         bad = ~(deviation <= tol)
         if bool(bad.any()):
             worst = float(deviation[bad].max()) if bool(torch.isfinite(deviation[bad]).all()) else float("nan")
-            raise ValueError(
+            raise BrainAgeError(
                 f"features must be L2-normalised along the last dimension (unit norm, tolerance {tol:.1e}); "
                 f"{int(bad.sum())} of {norms.numel()} embeddings are not (largest deviation {worst:.3g}). "
                 "Apply torch.nn.functional.normalize(features, dim=-1) first."
@@ -208,7 +209,7 @@ def masked_logsumexp(x: Tensor, mask: Tensor, dim: int = -1) -> tuple[Tensor, Te
 def check_positive(value: float, name: str) -> None:
     """Raise ValueError unless ``value`` is a finite real number > 0."""
     if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise BrainAgeError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def check_class_labels(labels: Tensor, batch_size: int, name: str, features_shape: tuple[int, ...]) -> Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import check_class_labels, compute_dtype, contiguous_grad, full_precision
+from brainage.errors import BrainAgeError
 
 __all__ = ["EnDRegularizer"]
 
@@ -46,7 +47,7 @@ class EnDRegularizer(nn.Module):
         super().__init__()
         for name, value in (("alpha", alpha), ("beta", beta)):
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+                raise BrainAgeError(f"{name} must be a finite number, got {value!r}")
         self.alpha = float(alpha)
         self.beta = float(beta)
 
@@ -69,7 +70,7 @@ class EnDRegularizer(nn.Module):
         if not isinstance(features, Tensor) or not features.is_floating_point():
             raise TypeError(f"features must be a floating-point torch.Tensor of shape (N, D), got {type(features)!r}")
         if features.ndim < 2 or features.shape[0] < 1:
-            raise ValueError(f"features must have shape (N, D), got {tuple(features.shape)}")
+            raise BrainAgeError(f"features must have shape (N, D), got {tuple(features.shape)}")
         n = features.shape[0]
         check_class_labels(labels, n, "labels", features.shape)
         check_class_labels(bias, n, "bias", features.shape)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._common import TemperatureScaledLoss, class_similarities, full_precision, masked_logsumexp
+from brainage.errors import BrainAgeError
 
 __all__ = ["EpsilonSupInfoNCE"]
 
@@ -43,7 +44,7 @@ class EpsilonSupInfoNCE(TemperatureScaledLoss):
         super().__init__(temperature, base_temperature)
         if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon)
                                              and epsilon >= 0):
-            raise ValueError(f"epsilon must be a finite number >= 0 (logit units), got {epsilon!r}")
+            raise BrainAgeError(f"epsilon must be a finite number >= 0 (logit units), got {epsilon!r}")
         self.epsilon = float(epsilon)
 
     def extra_repr(self) -> str:

@@ -18,6 +18,7 @@ from ._common import (
     full_precision,
 )
 from .names import FAIRKL_FORMULATIONS
+from brainage.errors import BrainAgeError
 
 __all__ = ["FAIRKL_FORMULATIONS", "FairKL"]
 
@@ -80,9 +81,9 @@ class FairKL(nn.Module):
         check_positive(variance_eps, "variance_eps")
         if kld is not None:
             if formulation == "paper":
-                raise ValueError("kld only applies to formulation='reference'; the paper form has no std weight")
+                raise BrainAgeError("kld only applies to formulation='reference'; the paper form has no std weight")
             if isinstance(kld, bool) or not (isinstance(kld, (int, float)) and math.isfinite(kld) and kld >= 0):
-                raise ValueError(f"kld must be a finite number >= 0, got {kld!r}")
+                raise BrainAgeError(f"kld must be a finite number >= 0, got {kld!r}")
         self.formulation = formulation
         self.temperature = temperature
         self.kld = 1.0 if kld is None else float(kld)
@@ -110,7 +111,7 @@ class FairKL(nn.Module):
         check_features(features)
         batch = features.shape[0]
         if labels is None:
-            raise ValueError(f"FairKL needs class labels of shape ({batch},), got None")
+            raise BrainAgeError(f"FairKL needs class labels of shape ({batch},), got None")
         check_class_labels(labels, batch, "labels", features.shape)
         check_class_labels(bias, batch, "bias", features.shape)
         if self.formulation == "reference":

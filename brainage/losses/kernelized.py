@@ -23,6 +23,7 @@ from ._common import (
 from .kernels import AgeKernel, age_kernel
 from .names import FORMULATIONS, KERNELS
 from .names import KERNELIZED_METHODS as METHODS
+from brainage.errors import BrainAgeError
 
 __all__ = ["FORMULATIONS", "METHODS", "REFERENCE_BASE_TEMPERATURE", "THRESHOLD_REDUCTIONS",
            "KernelizedContrastiveLoss"]
@@ -119,10 +120,10 @@ class KernelizedContrastiveLoss(nn.Module):
         check_choice(formulation, FORMULATIONS, "formulation")
         check_choice(threshold_reduction, THRESHOLD_REDUCTIONS, "threshold_reduction")
         if threshold_reduction != "sum" and not (method == "thr" and formulation == "reference"):
-            raise ValueError("threshold_reduction='mean' only applies to method='thr' with formulation='reference'")
+            raise BrainAgeError("threshold_reduction='mean' only applies to method='thr' with formulation='reference'")
         if callable(kernel):
             if gamma is not None:
-                raise ValueError("gamma only applies to the named 'cauchy' kernel, not to a custom kernel callable")
+                raise BrainAgeError("gamma only applies to the named 'cauchy' kernel, not to a custom kernel callable")
         else:
             check_choice(kernel, KERNELS, "kernel")
             age_kernel(torch.zeros(1), kernel, sigma, gamma)
@@ -163,9 +164,9 @@ class KernelizedContrastiveLoss(nn.Module):
         batch = ages.shape[0]
         if not isinstance(weights, Tensor) or tuple(weights.shape) != (batch, batch):
             shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights)
-            raise ValueError(f"custom kernel must map ages ({batch},) to weights ({batch}, {batch}), got {shape}")
+            raise BrainAgeError(f"custom kernel must map ages ({batch},) to weights ({batch}, {batch}), got {shape}")
         if not values_trusted() and (not bool(torch.isfinite(weights).all()) or bool((weights < 0).any())):
-            raise ValueError("custom kernel weights must be finite and non-negative")
+            raise BrainAgeError("custom kernel weights must be finite and non-negative")
         return weights
 
     def forward(self, features: Tensor, ages: Tensor) -> Tensor:
@@ -191,7 +192,7 @@ class KernelizedContrastiveLoss(nn.Module):
             z = stack_views(contiguous_grad(features).to(dtype))
             ages_c = ages.to(device=features.device, dtype=dtype)
             if not values_trusted() and not bool(torch.isfinite(ages_c).all()):
-                raise ValueError("ages must be finite (years)")
+                raise BrainAgeError("ages must be finite (years)")
             w = self.kernel_weights(ages_c).to(dtype).repeat(views, views)
             s = (z @ z.T) / self.temperature
             off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ._common import check_choice, values_trusted
 from .names import KERNELS
+from brainage.errors import BrainAgeError
 
 __all__ = ["KERNELS", "AgeKernel", "age_kernel"]
 
@@ -47,18 +48,18 @@ def age_kernel(ages: Tensor, kind: str = "rbf", sigma: float = 2.0, gamma: float
     if not isinstance(ages, Tensor):
         ages = torch.as_tensor(ages)
     if ages.ndim != 1:
-        raise ValueError(f"ages must have shape (B,), got {tuple(ages.shape)}")
+        raise BrainAgeError(f"ages must have shape (B,), got {tuple(ages.shape)}")
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a finite number > 0 (years), got {sigma!r}")
+        raise BrainAgeError(f"sigma must be a finite number > 0 (years), got {sigma!r}")
     if gamma is not None:
         if kind != "cauchy":
-            raise ValueError(f"gamma only applies to kind='cauchy', got kind={kind!r}")
+            raise BrainAgeError(f"gamma only applies to kind='cauchy', got kind={kind!r}")
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
-            raise ValueError(f"gamma must be a finite number > 0 (1/years^2), got {gamma!r}")
+            raise BrainAgeError(f"gamma must be a finite number > 0 (1/years^2), got {gamma!r}")
     dtype = torch.float64 if ages.dtype == torch.float64 else torch.float32
     y = ages.to(dtype)
     if not values_trusted() and not bool(torch.isfinite(y).all()):
-        raise ValueError("ages must be finite")
+        raise BrainAgeError("ages must be finite")
     diff2 = (y[:, None] - y[None, :]) ** 2
     if kind == "rbf":
         return torch.exp(-diff2 / (2.0 * sigma**2))

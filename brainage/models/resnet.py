@@ -8,6 +8,7 @@ from monai.networks.nets import resnet18
 from torch import Tensor, nn
 
 from .names import FEATURE_KINDS, HEADS
+from brainage.errors import BrainAgeError
 
 __all__ = ["HEADS", "FEATURE_KINDS", "BrainAgeNet", "resnet18_encoder", "embedding_dim"]
 
@@ -92,13 +93,13 @@ class BrainAgeNet(nn.Module):
     ) -> None:
         super().__init__()
         if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; valid choices are: {', '.join(map(repr, HEADS))}")
+            raise BrainAgeError(f"unknown head {head!r}; valid choices are: {', '.join(map(repr, HEADS))}")
         self.embedding_dim = embedding_dim(widen_factor)
         if self.embedding_dim < 1:
-            raise ValueError(f"widen_factor {widen_factor} leaves no channels in the last stage (512 * w < 1)")
+            raise BrainAgeError(f"widen_factor {widen_factor} leaves no channels in the last stage (512 * w < 1)")
         hidden = self.embedding_dim if projection_hidden is None else int(projection_hidden)
         if projection_dim < 1 or hidden < 1:
-            raise ValueError(f"projection sizes must be positive, got hidden={hidden}, out={projection_dim}")
+            raise BrainAgeError(f"projection sizes must be positive, got hidden={hidden}, out={projection_dim}")
         self.head_name = head
         self.encoder = resnet18_encoder(widen_factor, in_channels)
         if head == "projection":
@@ -114,7 +115,7 @@ class BrainAgeNet(nn.Module):
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.encoder.conv1.in_channels:
-            raise ValueError(
+            raise BrainAgeError(
                 f"expected a (B, {self.encoder.conv1.in_channels}, X, Y, Z) volume batch, got {tuple(x.shape)}"
             )
 
@@ -161,9 +162,9 @@ class BrainAgeNet(nn.Module):
             ValueError: unknown kind, or a projection asked of a regression model.
         """
         if kind not in FEATURE_KINDS:
-            raise ValueError(f"unknown feature kind {kind!r}; valid choices are: {', '.join(map(repr, FEATURE_KINDS))}")
+            raise BrainAgeError(f"unknown feature kind {kind!r}; valid choices are: {', '.join(map(repr, FEATURE_KINDS))}")
         if kind == "projection":
             if self.head_name != "projection":
-                raise ValueError("a regression (L1) model has no projection head; use kind='embedding'")
+                raise BrainAgeError("a regression (L1) model has no projection head; use kind='embedding'")
             return self(x).float()
         return self.embed(x).float()

@@ -25,6 +25,7 @@ from brainage import __version__
 from brainage.data.modalities import MODALITIES
 from brainage.io import atomic_dir
 from brainage.submission import ramp_estimator
+from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError
 
 __all__ = ["SUBMISSION_FILES", "SubmissionBuildError", "build_submission", "submission_metadata"]
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 SUBMISSION_FILES: tuple[str, ...] = ("estimator.py", "weights.pth", "metadata.pkl")
 
 
-class SubmissionBuildError(ValueError):
+class SubmissionBuildError(BrainAgeError):
     """A run that cannot become a challenge submission; the message says why."""
 
 
@@ -81,7 +82,7 @@ def submission_metadata(run: str | os.PathLike, cache: str | os.PathLike | None 
     run = Path(run)
     model_path = run / "model.pt" if run.is_dir() else run
     if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path} not found: the run has not finished training")
+        raise InputNotFoundError(f"{model_path} not found: the run has not finished training")
     model, info = load_model(model_path, "cpu")
     config = info["config"]
     if config.method == "combat_l1":
@@ -210,10 +211,10 @@ def build_submission(
     out = Path(out)
     if out.exists():
         if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a folder")
+            raise OutputExistsError(f"{out} exists and is not a folder")
         content = {p.name for p in out.iterdir()}
         if content and not content <= set(SUBMISSION_FILES) | {"__pycache__"}:
-            raise FileExistsError(f"{out} holds other files ({sorted(content - set(SUBMISSION_FILES))[:5]}); "
+            raise OutputExistsError(f"{out} holds other files ({sorted(content - set(SUBMISSION_FILES))[:5]}); "
                                   "choose an empty or new folder")
     meta, state = submission_metadata(run, cache, kind)
     with atomic_dir(out) as tmp:

@@ -36,6 +36,7 @@ from brainage.io import atomic_open, save_json
 from brainage.submission.build import SUBMISSION_FILES
 from brainage.submission.ramp_estimator import load_metadata
 from brainage.submission.rows import write_ramp_rows
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["SubmissionCheckError", "check_submission", "run_like_server", "SERVER_RUN"]
 
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 SERVER_RUN = Path(__file__).with_name("server_run.py")
 
 
-class SubmissionCheckError(RuntimeError):
+class SubmissionCheckError(BrainAgeError):
     """The submission does not reproduce the project's features, or could not run."""
 
 
@@ -135,7 +136,7 @@ def check_submission(
     submission, out = Path(submission), Path(out)
     missing = [f for f in SUBMISSION_FILES if not (submission / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{submission}: missing {missing}; build it with `brainage submission`")
+        raise InputNotFoundError(f"{submission}: missing {missing}; build it with `brainage submission`")
     meta = load_metadata(submission / "metadata.pkl")
     project = load_feature_dir(features)
     settings = _probe_settings(settings, project_scores)

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 from brainage.data.modalities import MODALITIES
 from brainage.submission.build import SUBMISSION_FILES
+from brainage.errors import InputNotFoundError
 
 __all__ = ["PROBLEM_SOURCE", "write_ramp_kit"]
 
@@ -50,7 +51,7 @@ def write_ramp_kit(
                + [rows / "resource" / m.mask_file for m in MODALITIES.values()]
                + [submission / f for f in SUBMISSION_FILES] if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"cannot write the RAMP kit: missing {[str(p) for p in missing]}")
+        raise InputNotFoundError(f"cannot write the RAMP kit: missing {[str(p) for p in missing]}")
     kit.mkdir(parents=True, exist_ok=True)
     for stale in ("data", "submissions"):
         if (kit / stale).exists():

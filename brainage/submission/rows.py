@@ -21,6 +21,7 @@ from brainage.data.layouts import OpenBHBDataset, open_dataset
 from brainage.data.masks import mask_volumes
 from brainage.data.modalities import MODALITIES, ramp_row_slices
 from brainage.io import save_table
+from brainage.errors import BrainAgeError
 
 __all__ = ["write_ramp_rows"]
 
@@ -52,7 +53,7 @@ def write_ramp_rows(
     dataset = data if isinstance(data, OpenBHBDataset) else open_dataset(data, layout=layout)
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
-        raise ValueError(f"unknown modality {unknown}; expected a subset of {sorted(MODALITIES)}")
+        raise BrainAgeError(f"unknown modality {unknown}; expected a subset of {sorted(MODALITIES)}")
     masks = {m: dataset.mask(m) for m in MODALITIES}
     slices = ramp_row_slices(int(masks["vbm"].sum()), int(masks["quasiraw"].sum()))
     length = slices["destrieux_roi"].stop

@@ -17,6 +17,7 @@ from torch import nn
 from brainage.io import save_torch
 from brainage.models import BrainAgeNet
 from brainage.training.config import TrainConfig
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -35,7 +36,7 @@ MODEL_FORMAT = "brainage-model"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BrainAgeError):
     """A checkpoint or model file that cannot be used: unreadable, foreign or mismatched."""
 
 
@@ -69,7 +70,7 @@ def load_file(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+        raise InputNotFoundError(f"{path} not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brainage.errors import BrainAgeError, ConfigError
+from brainage.errors import BrainAgeError, ConfigError, InputNotFoundError
 from brainage.losses.names import FORMULATIONS, KERNELIZED_METHODS, KERNELS
 from brainage.models.names import FEATURE_KINDS
 
@@ -113,7 +113,7 @@ def _choice(value: Any, valid: tuple[str, ...], name: str) -> None:
     if value not in valid:
         hint = difflib.get_close_matches(str(value), valid, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ValueError(f"unknown {name} {value!r}{extra}; valid choices are: {', '.join(map(repr, valid))}")
+        raise BrainAgeError(f"unknown {name} {value!r}{extra}; valid choices are: {', '.join(map(repr, valid))}")
 
 
 @dataclass
@@ -205,31 +205,31 @@ class TrainConfig:
             _choice(getattr(self, name), valid, name)
         for name in ("seed",):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+                raise BrainAgeError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "views", "projection_dim", "step_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise BrainAgeError(f"{name} must be a positive integer, got {value!r}")
         for name in ("width", "lr", "sigma", "temperature"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
         if int(512 * self.width) < 1:
-            raise ValueError(f"width {self.width} leaves no channel in the last ResNet stage (512 * width < 1)")
+            raise BrainAgeError(f"width {self.width} leaves no channel in the last ResNet stage (512 * width < 1)")
         for name in ("weight_decay", "momentum"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
                 raise ConfigError(f"{name} must be a finite non-negative number, got {value!r}")
         if not 0 < self.step_gamma <= 1:
-            raise ValueError(f"step_gamma must be in (0, 1], got {self.step_gamma!r}")
+            raise BrainAgeError(f"step_gamma must be in (0, 1], got {self.step_gamma!r}")
         if self.projection_hidden is not None and (
             not isinstance(self.projection_hidden, int) or self.projection_hidden < 1
         ):
-            raise ValueError(f"projection_hidden must be a positive integer or null, got {self.projection_hidden!r}")
+            raise BrainAgeError(f"projection_hidden must be a positive integer or null, got {self.projection_hidden!r}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
-            raise ValueError(f"num_threads must be a positive integer or null, got {self.num_threads!r}")
+            raise BrainAgeError(f"num_threads must be a positive integer or null, got {self.num_threads!r}")
         if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ValueError(f"unknown device {self.device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
+            raise BrainAgeError(f"unknown device {self.device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
         check_augmentations(self.augmentations)
 
     @property
@@ -271,7 +271,7 @@ class TrainConfig:
         if unknown:
             hints = {k: difflib.get_close_matches(str(k), names, n=1) for k in unknown}
             described = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
-            raise ValueError(f"{source + ': ' if source else ''}unknown training option(s) {described}; "
+            raise BrainAgeError(f"{source + ': ' if source else ''}unknown training option(s) {described}; "
                              f"valid options are: {', '.join(names)}")
 
     @classmethod
@@ -282,10 +282,10 @@ class TrainConfig:
             ValueError: unknown keys, a missing ``method`` or an invalid value.
         """
         if not isinstance(values, dict):
-            raise ValueError(f"a training config must be a mapping, got {type(values).__name__}")
+            raise BrainAgeError(f"a training config must be a mapping, got {type(values).__name__}")
         cls.check_keys(values)
         if "method" not in values:
-            raise ValueError(f"the training config needs a method; valid methods are: {', '.join(METHODS)}")
+            raise BrainAgeError(f"the training config needs a method; valid methods are: {', '.join(METHODS)}")
         types = cls.field_types()
         coerced = {k: _coerce(k, v, types[k]) for k, v in values.items()}
         return cls(**coerced)
@@ -307,7 +307,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is bool and not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise BrainAgeError(f"{name} must be true or false, got {value!r}")
     return value
 
 
@@ -327,7 +327,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training config {path} not found")
+        raise InputNotFoundError(f"training config {path} not found")
     try:
         text = read_text(path)
     except BrainAgeError as err:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from brainage.errors import ConfigError
+from brainage.errors import BrainAgeError, ConfigError
 from brainage.training.config import check_augmentations
 
 __all__ = [
@@ -84,7 +84,7 @@ class VolumeStore:
         finite = torch.isfinite(block).flatten(1).all(dim=1)
         if not bool(finite.all()):
             bad = rows[torch.nonzero(~finite).flatten().numpy()].tolist()
-            raise ValueError(f"{self.name}: non-finite voxel values (NaN or inf) in row(s) {bad[:10]}")
+            raise BrainAgeError(f"{self.name}: non-finite voxel values (NaN or inf) in row(s) {bad[:10]}")
 
     def batch(self, indices: Tensor | Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
         """Volumes of ``indices`` as a ``(b, 1, X, Y, Z)`` tensor of ``dtype`` on the device.

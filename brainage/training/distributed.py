@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from brainage.device import resolve_device  # re-exported: its home before brainage.device
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "DistContext", "any_process", "barrier", "cleanup", "gather", "gather_with_grad", "init_from_env", "resolve_device",
@@ -129,7 +130,7 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, sync_ba
         return model
     if sync_batchnorm:
         if device.type != "cuda":
-            raise ValueError("sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
+            raise BrainAgeError("sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     from torch.nn.parallel import DistributedDataParallel
 

@@ -16,6 +16,7 @@ from brainage.data.cache import SPLITS, open_split, read_cache_meta
 from brainage.training.data import VolumeStore
 from brainage.device import resolve_device
 from brainage.training.trainer import use_channels_last
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["extract_features", "predict_split"]
 
@@ -97,7 +98,7 @@ def extract_features(
     run = Path(run)
     model_path = run / "model.pt" if run.is_dir() else run
     if run.is_dir() and not model_path.exists():
-        raise FileNotFoundError(f"{model_path} not found: the training run in {run} has not finished")
+        raise InputNotFoundError(f"{model_path} not found: the training run in {run} has not finished")
     model, info = load_model(model_path, "cpu")
     config = info["config"]
     torch_device = resolve_device(device or config.device)
@@ -111,7 +112,7 @@ def extract_features(
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}; valid choices are: 'fp32', 'bf16'")
+        raise BrainAgeError(f"unknown precision {precision!r}; valid choices are: 'fp32', 'bf16'")
     amp = torch.autocast(torch_device.type, dtype=torch.bfloat16) if precision == "bf16" else None
 
     results = {
@@ -128,12 +129,12 @@ def _feature_kind(config, kind: str | None, model_path: Path) -> str:
     regression = not config.is_contrastive
     if regression:
         if kind == "projection":
-            raise ValueError(f"{model_path}: an L1 model has no projection head; its features are the embedding")
+            raise BrainAgeError(f"{model_path}: an L1 model has no projection head; its features are the embedding")
         kind = "embedding"
     else:
         kind = kind or config.features
     if kind not in ("projection", "embedding"):
-        raise ValueError(f"unknown feature kind {kind!r}; valid choices are: 'projection', 'embedding'")
+        raise BrainAgeError(f"unknown feature kind {kind!r}; valid choices are: 'projection', 'embedding'")
     return kind
 
 
@@ -147,7 +148,7 @@ def _split_arrays(
                                   name=f"{cache}/{split}")
     bad = ~np.isfinite(features).all(axis=1)
     if bad.any():
-        raise ValueError(
+        raise BrainAgeError(
             f"{model_path}: {int(bad.sum())} of {len(bad)} {split} subject(s) have NaN/inf features "
             f"(first: {arrays.participant_id[np.flatnonzero(bad)[0]]}); nothing was written"
         )

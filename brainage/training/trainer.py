@@ -58,6 +58,7 @@ from brainage.training.distributed import (
     gather_with_grad,
     wrap_model,
 )
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "TrainingDivergedError",
@@ -73,7 +74,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class TrainingDivergedError(ValueError):
+class TrainingDivergedError(BrainAgeError):
     """The loss became NaN or infinite; the last checkpoint is left as it was."""
 
 
@@ -127,7 +128,7 @@ def autocast_context(config: TrainConfig, device: torch.device) -> contextlib.Ab
             diverge by chance, so it is refused rather than silently run.
     """
     if config.precision == "bf16" and device.type != "cuda":
-        raise ValueError(
+        raise BrainAgeError(
             f"precision='bf16' is not supported for training on {device.type}: the CPU backward of bf16 "
             "3-D convolutions gives random NaN gradients with this torch; use precision='auto' or 'fp32' "
             "(bf16 feature extraction, forward only, is fine)"
@@ -398,11 +399,11 @@ class _Loop:
 def _open_training_split(config: TrainConfig, cache: str | os.PathLike, ctx: DistContext) -> tuple[CacheSplit, _Target]:
     """The cache's ``train`` split and its :class:`_Target`; raises when the batch does not fit it."""
     if config.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
+        raise BrainAgeError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     split = open_split(cache, "train")
     n_train = len(split)
     if n_train < config.batch_size:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the training split of {cache} "
+        raise BrainAgeError(f"batch_size {config.batch_size} is larger than the training split of {cache} "
                          f"({n_train} subjects)")
     identity = cache_identity(cache)
     if config.standardize_ages:

@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from brainage.data.modalities import MODALITIES, grid
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "TEMPLATE_SHAPE",
@@ -107,7 +108,7 @@ def world_to_template(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m = np.linalg.inv(_TEMPLATE_AFFINE) @ np.asarray(affine, dtype=float)
     lin = m[:3, :3]
     if not np.allclose(lin, np.diag(np.diag(lin)), atol=1e-6):
-        raise ValueError(f"grid affine is not axis-aligned with the template grid:\n{affine}")
+        raise BrainAgeError(f"grid affine is not axis-aligned with the template grid:\n{affine}")
     return np.diag(lin).copy(), m[:3, 3].copy()
 
 
@@ -155,7 +156,7 @@ def _to_template_grid(img) -> np.ndarray:
     m = np.linalg.inv(img.affine) @ _TEMPLATE_AFFINE
     lin = m[:3, :3]
     if not np.allclose(lin, np.diag(np.diag(lin)), atol=1e-6):
-        raise ValueError("the nilearn template is not axis-aligned with the OpenBHB grid")
+        raise BrainAgeError("the nilearn template is not axis-aligned with the OpenBHB grid")
     positions = tuple(np.diag(lin)[a] * np.arange(TEMPLATE_SHAPE[a]) + m[a, 3] for a in range(3))
     return resample_axes(data, positions)
 
@@ -261,7 +262,7 @@ def _lobes(brain, cortex, cerebellum, x, y, z) -> np.ndarray:
 def _top_n(score: np.ndarray, n: int) -> np.ndarray:
     """Boolean mask of the ``n`` highest values (ties broken by C-order position)."""
     if n > score.size:
-        raise ValueError(f"cannot select {n} voxels from a grid of {score.size}")
+        raise BrainAgeError(f"cannot select {n} voxels from a grid of {score.size}")
     order = np.argsort(-score.ravel(), kind="stable")[:n]
     mask = np.zeros(score.size, dtype=bool)
     mask[order] = True

@@ -35,6 +35,7 @@ from brainage.data.simulate.subject import (
     render_vbm,
 )
 from brainage.io import atomic_path, save_json, save_npy, save_table
+from brainage.errors import BrainAgeError, OutputExistsError
 
 __all__ = ["simulate_openbhb", "parse_modalities", "NOT_SIMULATED"]
 
@@ -56,10 +57,10 @@ def parse_modalities(modalities: str | Sequence[str]) -> tuple[str, ...]:
     items = [m.strip() for m in modalities.split(",")] if isinstance(modalities, str) else [str(m).strip() for m in modalities]
     items = [m for m in items if m]
     if not items:
-        raise ValueError(f"no modality given; choose from {sorted(MODALITIES)}")
+        raise BrainAgeError(f"no modality given; choose from {sorted(MODALITIES)}")
     unknown = [m for m in items if m not in MODALITIES]
     if unknown:
-        raise ValueError(f"unknown modality {unknown[0]!r}; expected a comma-separated subset of {sorted(MODALITIES)}")
+        raise BrainAgeError(f"unknown modality {unknown[0]!r}; expected a comma-separated subset of {sorted(MODALITIES)}")
     return tuple(dict.fromkeys(items))
 
 
@@ -168,9 +169,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
         if out.is_dir() and not any(out.iterdir()):
             return
         if not overwrite:
-            raise FileExistsError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
+            raise OutputExistsError(f"output {out} already exists; pass overwrite=True (--overwrite) to replace it")
         if not out.is_dir():
-            raise FileExistsError(f"output {out} exists and is not a folder")
+            raise OutputExistsError(f"output {out} exists and is not a folder")
 
 
 def _progress(iterable: Iterable, total: int, enabled: bool) -> Iterable:
@@ -268,20 +269,20 @@ def _checked_arguments(
 ) -> tuple[int, int, int, tuple[str, ...], int]:
     """``(n_subjects, downsample, seed, modalities, n_jobs)`` as integers and a modality tuple; raises on a bad one."""
     if isinstance(n_subjects, bool) or int(n_subjects) != n_subjects or n_subjects < 1:
-        raise ValueError(f"n_subjects must be a positive integer, got {n_subjects!r}")
+        raise BrainAgeError(f"n_subjects must be a positive integer, got {n_subjects!r}")
     if isinstance(downsample, bool) or int(downsample) != downsample or not 1 <= downsample <= 16:
-        raise ValueError(f"downsample must be an integer in [1, 16] (1 = the full OpenBHB grids), got {downsample!r}")
+        raise BrainAgeError(f"downsample must be an integer in [1, 16] (1 = the full OpenBHB grids), got {downsample!r}")
     if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise BrainAgeError(f"seed must be a non-negative integer, got {seed!r}")
     n_subjects, downsample, seed = int(n_subjects), int(downsample), int(seed)
     mods = parse_modalities(modalities)
     if ramp and set(mods) != set(MODALITIES):
-        raise ValueError(f"the RAMP layout holds both modalities: ramp=True needs modalities vbm,quasiraw, got {','.join(mods)}")
+        raise BrainAgeError(f"the RAMP layout holds both modalities: ramp=True needs modalities vbm,quasiraw, got {','.join(mods)}")
     if not 0.0 < external_fraction < 1.0 or not 0.0 < internal_fraction < 1.0:
-        raise ValueError("external_fraction and internal_fraction must lie in (0, 1)")
+        raise BrainAgeError("external_fraction and internal_fraction must lie in (0, 1)")
     n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
     if n_jobs < 1:
-        raise ValueError(f"n_jobs must be >= 1 (or -1 for all CPUs), got {n_jobs}")
+        raise BrainAgeError(f"n_jobs must be >= 1 (or -1 for all CPUs), got {n_jobs}")
     return n_subjects, downsample, seed, mods, n_jobs
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from brainage.data.cache import SPLITS
 from brainage.data.participants import PARTICIPANT_COLUMNS
+from brainage.errors import BrainAgeError
 
 __all__ = ["AgeProfile", "PROFILES", "Acquisition", "Cohort", "design_cohort", "default_n_sites", "BIAS_ORDER"]
 
@@ -57,7 +58,7 @@ class AgeProfile:
             elif self.kind == "gamma":
                 x = self.lo + shift + rng.gamma(self.a, self.b, m)
             else:
-                raise ValueError(f"unknown age profile kind {self.kind!r}")
+                raise BrainAgeError(f"unknown age profile kind {self.kind!r}")
             out = np.concatenate([out, x[(x >= self.lo) & (x <= self.hi)]])
         return out[:n]
 
@@ -212,7 +213,7 @@ def _apportion(weights: np.ndarray, total: int, minimum: int = 0) -> np.ndarray:
     base = np.full(len(weights), minimum, dtype=np.int64)
     rest = total - base.sum()
     if rest < 0:
-        raise ValueError(f"cannot give {minimum} to each of {len(weights)} groups out of {total}")
+        raise BrainAgeError(f"cannot give {minimum} to each of {len(weights)} groups out of {total}")
     share = weights / weights.sum() * rest
     out = base + np.floor(share).astype(np.int64)
     left = total - out.sum()
@@ -256,9 +257,9 @@ def design_cohort(
             acquisition a train and an internal-test subject and each external one a subject.
     """
     if n_sites < 2:
-        raise ValueError(f"n_sites must be >= 2 (training sites and at least one external site), got {n_sites}")
+        raise BrainAgeError(f"n_sites must be >= 2 (training sites and at least one external site), got {n_sites}")
     if max_acquisitions < 1:
-        raise ValueError(f"max_acquisitions must be >= 1, got {max_acquisitions}")
+        raise BrainAgeError(f"max_acquisitions must be >= 1, got {max_acquisitions}")
     # one generator drawn from in this order: site weights, external sites, site numbers,
     # acquisitions per site, subjects per acquisition, participant ids, then per acquisition
     # ages, sexes and internal-test subjects
@@ -343,7 +344,7 @@ def _subjects_per_acquisition(
     acq_weight = np.array([site_weight[site_index[a.site]] for a in acqs]) * rng.dirichlet(np.full(len(acqs), 4.0)) * len(acqs)
     need_min = minimum_subjects(int((~is_ext).sum()), int(is_ext.sum()))
     if n_subjects < need_min:
-        raise ValueError(
+        raise BrainAgeError(
             f"n_subjects={n_subjects} is too small for {n_sites} sites with {len(acqs)} acquisition settings "
             f"({int((~is_ext).sum())} in training sites, {int(is_ext.sum())} external): need at least "
             f"{need_min} (2 per training acquisition for train + internal_test, 1 per external one); "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["ArraySet", "save_array_set", "load_array_set"]
 
@@ -39,14 +40,14 @@ class ArraySet:
     def validate(self, source: str = "array set") -> None:
         """Raise ``ValueError`` (naming ``source``) unless shapes and dtypes are consistent."""
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"{source}: images must be uint8 (n, C, H, W), got {self.images.dtype} {self.images.shape}")
+            raise BrainAgeError(f"{source}: images must be uint8 (n, C, H, W), got {self.images.dtype} {self.images.shape}")
         n = self.images.shape[0]
         for name in ("labels", "bias"):
             arr = getattr(self, name)
             if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"{source}: {name} must be {n} integers, got {arr.dtype} {arr.shape}")
+                raise BrainAgeError(f"{source}: {name} must be {n} integers, got {arr.dtype} {arr.shape}")
         if n and self.labels.min() < 0:
-            raise ValueError(f"{source}: negative target labels")
+            raise BrainAgeError(f"{source}: negative target labels")
 
     def subset(self, index: np.ndarray) -> "ArraySet":
         return ArraySet(self.images[index], self.labels[index], self.bias[index])
@@ -75,15 +76,15 @@ def load_array_set(path: str | os.PathLike) -> ArraySet:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: data file not found")
+        raise InputNotFoundError(f"{path}: data file not found")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = {"images", "labels", "bias"} - set(npz.files)
             if missing:
-                raise ValueError(f"{path}: missing arrays {sorted(missing)}")
+                raise BrainAgeError(f"{path}: missing arrays {sorted(missing)}")
             data = ArraySet.__new__(ArraySet)
             data.images, data.labels, data.bias = npz["images"], npz["labels"], npz["bias"]
     except (OSError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+        raise BrainAgeError(f"{path}: not a readable .npz file ({err})") from err
     data.validate(str(path))
     return data

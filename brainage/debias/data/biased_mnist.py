@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "PALETTES",
@@ -68,21 +69,21 @@ def validate_digits(
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.dtype != np.uint8:
-        raise ValueError(f"{source}: digit images must be uint8 grey levels, got dtype {images.dtype}")
+        raise BrainAgeError(f"{source}: digit images must be uint8 grey levels, got dtype {images.dtype}")
     if images.ndim != 3:
-        raise ValueError(f"{source}: digit images must have shape (n, H, W), got {images.shape}")
+        raise BrainAgeError(f"{source}: digit images must have shape (n, H, W), got {images.shape}")
     label_source = source if label_source is None else label_source
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
+        raise BrainAgeError(
             f"{label_source}: labels must have shape ({images.shape[0]},) to match the images, got {labels.shape}"
         )
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         if not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise ValueError(f"{label_source}: labels must be integers, got dtype {labels.dtype}")
+            raise BrainAgeError(f"{label_source}: labels must be integers, got dtype {labels.dtype}")
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         bad = labels[(labels < 0) | (labels >= n_classes)]
-        raise ValueError(
+        raise BrainAgeError(
             f"{label_source}: labels must lie in [0, {n_classes}); found {np.unique(bad)[:10].tolist()}"
         )
     return images, labels
@@ -133,9 +134,9 @@ def make_biased_mnist(
     images, labels = validate_digits(images, labels, n_classes=N_COLOURS)
     rho = float(rho)
     if not (0.0 <= rho <= 1.0) or math.isnan(rho):
-        raise ValueError(f"rho must lie in [0, 1], got {rho}")
+        raise BrainAgeError(f"rho must lie in [0, 1], got {rho}")
     if palette not in PALETTES:
-        raise ValueError(f"unknown palette {palette!r}; choose one of {sorted(PALETTES)}")
+        raise BrainAgeError(f"unknown palette {palette!r}; choose one of {sorted(PALETTES)}")
     colours = PALETTES[palette]
     rng = np.random.default_rng(seed)
     # One permutation of the nine other colours per class, drawn for every class whether or
@@ -195,7 +196,7 @@ def split_per_class(
     for y in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == y))
         if idx.size < need:
-            raise ValueError(
+            raise BrainAgeError(
                 f"class {int(y)} has {idx.size} samples, fewer than the {need} requested per class {dict(sizes)}"
             )
         start = 0

@@ -19,6 +19,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["load_cifar10", "load_cifar100", "read_cifar_batch"]
 
@@ -58,27 +59,27 @@ def read_cifar_batch(path: str | os.PathLike, label_key: bytes) -> tuple[np.ndar
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: CIFAR batch not found")
+        raise InputNotFoundError(f"{path}: CIFAR batch not found")
     with open(path, "rb") as fh:
         try:
             batch = _CifarUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError) as err:
-            raise ValueError(f"{path}: not a CIFAR python batch ({err})") from err
+            raise BrainAgeError(f"{path}: not a CIFAR python batch ({err})") from err
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise ValueError(f"{path}: expected a dict with keys b'data' and {label_key!r}, got {keys}")
+        raise BrainAgeError(f"{path}: expected a dict with keys b'data' and {label_key!r}, got {keys}")
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: b'data' must be uint8 (n, 3072), got {data.dtype} {data.shape}")
+        raise BrainAgeError(f"{path}: b'data' must be uint8 (n, 3072), got {data.dtype} {data.shape}")
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: {label_key!r} must hold {data.shape[0]} integers, got {labels.dtype} {labels.shape}")
+        raise BrainAgeError(f"{path}: {label_key!r} must hold {data.shape[0]} integers, got {labels.dtype} {labels.shape}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def _check_labels(labels: np.ndarray, n_classes: int, path: Path) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"{path}: labels outside [0, {n_classes})")
+        raise BrainAgeError(f"{path}: labels outside [0, {n_classes})")
 
 
 def load_cifar10(folder: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -89,16 +90,16 @@ def load_cifar10(folder: str | os.PathLike, split: str = "train") -> tuple[np.nd
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: CIFAR-10 folder not found")
+        raise InputNotFoundError(f"{folder}: CIFAR-10 folder not found")
     if split == "train":
         names = [f"data_batch_{i}" for i in range(1, 6)]
     elif split == "test":
         names = ["test_batch"]
     else:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise BrainAgeError(f"split must be 'train' or 'test', got {split!r}")
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder}: missing CIFAR-10 batch file(s) {missing}")
+        raise InputNotFoundError(f"{folder}: missing CIFAR-10 batch file(s) {missing}")
     parts = [read_cifar_batch(folder / name, b"labels") for name in names]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -112,12 +113,12 @@ def load_cifar100(
     """CIFAR-100 ``train`` or ``test``, with the 100 ``fine`` or 20 ``coarse`` labels."""
     folder = Path(folder)
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise BrainAgeError(f"split must be 'train' or 'test', got {split!r}")
     if label not in ("fine", "coarse"):
-        raise ValueError(f"label must be 'fine' or 'coarse', got {label!r}")
+        raise BrainAgeError(f"label must be 'fine' or 'coarse', got {label!r}")
     path = folder / split
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: missing CIFAR-100 batch file {split!r}")
+        raise InputNotFoundError(f"{folder}: missing CIFAR-100 batch file {split!r}")
     images, labels = read_cifar_batch(path, f"{label}_labels".encode())
     _check_labels(labels, 100 if label == "fine" else 20, path)
     return images, labels

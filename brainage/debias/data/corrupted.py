@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from brainage.errors import BrainAgeError
 
 __all__ = [
     "PROTOCOLS",
@@ -102,12 +103,12 @@ def corruption_function(name: str | None, severity: int) -> Callable[[np.ndarray
         severity: 1 (mild) .. 5 (strong).
     """
     if not 1 <= int(severity) <= 5:
-        raise ValueError(f"severity must be in 1..5, got {severity}")
+        raise BrainAgeError(f"severity must be in 1..5, got {severity}")
     if name is None:
         return lambda image: np.asarray(image, dtype=np.uint8).copy()
     ic = _imagecorruptions()
     if name not in ic.get_corruption_names("all"):
-        raise ValueError(f"unknown corruption {name!r}")
+        raise BrainAgeError(f"unknown corruption {name!r}")
 
     def apply(image: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
@@ -132,10 +133,10 @@ def assign_corruptions(
         ``int64 (n,)`` corruption indices.
     """
     if not 0.0 <= aligned_ratio <= 1.0:
-        raise ValueError(f"aligned_ratio must lie in [0, 1], got {aligned_ratio}")
+        raise BrainAgeError(f"aligned_ratio must lie in [0, 1], got {aligned_ratio}")
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= n_bias):
-        raise ValueError(f"labels must lie in [0, {n_bias}) to pair each class with a corruption")
+        raise BrainAgeError(f"labels must lie in [0, {n_bias}) to pair each class with a corruption")
     rng = np.random.default_rng(seed)
     bias = np.empty_like(labels)
     for y in range(n_bias):
@@ -156,11 +157,11 @@ def to_rgb32(images: np.ndarray) -> np.ndarray:
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {images.dtype}")
+        raise BrainAgeError(f"images must be uint8, got {images.dtype}")
     if images.ndim == 3:
         images = np.repeat(images[:, None], 3, axis=1)
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (n, H, W) grey or (n, 3, H, W) RGB, got {images.shape}")
+        raise BrainAgeError(f"images must be (n, H, W) grey or (n, 3, H, W) RGB, got {images.shape}")
     h, w = images.shape[2:]
     if h > 32 or w > 32:
         return images
@@ -182,12 +183,12 @@ def corrupt_images(
         bias: ``(n,)`` corruption indices.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+        raise BrainAgeError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (n, 3, H, W), got {images.dtype} {images.shape}")
+        raise BrainAgeError(f"images must be uint8 (n, 3, H, W), got {images.dtype} {images.shape}")
     if min(images.shape[2:]) < 32:
-        raise ValueError(f"the corruption functions need images of at least 32x32, got {images.shape[2:]}; see to_rgb32")
+        raise BrainAgeError(f"the corruption functions need images of at least 32x32, got {images.shape[2:]}; see to_rgb32")
     functions = [corruption_function(name, severity) for name in PROTOCOLS[protocol]]
     out = np.empty_like(images)
     iterator = range(images.shape[0])
@@ -217,9 +218,9 @@ def make_corrupted(
             gives the unbiased split, every corruption equally likely).
     """
     if not 0.0 <= conflict_pct <= 100.0:
-        raise ValueError(f"conflict_pct must lie in [0, 100], got {conflict_pct}")
+        raise BrainAgeError(f"conflict_pct must lie in [0, 100], got {conflict_pct}")
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+        raise BrainAgeError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     labels = np.asarray(labels, dtype=np.int64)
     bias = assign_corruptions(labels, 1.0 - conflict_pct / 100.0, len(PROTOCOLS[protocol]), seed)
     return corrupt_images(to_rgb32(images), bias, protocol, severity, progress), labels, bias

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "ImageRecord",
@@ -85,11 +86,11 @@ def parse_dfa_name(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     fields = path.stem.rsplit("_", 2)
     if len(fields) < 3:
-        raise ValueError(f"{path}: DFA file names must end in _<label>_<bias>{path.suffix}")
+        raise BrainAgeError(f"{path}: DFA file names must end in _<label>_<bias>{path.suffix}")
     try:
         return int(fields[1]), int(fields[2])
     except ValueError:
-        raise ValueError(
+        raise BrainAgeError(
             f"{path}: DFA file names must end in _<label>_<bias>{path.suffix} with integer fields, "
             f"got {fields[1]!r} and {fields[2]!r}"
         ) from None
@@ -106,7 +107,7 @@ def _records(folder: Path, n_classes: int | None) -> list[ImageRecord]:
     for path in _images_under(folder):
         label, bias = parse_dfa_name(path)
         if n_classes is not None and not (0 <= label < n_classes):
-            raise ValueError(f"{path}: label {label} outside [0, {n_classes})")
+            raise BrainAgeError(f"{path}: label {label} outside [0, {n_classes})")
         out.append(ImageRecord(path, label, bias))
     return out
 
@@ -134,25 +135,25 @@ def read_dfa(
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: DFA data folder not found")
+        raise InputNotFoundError(f"{root}: DFA data folder not found")
     if split == "train":
         folders = [root / percent / "align", root / percent / "conflict"]
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
-            raise FileNotFoundError(f"{root}: missing DFA training folder(s) {missing}")
+            raise InputNotFoundError(f"{root}: missing DFA training folder(s) {missing}")
     elif split in ("valid", "test"):
         candidates = [root / percent / split, root / split]
         found = [c for c in candidates if c.is_dir()]
         if not found:
-            raise FileNotFoundError(f"{root}: no {split}/ folder (looked in {[str(c) for c in candidates]})")
+            raise InputNotFoundError(f"{root}: no {split}/ folder (looked in {[str(c) for c in candidates]})")
         folders = found[:1]
     else:
-        raise ValueError(f"split must be train, valid or test, got {split!r}")
+        raise BrainAgeError(f"split must be train, valid or test, got {split!r}")
     records: list[ImageRecord] = []
     for folder in folders:
         records.extend(_records(folder, n_classes))
     if not records:
-        raise FileNotFoundError(f"{root}: no image under {[str(f) for f in folders]}")
+        raise InputNotFoundError(f"{root}: no image under {[str(f) for f in folders]}")
     if conflicting_only:
         records = [r for r in records if r.label != r.bias]
     return ImageList(records, root)
@@ -190,9 +191,9 @@ def load_images(
                     img = img.resize((target[1], target[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
         except OSError as err:
-            raise ValueError(f"{p}: cannot read image ({err})") from err
+            raise BrainAgeError(f"{p}: cannot read image ({err})") from err
         if arrays and arr.shape != arrays[0].shape:
-            raise ValueError(
+            raise BrainAgeError(
                 f"{p}: image size {arr.shape[:2]} differs from {arrays[0].shape[:2]}; pass a size to resize"
             )
         arrays.append(arr)

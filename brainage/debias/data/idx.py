@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .biased_mnist import validate_digits
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "read_idx",
@@ -62,20 +63,20 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as err:
-            raise ValueError(f"{path}: corrupt gzip stream ({err})") from err
+            raise BrainAgeError(f"{path}: corrupt gzip stream ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4]!r})")
+        raise BrainAgeError(f"{path}: not an IDX file (bad magic number {raw[:4]!r})")
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_TYPES:
-        raise ValueError(f"{path}: unknown IDX type code 0x{type_code:02x}")
+        raise BrainAgeError(f"{path}: unknown IDX type code 0x{type_code:02x}")
     header_end = 4 + 4 * ndim
     if len(raw) < header_end:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise BrainAgeError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header_end])
     dtype = _IDX_TYPES[type_code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header_end != expected:
-        raise ValueError(
+        raise BrainAgeError(
             f"{path}: IDX header announces shape {shape} ({expected} bytes) but the file holds "
             f"{len(raw) - header_end} bytes of data"
         )
@@ -90,7 +91,7 @@ def _find_idx(folder: Path, prefix: str, kind: str, rank: int) -> Path:
             candidate = folder / f"{stem}{suffix}"
             if candidate.is_file():
                 return candidate
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"{folder}: no {stems[0]} (or .gz) found; expected the four standard MNIST IDX files "
         "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte"
@@ -109,18 +110,18 @@ def load_mnist_idx(folder: str | os.PathLike, split: str = "train") -> tuple[np.
         ``(images uint8 (n, 28, 28), labels int64 (n,))``.
     """
     if split not in _SPLIT_PREFIX:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise BrainAgeError(f"split must be 'train' or 'test', got {split!r}")
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: MNIST IDX folder not found")
+        raise InputNotFoundError(f"{folder}: MNIST IDX folder not found")
     image_path = _find_idx(folder, _SPLIT_PREFIX[split], "images", 3)
     label_path = _find_idx(folder, _SPLIT_PREFIX[split], "labels", 1)
     images = read_idx(image_path)
     labels = read_idx(label_path)
     if images.ndim != 3:
-        raise ValueError(f"{image_path}: expected a 3-D image array, got shape {images.shape}")
+        raise BrainAgeError(f"{image_path}: expected a 3-D image array, got shape {images.shape}")
     if labels.shape != (images.shape[0],):
-        raise ValueError(
+        raise BrainAgeError(
             f"{label_path}: {labels.shape[0] if labels.ndim else 0} labels for {images.shape[0]} images in {image_path}"
         )
     return validate_digits(images, labels, source=str(image_path), label_source=str(label_path))
@@ -136,7 +137,7 @@ def load_fashion_mnist(
     """
     folder = Path(folder) if folder is not None else FASHION_MNIST_DIR
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{folder}: Fashion-MNIST not found; install it with "
             "`apt-get install dataset-fashion-mnist` or pass the folder of its IDX files"
         )
@@ -176,4 +177,4 @@ def load_digits_source(source: str, split: str = "train") -> tuple[np.ndarray, n
         return load_fashion_mnist(split, source.split(":", 1)[1])
     if source.startswith("idx:"):
         return load_mnist_idx(source.split(":", 1)[1], split)
-    raise ValueError(f"unknown digit source {source!r}; use bundled, fashion, fashion:<dir> or idx:<dir>")
+    raise BrainAgeError(f"unknown digit source {source!r}; use bundled, fashion, fashion:<dir> or idx:<dir>")

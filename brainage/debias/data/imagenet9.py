@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .dfa import IMAGE_SUFFIXES, ImageList, ImageRecord
+from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "IMAGENET9_CLASSES",
@@ -97,11 +98,11 @@ def imagenet_class_order(source: str | os.PathLike) -> list[str]:
         wnids = [line.split()[0] for line in source.read_text().splitlines() if line.strip()]
         bad = [w for w in wnids if not _WNID.match(w)]
         if bad:
-            raise ValueError(f"{source}: malformed WordNet ids {bad[:5]}")
+            raise BrainAgeError(f"{source}: malformed WordNet ids {bad[:5]}")
     else:
-        raise FileNotFoundError(f"{source}: neither an ImageNet folder nor a synset list")
+        raise InputNotFoundError(f"{source}: neither an ImageNet folder nor a synset list")
     if len(wnids) != 1000 or len(set(wnids)) != 1000:
-        raise ValueError(
+        raise BrainAgeError(
             f"{source}: expected the 1,000 distinct ImageNet WordNet ids, found {len(set(wnids))}; "
             "pass the full training folder or a synset list"
         )
@@ -141,7 +142,7 @@ def read_imagenet9(root: str | os.PathLike, class_order: list[str] | None = None
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: ImageNet folder not found")
+        raise InputNotFoundError(f"{root}: ImageNet folder not found")
     mapping = IMAGENET_A_CLASS_TO_INDEX if class_order is None else imagenet9_map(class_order)
     records = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name in mapping):
@@ -149,20 +150,20 @@ def read_imagenet9(root: str | os.PathLike, class_order: list[str] | None = None
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 records.append(ImageRecord(path, mapping[folder.name], -1))
     if not records:
-        raise FileNotFoundError(f"{root}: no image in any of the {len(mapping)} 9-class WordNet folders")
+        raise InputNotFoundError(f"{root}: no image in any of the {len(mapping)} 9-class WordNet folders")
     return ImageList(records, root)
 
 
 def _cluster_vector(values, path: Path, n_images: int) -> np.ndarray:
     values = np.asarray(values)
     if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(
+        raise BrainAgeError(
             f"{path}: expected a 1-D integer array of {n_images} cluster labels, got {values.dtype} {values.shape}"
         )
     if values.shape[0] != n_images:
-        raise ValueError(f"{path}: expected {n_images} cluster labels (one per image), found {values.shape[0]}")
+        raise BrainAgeError(f"{path}: expected {n_images} cluster labels (one per image), found {values.shape[0]}")
     if values.size and values.min() < 0:
-        raise ValueError(f"{path}: cluster labels must be non-negative, found {int(values.min())}")
+        raise BrainAgeError(f"{path}: cluster labels must be non-negative, found {int(values.min())}")
     return values.astype(np.int64)
 
 
@@ -193,33 +194,33 @@ def load_texture_clusters(paths, n_images: int) -> np.ndarray:
         paths = [paths]
     paths = [Path(p) for p in paths]
     if not paths:
-        raise ValueError("no texture-cluster file given")
+        raise BrainAgeError("no texture-cluster file given")
     rows = []
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: texture-cluster file not found")
+            raise InputNotFoundError(f"{path}: texture-cluster file not found")
         suffix = path.suffix.lower()
         if suffix == ".npy":
             try:
                 values = np.load(path, allow_pickle=False)
             except (OSError, ValueError, EOFError) as err:
-                raise ValueError(f"{path}: not a readable .npy array of cluster labels ({err})") from err
+                raise BrainAgeError(f"{path}: not a readable .npy array of cluster labels ({err})") from err
         elif suffix in (".pth", ".pt"):
             import torch
 
             try:
                 values = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # torch raises several unrelated types for corrupt files
-                raise ValueError(f"{path}: not a readable torch file ({err})") from err
+                raise BrainAgeError(f"{path}: not a readable torch file ({err})") from err
             if not isinstance(values, torch.Tensor):
-                raise ValueError(
+                raise BrainAgeError(
                     f"{path}: expected a 1-D integer tensor of {n_images} cluster labels, got {type(values).__name__}"
                 )
             if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
-                raise ValueError(f"{path}: expected a 1-D integer tensor of cluster labels, got {values.dtype}")
+                raise BrainAgeError(f"{path}: expected a 1-D integer tensor of cluster labels, got {values.dtype}")
             values = values.numpy()
         else:
-            raise ValueError(f"{path}: texture-cluster files must be .npy, .pth or .pt, got {path.suffix!r}")
+            raise BrainAgeError(f"{path}: texture-cluster files must be .npy, .pth or .pt, got {path.suffix!r}")
         rows.append(_cluster_vector(values, path, int(n_images)))
     return np.stack(rows)
 
@@ -250,29 +251,29 @@ def texture_clusters_from_csv(csv_path: str | os.PathLike, listing: ImageList) -
 
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path}: texture-cluster table not found")
+        raise InputNotFoundError(f"{csv_path}: texture-cluster table not found")
     table = read_table(csv_path, sep=",")
     columns = [c for c in table.columns if str(c).startswith("cluster")]
     if "path" not in table.columns or not columns:
-        raise ValueError(
+        raise BrainAgeError(
             f"{csv_path}: expected a 'path' column and 'cluster1', 'cluster2', ... columns, got {list(table.columns)}"
         )
     keys = table["path"].astype(str).str.replace("\\", "/", regex=False)
     keys = keys.map(lambda k: "/".join(k.split("/")[-2:]))
     if keys.duplicated().any():
-        raise ValueError(f"{csv_path}: paths named twice, e.g. {keys[keys.duplicated()].iloc[0]!r}")
+        raise BrainAgeError(f"{csv_path}: paths named twice, e.g. {keys[keys.duplicated()].iloc[0]!r}")
     index = pd.Index(keys)
     wanted = [f"{p.parent.name}/{p.name}" for p in listing.paths]
     position = index.get_indexer(wanted)
     missing = [w for w, i in zip(wanted, position) if i < 0]
     if missing:
-        raise ValueError(
+        raise BrainAgeError(
             f"{csv_path}: {len(missing)} of the {len(wanted)} images have no row, e.g. {missing[:3]}"
         )
     rows = []
     for column in columns:
         values = pd.to_numeric(table[column].str.strip(), errors="coerce").to_numpy()
         if not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"{csv_path}: column {column!r} must hold integer cluster labels, got {values.dtype}")
+            raise BrainAgeError(f"{csv_path}: column {column!r} must hold integer cluster labels, got {values.dtype}")
         rows.append(_cluster_vector(values[position], csv_path, len(wanted)))
     return np.stack(rows)
