@@ -13,6 +13,7 @@ ResNet-18, and the first optimiser, which imports ``torch._dynamo``).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -47,6 +48,13 @@ def startup_seconds(model: str, cifar_stem: bool) -> float:
     return time.perf_counter() - start
 
 
+def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="simpleconvnet", choices=["simpleconvnet", "resnet18"])
@@ -73,12 +81,7 @@ def main() -> None:
         x = torch.randn(args.batch_size, 3, 28, 28, device=args.device)
         y = torch.randint(0, 10, (args.batch_size,), device=args.device)
 
-        def step() -> None:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
+        step = functools.partial(_train_step, model, optimizer, x, y)
         for _ in range(2):
             step()
         if args.device.startswith("cuda"):

@@ -42,10 +42,10 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from brainage.training import TrainConfig, train  # noqa: E402
-from brainage.training.checkpoint import build_model  # noqa: E402
-from brainage.device import resolve_device  # noqa: E402
-from brainage.training.trainer import make_criterion, make_optimizer  # noqa: E402
+from brainage.device import resolve_device
+from brainage.training import TrainConfig, train
+from brainage.training.checkpoint import build_model
+from brainage.training.trainer import make_criterion, make_optimizer
 
 PAPER_EPOCHS = 300
 PAPER_SUBJECTS = 3227

@@ -48,7 +48,7 @@ def site_labels(n: int, n_sites: int, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(np.arange(n_sites), counts)
 
 
-def simulate(site: np.ndarray, p: int, seed: int, hetero: bool = False) -> tuple[np.ndarray, "object"]:
+def simulate(site: np.ndarray, p: int, seed: int, hetero: bool = False) -> tuple[np.ndarray, object]:
     """(n, p) features with per-site shifts N(0, 1) (x a ramp 0.2..2 over voxels when ``hetero``)
     and scales exp(N(0, 0.3)), plus a sex effect of 0.5; ages confounded with site (a centre per
     site), without an effect on the features (the cost of ComBat does not depend on it)."""

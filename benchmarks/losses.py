@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from brainage.losses import (  # noqa: E402
+from brainage.losses import (
     EnDRegularizer,
     EpsilonSupInfoNCE,
     FairKL,

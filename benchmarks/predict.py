@@ -25,17 +25,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from brainage.data.modalities import MODALITIES, grid  # noqa: E402
-from brainage.data.preprocess import downsample_mask  # noqa: E402
-from brainage.inference.bundle import ModelBundle  # noqa: E402
-from brainage.inference.predict import _Images  # noqa: E402
-from brainage.inference.predict import predict_brain_age  # noqa: E402
-from brainage.inference.preprocessing import Preprocessing  # noqa: E402
-from brainage.inference.readout import Readout  # noqa: E402
-from brainage.inference.spatial import inspect_image  # noqa: E402
-from brainage.models import BrainAgeNet  # noqa: E402
-from brainage.training.checkpoint import network_kwargs  # noqa: E402
-from brainage.training.config import TrainConfig  # noqa: E402
+from brainage.data.modalities import MODALITIES, grid
+from brainage.data.preprocess import downsample_mask
+from brainage.inference.bundle import ModelBundle
+from brainage.inference.predict import (
+    _Images,
+    predict_brain_age,
+)
+from brainage.inference.preprocessing import Preprocessing
+from brainage.inference.readout import Readout
+from brainage.inference.spatial import inspect_image
+from brainage.models import BrainAgeNet
+from brainage.training.checkpoint import network_kwargs
+from brainage.training.config import TrainConfig
 
 
 def synthetic_bundle(width: float, gm: np.ndarray, affine: np.ndarray) -> ModelBundle:

@@ -35,11 +35,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from brainage.losses import trusted_inputs  # noqa: E402
-from brainage.training.config import TrainConfig  # noqa: E402
-from brainage.training.checkpoint import build_model  # noqa: E402
-from brainage.training.data import VolumeStore  # noqa: E402
-from brainage.training.trainer import (  # noqa: E402
+from brainage.device import resolve_device
+from brainage.losses import trusted_inputs
+from brainage.training.checkpoint import build_model
+from brainage.training.config import TrainConfig
+from brainage.training.data import VolumeStore
+from brainage.training.trainer import (
     autocast_context,
     contrastive_loss,
     make_criterion,
@@ -47,7 +48,6 @@ from brainage.training.trainer import (  # noqa: E402
     regression_loss,
     use_channels_last,
 )
-from brainage.device import resolve_device  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

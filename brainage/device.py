@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+
 from brainage.errors import BrainAgeError
 
 __all__ = ["resolve_device"]

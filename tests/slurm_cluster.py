@@ -32,8 +32,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 PACKAGES = {
     "munged": "munge",
@@ -319,7 +319,7 @@ StorageLoc=slurm_acct_db
         )
         self._wait("MariaDB", lambda: self._port_open(self.ports["mariadb"]))
 
-    def start(self) -> "LocalSlurm":
+    def start(self) -> LocalSlurm:
         self._write_config()
         (self.root / MARKER).touch()
         SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +371,7 @@ StorageLoc=slurm_acct_db
         if SYSTEM_CONF.is_symlink() and Path(os.readlink(SYSTEM_CONF)) == self.conf:
             SYSTEM_CONF.unlink()
 
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         try:
             return self.start()
         except BaseException:

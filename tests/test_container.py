@@ -8,14 +8,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
+from helpers import REPO, write_openbhb
 from packaging.requirements import Requirement
 from spython.main.parse.parsers import SingularityParser
-
-from helpers import REPO, write_openbhb
 
 DEF = REPO / "containers" / "brainage.def"
 KNOWN_SECTIONS = {"setup", "files", "post", "environment", "runscript", "startscript", "test",

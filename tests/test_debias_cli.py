@@ -13,12 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, cifar10_folder, mnist_folder, png
 
 from brainage.cli import main
 from brainage.debias.data import load_array_set
-
-from helpers import REPO, cifar10_folder, mnist_folder, png
-
 
 
 def _run(argv, capsys):

@@ -10,6 +10,7 @@ import struct
 
 import numpy as np
 import pytest
+from helpers import mnist_folder, png, write_idx
 
 from brainage.debias.data import (
     ArraySet,
@@ -38,7 +39,6 @@ from brainage.debias.data import (
     write_dfa_split,
 )
 from brainage.debias.data.corrupted import PROTOCOLS, corruption_function
-from helpers import mnist_folder, png, write_idx
 
 # The ReBias palette as printed in the reference notes (RGB, index = class).
 REBIAS = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [225, 225, 0], [225, 0, 225],

@@ -4,18 +4,16 @@ and ``debias-eval`` on a data set without a bias attribute."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import png
 
 from brainage.cli import main
 from brainage.debias.data import load_array_set, read_imagenet9
 from brainage.debias.data.imagenet9 import load_texture_clusters, texture_clusters_from_csv
 from brainage.debias.evaluate import texture_cluster_scores, texture_unbiased_accuracy
-
-from helpers import png
 
 # ----------------------------------------------------------------------------- the metric
 

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import REPO, SITES, three_splits, write_feature_dir
 from scipy import stats
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score
@@ -33,7 +34,6 @@ from brainage.evaluation import (
 from brainage.evaluation.pipeline import run_evaluation
 from brainage.evaluation.protocol import ProbeSettings, collateral_scores, residualize_on_age
 from brainage.evaluation.table import load_scores, write_table
-from helpers import REPO, SITES, planted, three_splits, write_feature_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

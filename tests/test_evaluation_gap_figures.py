@@ -11,15 +11,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import REPO, write_feature_dir
 from matplotlib.colors import to_rgba
 from scipy import stats
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_predict
 
-from brainage.evaluation import evaluate_features
-from brainage.evaluation import figures
+from brainage.evaluation import evaluate_features, figures
 from brainage.evaluation.table import load_scores, write_table
-from helpers import REPO, write_feature_dir
 
 SPLITS = ("train", "internal_test", "external_test")
 

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, cache_split, reference_ages
 from sklearn.model_selection import KFold
 
 from brainage.inference import BundleError, ExportError, ModelBundle, export_bundle
 from brainage.inference.bundle import BUNDLE_FILES
 from brainage.training import load_model
-from helpers import VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, cache_split, reference_ages
 
 # float32 features that differ only in summation order (batch composition) move the Ridge's
 # predictions by ~eps32 x its condition (< 1e2 at alpha >= 0.01 on unit-norm features): 1e-5 relative.

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO
 from torch import nn
 
 from brainage.training import TrainConfig
 from brainage.training.checkpoint import build_model
-from helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_openbhb
 from neuroHarmonize import harmonizationLearn
 from sklearn.linear_model import Ridge
 
@@ -18,7 +19,6 @@ from brainage.cli import main
 from brainage.data.cache import TrainingCache
 from brainage.data.preprocess import preprocess
 from brainage.harmonize import ComBatHarmonizer, chunk_bounds, covariate_frame, encode_sex
-from helpers import write_openbhb
 
 
 def simulate(sizes=(40, 40, 40, 40), p=400, seed=0, shift_sd=1.0, scale_sd=0.3, age_sd=5.0):

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import QR_MASK_NAME, REPO, VBM_MASK_NAME, write_openbhb
 
 from brainage.data.openbhb import OpenBHBError
 from brainage.data.preprocess import preprocess
@@ -32,7 +33,6 @@ from brainage.io import lock_path
 from brainage.training import TrainConfig, load_config_file, train
 from brainage.training.config import AUGMENTATIONS
 from brainage.training.data import build_augmentation
-from helpers import QR_MASK_NAME, REPO, VBM_MASK_NAME, write_openbhb
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"

@@ -10,15 +10,20 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled, write_openbhb
 from nilearn.masking import apply_mask, unmask
 
 from brainage.data import openbhb
 from brainage.data.openbhb import (
-    OpenBHBError, PerSubjectLayout, RampLayout, load_participants, mask_volumes,
-    open_dataset, ramp_row_slices, unmask_rows,
+    OpenBHBError,
+    PerSubjectLayout,
+    RampLayout,
+    load_participants,
+    mask_volumes,
+    open_dataset,
+    ramp_row_slices,
+    unmask_rows,
 )
-from helpers import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled, write_openbhb
-
 
 # --------------------------------------------------------------------------- participants
 

@@ -15,12 +15,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import cache_split, reference_ages
 from nilearn.datasets import load_mni152_gm_template, load_mni152_template
 from nilearn.image import resample_to_img
 
 from brainage.cli import main
 from brainage.inference import ImageRefused, ModelBundle, predict_brain_age
-from helpers import cache_split, reference_ages
 
 # Ridge predictions from float32 features that differ only in summation order (see test_export).
 RIDGE_RTOL = 1e-5

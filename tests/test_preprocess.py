@@ -10,12 +10,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import EPS32, U16
 
 from brainage.cli import main
 from brainage.data import preprocess as prep
 from brainage.data.cache import TrainingCache, open_split
 from brainage.data.openbhb import OpenBHBError, open_dataset
-from helpers import EPS32, U16
 
 
 def test_block_mean_by_hand():

@@ -4,6 +4,7 @@ job runs); these tests keep each list equal to its one home in the package."""
 from __future__ import annotations
 
 import yaml
+from helpers import REPO
 
 from brainage.data.modalities import MODALITIES
 from brainage.debias.data import PALETTES
@@ -12,7 +13,6 @@ from brainage.harmonize import EXTERNAL_STRATEGIES
 from brainage.harmonize.combat import ADJUSTMENTS
 from brainage.models.names import FEATURE_KINDS
 from brainage.training.config import CHOICES, METHODS
-from helpers import REPO
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 

@@ -14,10 +14,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled
 from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
-from helpers import QR_AFFINE, QR_MASK_NAME, QR_SHAPE, VBM_AFFINE, VBM_MASK_NAME, VBM_SHAPE, subsampled
+from brainage.cli import main
 from brainage.data.openbhb import (
     PARTICIPANT_COLUMNS,
     PerSubjectLayout,
@@ -26,7 +27,6 @@ from brainage.data.openbhb import (
     mask_volumes,
     open_dataset,
 )
-from brainage.cli import main
 from brainage.data.simulate import simulate_openbhb
 
 FACTOR = 5

@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import pytest
+import slurm_cluster
 import torch
 import yaml
-from torch.utils.data import DistributedSampler
-
-import slurm_cluster
 from helpers import REPO, job_counts, write_cache, write_openbhb
+from torch.utils.data import DistributedSampler
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("snakemake_executor_plugin_slurm",

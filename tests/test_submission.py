@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import EPS32, QR_MASK_NAME, ROUNDING_MARGIN, U16, VBM_MASK_NAME, network_rounding, write_openbhb
 
 from brainage.data.cache import TrainingCache
 from brainage.data.preprocess import preprocess
@@ -29,7 +30,6 @@ from brainage.submission import SubmissionBuildError, build_submission, write_ra
 from brainage.submission import ramp_estimator as est
 from brainage.training import TrainConfig, train
 from brainage.training.checkpoint import load_model
-from helpers import EPS32, QR_MASK_NAME, ROUNDING_MARGIN, U16, VBM_MASK_NAME, network_rounding, write_openbhb
 
 PYTHON = sys.executable
 ALLOWED_IMPORTS = {"numpy", "scipy", "nibabel", "nilearn", "sklearn", "torch"}
@@ -387,9 +387,9 @@ def test_metadata_must_be_plain_and_within_the_feature_limit(masks_env, tmp_path
 
 
 def test_builder_refuses_more_than_10000_features_and_harmonised_runs(setup, tmp_path):
+    from brainage.data.cache import cache_identity
     from brainage.io import save_json
     from brainage.training.checkpoint import MODEL_FORMAT, VERSION, save_file
-    from brainage.data.cache import cache_identity
 
     config = TrainConfig(method="exp", projection_dim=10_001, width=0.125, epochs=1)
     save_file(tmp_path / "big" / "model.pt", {

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ROUNDING_MARGIN, network_rounding
 
 from brainage.cli import main
+from brainage.data.cache import TrainingCache
 from brainage.evaluation.features import load_feature_dir
 from brainage.evaluation.protocol import evaluate_features
-from brainage.data.cache import TrainingCache
 from brainage.submission import SubmissionCheckError, check_submission, write_ramp_kit, write_ramp_rows
 from brainage.training.checkpoint import load_model
-from helpers import ROUNDING_MARGIN, network_rounding
 
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import EPS32, REPO, ROUNDING_MARGIN, network_rounding, tiny, write_cache
 
 from brainage.io import temporary_affixes
 from brainage.losses import KernelizedContrastiveLoss
@@ -18,7 +19,7 @@ from brainage.training import CheckpointError, TrainConfig, extract_features, lo
 from brainage.training.checkpoint import build_model
 from brainage.training.data import build_augmentation, make_views
 from brainage.training.trainer import contrastive_loss
-from helpers import EPS32, REPO, ROUNDING_MARGIN, network_rounding, tiny, write_cache
+
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):

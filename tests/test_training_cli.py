@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, write_openbhb
 
 from brainage.data.preprocess import preprocess
 from brainage.io import temporary_affixes
-from helpers import REPO, write_openbhb
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY = ["--width", "0.125", "--batch-size", "4", "--lr", "0.001", "--device", "cpu", "--num-threads", "1",

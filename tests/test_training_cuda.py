@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import tiny, write_cache
 
 from brainage.training import TrainConfig, extract_features, train
 from brainage.training.checkpoint import CHECKPOINT_FORMAT, build_model, load_file, save_file
@@ -23,7 +24,6 @@ from brainage.training.trainer import (
     regression_loss,
     use_channels_last,
 )
-from helpers import tiny, write_cache
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import EPS32, write_cache
 
 from brainage.losses import KernelizedContrastiveLoss
 from brainage.models import BrainAgeNet
 from brainage.training import TrainConfig, train
 from brainage.training.distributed import DistContext, cleanup, wrap_model
 from brainage.training.trainer import contrastive_loss
-from helpers import EPS32, write_cache
 
 pytestmark = pytest.mark.slow
 

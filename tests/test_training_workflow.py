@@ -12,9 +12,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from helpers import REPO
 
 from brainage.training.config import AUGMENTATIONS, METHODS, WORKFLOW_KEYS, TrainConfig
-from helpers import REPO
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 TRAIN_SCHEMA = SCHEMA["properties"]["train"]

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import yaml
-
 from helpers import REPO, job_counts, write_openbhb
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from brainage.cli import data, debias, evaluate, harmonize, predict, submission, train
 from brainage.errors import BrainAgeError

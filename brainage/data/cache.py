@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from brainage.errors import BrainAgeError, InputNotFoundError
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class CacheSplit:
         return int(self.volumes.shape[0])
 
     @property
-    def table(self) -> "pd.DataFrame":
+    def table(self) -> pd.DataFrame:
         """The split's participants (every column of ``<split>.tsv``) in row order; needs pandas."""
         import pandas as pd
 
@@ -300,6 +301,6 @@ class TrainingCache:
         return self._splits[name]
 
 
-def site_labels(table: "pd.DataFrame") -> np.ndarray:
+def site_labels(table: pd.DataFrame) -> np.ndarray:
     """Site labels the OpenBHB site probe classifies: ``siteXacq`` if present, else ``site``."""
     return table[_site_column(table.columns)].astype(str).to_numpy()

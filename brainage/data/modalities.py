@@ -7,10 +7,11 @@ the format (:mod:`~brainage.data.participants`, :mod:`~brainage.data.masks`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+
 from brainage.errors import BrainAgeError
 
 __all__ = [

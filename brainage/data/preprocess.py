@@ -25,8 +25,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -38,8 +38,8 @@ from brainage import __version__
 from brainage.data.cache import SPLITS
 from brainage.data.layouts import OpenBHBDataset, open_dataset
 from brainage.data.modalities import OpenBHBError
-from brainage.io import atomic_path, save_json, save_table
 from brainage.errors import BrainAgeError
+from brainage.io import atomic_path, save_json, save_table
 
 __all__ = ["block_mean", "downsample_mask", "downsampled_affine", "normalize_volume", "preprocess"]
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data.arrays import ArraySet
 from brainage.errors import BrainAgeError
+
+from .data.arrays import ArraySet
 
 __all__ = [
     "accuracy",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
+
 from brainage.errors import BrainAgeError
 
 if TYPE_CHECKING:  # torch is imported when an objective is built, so the CLI can read METHODS cheaply

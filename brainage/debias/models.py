@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from brainage.errors import BrainAgeError
 
 __all__ = ["SimpleConvNet", "ResNet18", "build_model", "MODEL_NAMES"]

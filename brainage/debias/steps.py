@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.arrays import ArraySet, load_array_set, save_array_set
 from brainage.errors import BrainAgeError, InputNotFoundError
+
+from .data.arrays import ArraySet, load_array_set, save_array_set
 
 __all__ = [
     "format_rho",
@@ -113,7 +114,7 @@ def build_biased_mnist(
         save_array_set(out_dir / f"{name}.npz", data)
         summary["sizes"][name] = len(data)
         if name == "test":
-            panels[f"unbiased test (rho = 0.1)"] = data
+            panels["unbiased test (rho = 0.1)"] = data
     summary["sizes"]["train"] = len(digits["train"][1])
     if figure is not None:
         strongest = max(rhos)
@@ -292,12 +293,11 @@ def train_step(
     record. The checkpoint holds tensors and plain Python values only, so it loads with
     ``torch.load(out, weights_only=True)``.
     """
+    from brainage.device import resolve_device  # torch only, not MONAI
     from brainage.io import save_json, save_torch
 
     from .methods import MethodConfig
     from .train import TrainConfig, train_model
-
-    from brainage.device import resolve_device  # torch only, not MONAI
 
     config = dict(config)
     config["device"] = str(resolve_device(config.get("device", "cpu")))

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .methods import METHOD_LABELS, METHODS
 from brainage.errors import BrainAgeError
+
+from .methods import METHOD_LABELS, METHODS
 
 __all__ = ["records_frame", "table2", "privacy_table", "write_tables", "PROTOCOL_NOTE"]
 

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainage.errors import BrainAgeError
+
 from .data.arrays import ArraySet
 from .methods import MethodConfig, build_objective
 from .models import build_model
-from brainage.errors import BrainAgeError
 
 __all__ = ["TrainConfig", "TrainResult", "Normalizer", "augment_batch", "train_model", "predict", "build_from_config"]
 

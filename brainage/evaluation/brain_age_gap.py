@@ -20,14 +20,14 @@ downstream effect, so here it is always fitted on *other* subjects:
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.model_selection import KFold
 
 from brainage.data.cache import SPLITS
-from brainage.evaluation.metrics import pearson_r
 from brainage.errors import BrainAgeError
+from brainage.evaluation.metrics import pearson_r
 
 __all__ = [
     "brain_age_gap",
@@ -66,7 +66,7 @@ class AgeBiasCorrection:
     def __init__(self, min_slope: float = 0.05) -> None:
         self.min_slope = min_slope
 
-    def fit(self, age: Sequence[float], predicted: Sequence[float]) -> "AgeBiasCorrection":
+    def fit(self, age: Sequence[float], predicted: Sequence[float]) -> AgeBiasCorrection:
         a = np.asarray(age, dtype=float).ravel()
         p = np.asarray(predicted, dtype=float).ravel()
         if a.shape != p.shape:

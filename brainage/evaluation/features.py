@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from brainage.data.cache import SPLITS
-from brainage.evaluation.protocol import check_features
 from brainage.errors import BrainAgeError, InputNotFoundError
+from brainage.evaluation.protocol import check_features
 
 __all__ = ["FeatureSplit", "load_split", "load_feature_dir"]
 

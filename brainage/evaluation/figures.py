@@ -7,16 +7,16 @@ written through :func:`brainage.io.atomic_path`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from brainage.io import atomic_path
 from brainage.errors import BrainAgeError
+from brainage.io import atomic_path
 
 __all__ = [
     "plot_predicted_vs_true",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
 from brainage.errors import BrainAgeError
 
 __all__ = ["mae", "rmse", "pearson_r", "per_site_mae"]

@@ -18,19 +18,20 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from brainage.data.cache import SPLITS
+from brainage.errors import BrainAgeError
 from brainage.evaluation.features import FeatureSplit, load_feature_dir
 from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.evaluation.reference import reference_features, reference_method_id
 from brainage.io import read_table, read_text, save_json, save_table
-from brainage.errors import BrainAgeError
 
 __all__ = ["load_folds", "evaluate_folds", "run_evaluation", "SCORE_KEYS"]
 

@@ -45,8 +45,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import clone
@@ -57,9 +58,9 @@ from sklearn.model_selection import GridSearchCV, cross_val_predict
 from sklearn.preprocessing import SplineTransformer
 
 from brainage.data.cache import SPLITS
+from brainage.errors import BrainAgeError
 from brainage.evaluation.brain_age_gap import held_out_gap_correction
 from brainage.evaluation.metrics import mae, pearson_r, per_site_mae, rmse
-from brainage.errors import BrainAgeError
 
 __all__ = [
     "MAX_FEATURES",

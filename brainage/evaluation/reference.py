@@ -14,9 +14,10 @@ Both are scored by the same protocol code as every method (:func:`~brainage.eval
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
+
 from brainage.errors import BrainAgeError
 
 __all__ = ["REFERENCE_KINDS", "reference_features", "reference_method_id"]

@@ -16,14 +16,15 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from brainage.io import atomic_open, save_table
 from brainage.errors import BrainAgeError, InputNotFoundError
+from brainage.io import atomic_open, save_table
 
 __all__ = [
     "METHOD_LABELS",

@@ -20,9 +20,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from brainage import __version__
 from brainage.data.cache import SPLITS, TrainingCache, site_labels
+from brainage.errors import BrainAgeError
 from brainage.harmonize.combat import DEFAULT_CHUNK_SIZE, SITE, ComBatHarmonizer, covariate_frame
 from brainage.io import atomic_path, save_json
-from brainage.errors import BrainAgeError
 
 __all__ = ["EXTERNAL_STRATEGIES", "harmonize_cache"]
 

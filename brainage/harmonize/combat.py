@@ -44,8 +44,8 @@ import importlib
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,8 +53,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
 from brainage.data.cache import site_labels
-from brainage.io import save_npz
 from brainage.errors import BrainAgeError
+from brainage.io import save_npz
 
 __all__ = [
     "ADJUSTMENTS",
@@ -366,7 +366,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, X: np.ndarray, covars: pd.DataFrame) -> "ComBatHarmonizer":
+    def fit(self, X: np.ndarray, covars: pd.DataFrame) -> ComBatHarmonizer:
         """Fit on (n, p) training features (float, memory-mapped arrays welcome) and their covars."""
         for _ in self.fit_chunks(_column_reader(X), X.shape[0], X.shape[1], covars):
             pass
@@ -587,7 +587,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, unseen_sites: str = "raise") -> "ComBatHarmonizer":
+    def load(cls, path: str | os.PathLike, unseen_sites: str = "raise") -> ComBatHarmonizer:
         """Read a model written by :meth:`save` (``allow_pickle=False``) and check its shapes."""
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -33,10 +33,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError
 from brainage.inference.preprocessing import AFFINE_ATOL_MM, Preprocessing
 from brainage.inference.readout import Readout
 from brainage.io import atomic_dir
-from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError
 
 __all__ = [
     "BUNDLE_FILES",
@@ -175,7 +175,7 @@ class ModelBundle:
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ModelBundle":
+    def load(cls, path: str | os.PathLike) -> ModelBundle:
         """Read and verify a bundle folder.
 
         Raises:

@@ -24,8 +24,9 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from brainage import __version__
 from brainage.data.cache import SPLITS, CacheSplit, TrainingCache, check_trained_cache, locate_trained_cache
 from brainage.data.layouts import open_dataset, read_resources
 from brainage.data.modalities import MODALITIES
+from brainage.errors import BrainAgeError, InputNotFoundError
 from brainage.evaluation.brain_age_gap import AgeBiasCorrection, brain_age_gap, cross_fitted_corrected_gap
 from brainage.evaluation.metrics import mae, pearson_r, rmse
 from brainage.inference import qc
@@ -43,7 +45,6 @@ from brainage.inference.cohort import cohort_summary
 from brainage.inference.preprocessing import AFFINE_ATOL_MM, Preprocessing
 from brainage.inference.readout import Readout, fit_ridge_readout
 from brainage.inference.spatial import MAX_OBLIQUE_DEG, MIN_MASK_COVERAGE
-from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["ExportError", "export_bundle"]
 
@@ -350,8 +351,8 @@ def export_bundle(
         ExportError: a harmonised run, a cache or data of another run, a preprocessing that does
             not reproduce the cache, scores of another run.
     """
-    from brainage.training.checkpoint import network_kwargs
     from brainage.device import resolve_device
+    from brainage.training.checkpoint import network_kwargs
 
     run = Path(run)
     model_path, model, info, cache_path, meta = _open_run(run, cache)

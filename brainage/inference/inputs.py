@@ -18,15 +18,15 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
 from brainage.data.participants import AGE_RANGE, SEX_VALUES
-from brainage.inference.spatial import NIFTI_SUFFIXES
 from brainage.errors import BrainAgeError, InputNotFoundError
+from brainage.inference.spatial import NIFTI_SUFFIXES
 
 __all__ = ["Scan", "collect_scans", "scans_from_bids", "scans_from_table"]
 

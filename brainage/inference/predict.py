@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,13 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from brainage import __version__
+from brainage.errors import BrainAgeError
 from brainage.inference import qc
 from brainage.inference.bundle import ModelBundle, open_model
 from brainage.inference.inputs import Scan, collect_scans
 from brainage.inference.preprocessing import Preprocessing
 from brainage.inference.spatial import ImageHeader, ImageRefused, inspect_image, load_on_source_grid
 from brainage.io import save_json, save_table
-from brainage.errors import BrainAgeError
 
 __all__ = ["PREDICTION_COLUMNS", "predict_brain_age"]
 

@@ -161,7 +161,7 @@ class Preprocessing:
         }
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], source_mask: np.ndarray, mask: np.ndarray) -> "Preprocessing":
+    def from_spec(cls, spec: dict[str, Any], source_mask: np.ndarray, mask: np.ndarray) -> Preprocessing:
         """Inverse of :meth:`to_spec`; checks that the affines agree with the masks' grids."""
         try:
             grid = spec["source_grid"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from brainage.errors import BrainAgeError
 
 __all__ = ["READOUTS", "Readout", "fit_ridge_readout"]
@@ -76,7 +77,7 @@ class Readout:
                 "rule": "age = features @ coef + intercept (Ridge; coef in weights.pt under 'readout_coef')"}
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], coef: np.ndarray | None) -> "Readout":
+    def from_spec(cls, spec: dict[str, Any], coef: np.ndarray | None) -> Readout:
         if spec.get("kind") == "head":
             return cls("head", str(spec["features"]), age_mean=float(spec["age_mean"]), age_std=float(spec["age_std"]))
         return cls("ridge", str(spec["features"]), coef=None if coef is None else np.asarray(coef, dtype=np.float64),

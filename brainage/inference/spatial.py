@@ -33,8 +33,8 @@ import numpy as np
 
 from brainage.data.layouts import open_npy
 from brainage.data.modalities import MODALITIES, OpenBHBError, grid, grid_factor
-from brainage.inference.preprocessing import Preprocessing
 from brainage.errors import BrainAgeError, InputNotFoundError
+from brainage.inference.preprocessing import Preprocessing
 
 __all__ = [
     "MAX_OBLIQUE_DEG",

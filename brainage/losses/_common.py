@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
+
 from brainage.errors import BrainAgeError
 
 __all__ = [

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import check_class_labels, compute_dtype, contiguous_grad, full_precision
 from brainage.errors import BrainAgeError
+
+from ._common import check_class_labels, compute_dtype, contiguous_grad, full_precision
 
 __all__ = ["EnDRegularizer"]
 

@@ -7,8 +7,9 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import TemperatureScaledLoss, class_similarities, full_precision, masked_logsumexp
 from brainage.errors import BrainAgeError
+
+from ._common import TemperatureScaledLoss, class_similarities, full_precision, masked_logsumexp
 
 __all__ = ["EpsilonSupInfoNCE"]
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from brainage.errors import BrainAgeError
+
 from ._common import (
     check_choice,
     check_class_labels,
@@ -18,7 +20,6 @@ from ._common import (
     full_precision,
 )
 from .names import FAIRKL_FORMULATIONS
-from brainage.errors import BrainAgeError
 
 __all__ = ["FAIRKL_FORMULATIONS", "FairKL"]
 

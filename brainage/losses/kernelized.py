@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from brainage.errors import BrainAgeError
+
 from ._common import (
     check_choice,
     check_features,
@@ -23,7 +25,6 @@ from ._common import (
 from .kernels import AgeKernel, age_kernel
 from .names import FORMULATIONS, KERNELS
 from .names import KERNELIZED_METHODS as METHODS
-from brainage.errors import BrainAgeError
 
 __all__ = ["FORMULATIONS", "METHODS", "REFERENCE_BASE_TEMPERATURE", "THRESHOLD_REDUCTIONS",
            "KernelizedContrastiveLoss"]

@@ -8,9 +8,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from brainage.errors import BrainAgeError
+
 from ._common import check_choice, values_trusted
 from .names import KERNELS
-from brainage.errors import BrainAgeError
 
 __all__ = ["KERNELS", "AgeKernel", "age_kernel"]
 

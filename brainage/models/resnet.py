@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from monai.networks.nets import resnet18
 from torch import Tensor, nn
 
-from .names import FEATURE_KINDS, HEADS
 from brainage.errors import BrainAgeError
+
+from .names import FEATURE_KINDS, HEADS
 
 __all__ = ["HEADS", "FEATURE_KINDS", "BrainAgeNet", "resnet18_encoder", "embedding_dim"]
 

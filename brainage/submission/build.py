@@ -10,7 +10,6 @@ hyper-parameters, the feature kind and where the run came from.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -23,9 +22,9 @@ import torch
 
 from brainage import __version__
 from brainage.data.modalities import MODALITIES
+from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError
 from brainage.io import atomic_dir
 from brainage.submission import ramp_estimator
-from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError
 
 __all__ = ["SUBMISSION_FILES", "SubmissionBuildError", "build_submission", "submission_metadata"]
 

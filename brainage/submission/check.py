@@ -30,13 +30,13 @@ import pandas as pd
 
 from brainage.data.cache import SPLITS
 from brainage.data.modalities import MODALITIES
+from brainage.errors import BrainAgeError, InputNotFoundError
 from brainage.evaluation.features import FeatureSplit, load_feature_dir
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.io import atomic_open, save_json
 from brainage.submission.build import SUBMISSION_FILES
 from brainage.submission.ramp_estimator import load_metadata
 from brainage.submission.rows import write_ramp_rows
-from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["SubmissionCheckError", "check_submission", "run_like_server", "SERVER_RUN"]
 

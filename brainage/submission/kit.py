@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from brainage.data.modalities import MODALITIES
-from brainage.submission.build import SUBMISSION_FILES
 from brainage.errors import InputNotFoundError
+from brainage.submission.build import SUBMISSION_FILES
 
 __all__ = ["PROBLEM_SOURCE", "write_ramp_kit"]
 

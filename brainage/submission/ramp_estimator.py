@@ -29,8 +29,9 @@ import io
 import os
 import pickle
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import nibabel
 import nibabel.filebasedimages
@@ -304,7 +305,7 @@ class BrainAgeFeatures(BaseEstimator, TransformerMixin):
         self.device = device
         self.indices = indices
 
-    def fit(self, X: Any = None, y: Any = None) -> "BrainAgeFeatures":
+    def fit(self, X: Any = None, y: Any = None) -> BrainAgeFeatures:
         """Restore the network and the preprocessing; ``X`` and ``y`` are ignored (None on the server)."""
         meta = load_metadata(self.metadata or HERE / "metadata.pkl")
         if int(self.batch_size) < 1:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from brainage.data.layouts import OpenBHBDataset, open_dataset
 from brainage.data.masks import mask_volumes
 from brainage.data.modalities import MODALITIES, ramp_row_slices
-from brainage.io import save_table
 from brainage.errors import BrainAgeError
+from brainage.io import save_table
 
 __all__ = ["write_ramp_rows"]
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from brainage.errors import BrainAgeError, InputNotFoundError
 from brainage.io import save_torch
 from brainage.models import BrainAgeNet
 from brainage.training.config import TrainConfig
-from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -275,7 +275,7 @@ class TrainConfig:
                              f"valid options are: {', '.join(names)}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys are an error that lists the valid ones.
 
         Raises:
@@ -290,7 +290,7 @@ class TrainConfig:
         coerced = {k: _coerce(k, v, types[k]) for k, v in values.items()}
         return cls(**coerced)
 
-    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
         """Fields whose values differ: ``{name: (self's, other's)}``."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from brainage.data.cache import SPLITS, open_split, read_cache_meta
+from brainage.device import resolve_device
+from brainage.errors import BrainAgeError, InputNotFoundError
 from brainage.io import save_npz
 from brainage.training.checkpoint import CheckpointError, load_model
-from brainage.data.cache import SPLITS, open_split, read_cache_meta
 from brainage.training.data import VolumeStore
-from brainage.device import resolve_device
 from brainage.training.trainer import use_channels_last
-from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["extract_features", "predict_split"]
 

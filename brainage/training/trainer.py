@@ -23,15 +23,19 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
+from brainage.data.cache import CacheSplit, cache_identity, open_split
+from brainage.device import resolve_device
+from brainage.errors import BrainAgeError
 from brainage.io import atomic_open, remove_stale_temporaries, save_json
 from brainage.losses import trusted_inputs
 from brainage.training.checkpoint import (
@@ -46,8 +50,6 @@ from brainage.training.checkpoint import (
     save_file,
 )
 from brainage.training.config import RUNTIME_FIELDS, TrainConfig
-from brainage.data.cache import CacheSplit, cache_identity, open_split
-from brainage.device import resolve_device
 from brainage.training.data import VolumeStore, build_augmentation, make_views
 from brainage.training.distributed import (
     DistContext,
@@ -58,7 +60,6 @@ from brainage.training.distributed import (
     gather_with_grad,
     wrap_model,
 )
-from brainage.errors import BrainAgeError
 
 __all__ = [
     "TrainingDivergedError",

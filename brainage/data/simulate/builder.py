@@ -13,9 +13,9 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -34,8 +34,8 @@ from brainage.data.simulate.subject import (
     render_quasiraw,
     render_vbm,
 )
-from brainage.io import atomic_path, save_json, save_npy, save_table
 from brainage.errors import BrainAgeError, OutputExistsError
+from brainage.io import atomic_path, save_json, save_npy, save_table
 
 __all__ = ["simulate_openbhb", "parse_modalities", "NOT_SIMULATED"]
 

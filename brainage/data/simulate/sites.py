@@ -135,7 +135,7 @@ class Acquisition:
         return d
 
     @classmethod
-    def ideal(cls) -> "Acquisition":
+    def ideal(cls) -> Acquisition:
         """A noise-free, unbiased, perfectly registered 3 T acquisition (for effect sizes)."""
         return cls(
             study="ideal", site="ideal", acquisition_setting=1, profile="none", external=False,

@@ -27,8 +27,8 @@ from scipy import ndimage as ndi
 from brainage.data.simulate.ageing import AgeingModel
 from brainage.data.simulate.anatomy import (
     DCT_ORDER,
-    GridFields,
     TEMPLATE_SHAPE,
+    GridFields,
     template,
     ventricle_limits,
 )
@@ -97,7 +97,7 @@ class SubjectDraw:
     noise_seeds: tuple[np.random.SeedSequence, np.random.SeedSequence] | None = field(default=None, repr=False)
 
     @classmethod
-    def average(cls, age: float, model: AgeingModel, sex: str = "male") -> "SubjectDraw":
+    def average(cls, age: float, model: AgeingModel, sex: str = "male") -> SubjectDraw:
         """The noise-free average subject of an age: no gap, no deformation, mean TIV."""
         tiv = float(model.tiv_mean(age, sex == "male"))
         vent = float(model.ventricle_shift(age))

@@ -2,6 +2,7 @@
 bFFHQ, 9-class ImageNet. Everything returns ``uint8 (n, 3, H, W)`` images (or file lists) with
 ``int64`` target and bias labels."""
 
+from .arrays import ArraySet, load_array_set, save_array_set
 from .biased_mnist import PALETTES, colour_counts, make_biased_mnist, split_per_class, validate_digits
 from .cifar import load_cifar10, load_cifar100, read_cifar_batch
 from .corrupted import PROTOCOLS, assign_corruptions, corrupt_images, make_corrupted, to_rgb32, write_dfa_split
@@ -17,7 +18,6 @@ from .imagenet9 import (
     imagenet_class_order,
     read_imagenet9,
 )
-from .arrays import ArraySet, load_array_set, save_array_set
 
 __all__ = [
     "PALETTES", "colour_counts", "make_biased_mnist", "split_per_class", "validate_digits",

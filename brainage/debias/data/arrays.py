@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["ArraySet", "save_array_set", "load_array_set"]
@@ -49,7 +50,7 @@ class ArraySet:
         if n and self.labels.min() < 0:
             raise BrainAgeError(f"{source}: negative target labels")
 
-    def subset(self, index: np.ndarray) -> "ArraySet":
+    def subset(self, index: np.ndarray) -> ArraySet:
         return ArraySet(self.images[index], self.labels[index], self.bias[index])
 
     @property

@@ -19,6 +19,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+
 from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["load_cifar10", "load_cifar100", "read_cifar_batch"]

@@ -20,10 +20,11 @@ import os
 import sys
 import types
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
 from brainage.errors import BrainAgeError
 
 __all__ = [

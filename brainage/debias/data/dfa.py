@@ -16,11 +16,12 @@ file name; class sub-folders are optional (bFFHQ's valid/test folders are flat).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+
 from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = [

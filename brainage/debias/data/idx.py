@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .biased_mnist import validate_digits
 from brainage.errors import BrainAgeError, InputNotFoundError
+
+from .biased_mnist import validate_digits
 
 __all__ = [
     "read_idx",

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dfa import IMAGE_SUFFIXES, ImageList, ImageRecord
 from brainage.errors import BrainAgeError, InputNotFoundError
+
+from .dfa import IMAGE_SUFFIXES, ImageList, ImageRecord
 
 __all__ = [
     "IMAGENET9_CLASSES",
