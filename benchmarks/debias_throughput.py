@@ -58,8 +58,12 @@ def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: tor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="simpleconvnet", choices=["simpleconvnet", "resnet18"])
-    parser.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=True,
-                        help="resnet18: CIFAR stem (default) or the ImageNet stem")
+    parser.add_argument(
+        "--cifar-stem",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="resnet18: CIFAR stem (default) or the ImageNet stem",
+    )
     parser.add_argument("--widths", nargs="+", type=float, default=[0.125, 0.25, 0.5, 1.0])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
@@ -70,8 +74,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     stem = "" if args.model == "simpleconvnet" else (" (CIFAR stem)" if args.cifar_stem else " (ImageNet stem)")
-    print(f"{args.model}{stem}, device {args.device}, {args.threads} thread(s), batch {args.batch_size}, "
-          f"load average {load:.2f}")
+    print(
+        f"{args.model}{stem}, device {args.device}, {args.threads} thread(s), batch {args.batch_size}, "
+        f"load average {load:.2f}"
+    )
     print(f"{'width':>6} {'GFLOP/img f+b':>14} {'img/s':>8}")
     for width in args.widths:
         model = build_model(args.model, 10, width, "none", args.cifar_stem)

@@ -84,8 +84,12 @@ def device_info(device: torch.device) -> dict:
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(device=props.name, capability=f"sm_{props.major}{props.minor}", sms=props.multi_processor_count,
-                    memory_gib=props.total_memory / 2**30)
+        info.update(
+            device=props.name,
+            capability=f"sm_{props.major}{props.minor}",
+            sms=props.multi_processor_count,
+            memory_gib=props.total_memory / 2**30,
+        )
     else:
         info.update(device=f"CPU ({torch.get_num_threads()} threads)")
     return info
@@ -95,12 +99,31 @@ def run_cuda_tests(timeout: float) -> dict:
     """``pytest -m cuda`` on tests/test_training_cuda.py: {test name: outcome}, or why it did not run."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
-        command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "--noconftest", "-p", "no:cacheprovider",
-                   f"--junitxml={report}", str(REPO / "tests" / "test_training_cuda.py")]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "cuda",
+            "--noconftest",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            str(REPO / "tests" / "test_training_cuda.py"),
+        ]
         try:
-            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                                    env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+            result = subprocess.run(
+                command,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                },
+            )
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:.0f} s"}
         if not report.is_file():
@@ -108,7 +131,7 @@ def run_cuda_tests(timeout: float) -> dict:
         outcomes = {}
         for case in ET.parse(report).getroot().iter("testcase"):
             kinds = {child.tag for child in case}
-            outcome = ("failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed")
+            outcome = "failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed"
             outcomes[case.get("name")] = outcome
         return outcomes
 
@@ -154,11 +177,17 @@ def trainer_rate(config: TrainConfig, cache: Path, out: Path, device: torch.devi
     seconds, rate = float(row[4]), float(row[5])
     if not np.isfinite(float(row[2])):
         raise RuntimeError(f"{config.method}: the loss is {row[2]}")
-    return {"samples_per_s": rate, "step_s": config.batch_size / rate, "epoch_s": seconds, "peak_gib": _peak_gib(device)}
+    return {
+        "samples_per_s": rate,
+        "step_s": config.batch_size / rate,
+        "epoch_s": seconds,
+        "peak_gib": _peak_gib(device),
+    }
 
 
-def reference_rate(config: TrainConfig, grid: tuple[int, int, int], n: int, steps: int, warmup: int,
-                   device: torch.device) -> dict:
+def reference_rate(
+    config: TrainConfig, grid: tuple[int, int, int], n: int, steps: int, warmup: int, device: torch.device
+) -> dict:
     """The reference code's loop: V stacked views through the network, fp32, contiguous layout,
     each batch copied (blocking) from pageable host memory, the loss read back every step."""
     _reset_peak(device)
@@ -191,8 +220,15 @@ def reference_rate(config: TrainConfig, grid: tuple[int, int, int], n: int, step
 def measure(args: argparse.Namespace, size: dict, device: torch.device, workdir: Path) -> list[dict]:
     grid, batch, steps = size["grid"], size["batch"], size["steps"]
     cache = write_cache(workdir / "cache", batch * steps, grid)
-    common = dict(width=size["width"], batch_size=batch, views=2, epochs=2, device=str(device), progress=False,
-                  num_threads=args.threads)
+    common = dict(
+        width=size["width"],
+        batch_size=batch,
+        views=2,
+        epochs=2,
+        device=str(device),
+        progress=False,
+        num_threads=args.threads,
+    )
     flops = {False: step_flops(TrainConfig(method="exp", **common), grid, batch)}
     flops[True] = 2 * flops[False]  # V = 2 stacked views: twice the volumes through the network
     rows = []
@@ -202,18 +238,36 @@ def measure(args: argparse.Namespace, size: dict, device: torch.device, workdir:
         config = TrainConfig(method=method, **common, **options)
         started = time.perf_counter()
         result = trainer_rate(config, cache, workdir / f"{label}-{method}", device)
-        rows.append({"run": label, "method": method, "stacked_views": False, **result,
-                     "flops_per_step": flops[False], "wall_s": time.perf_counter() - started,
-                     "bf16": config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"),
-                     "channels_last": config.channels_last == "on" or (config.channels_last == "auto"
-                                                                       and device.type == "cuda"),
-                     "data": "device" if device.type == "cuda" else "host memory"})
+        rows.append(
+            {
+                "run": label,
+                "method": method,
+                "stacked_views": False,
+                **result,
+                "flops_per_step": flops[False],
+                "wall_s": time.perf_counter() - started,
+                "bf16": config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"),
+                "channels_last": config.channels_last == "on"
+                or (config.channels_last == "auto" and device.type == "cuda"),
+                "data": "device" if device.type == "cuda" else "host memory",
+            }
+        )
     config = TrainConfig(method="exp", **common, precision="fp32", channels_last="off")
     started = time.perf_counter()
     result = reference_rate(config, grid, batch * steps, steps, warmup=2, device=device)
-    rows.append({"run": "reference loop", "method": "exp", "stacked_views": True, **result,
-                 "flops_per_step": flops[True], "wall_s": time.perf_counter() - started, "bf16": False,
-                 "channels_last": False, "data": "host, blocking copy"})
+    rows.append(
+        {
+            "run": "reference loop",
+            "method": "exp",
+            "stacked_views": True,
+            **result,
+            "flops_per_step": flops[True],
+            "wall_s": time.perf_counter() - started,
+            "bf16": False,
+            "channels_last": False,
+            "data": "host, blocking copy",
+        }
+    )
     return rows
 
 
@@ -234,13 +288,18 @@ def table(info: dict, tests: dict, rows: list[dict], size: dict, peak: float | N
     names = {"l1": "L1", "exp": "L^exp"}
     failed = sorted(k for k, v in tests.items() if v == "failed")
     counts = {o: sum(v == o for v in tests.values()) for o in ("passed", "failed", "skipped")}
-    test_cell = (f"not run: {tests['error']}" if "error" in tests else
-                 f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
-                 + (f" (failed: {', '.join(failed)})" if failed else ""))
-    device = info["device"] + (f", {info['capability']}, {info['sms']} SMs, {info['memory_gib']:.0f} GiB"
-                               if "capability" in info else "")
+    test_cell = (
+        f"not run: {tests['error']}"
+        if "error" in tests
+        else f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+        + (f" (failed: {', '.join(failed)})" if failed else "")
+    )
+    device = info["device"] + (
+        f", {info['capability']}, {info['sms']} SMs, {info['memory_gib']:.0f} GiB" if "capability" in info else ""
+    )
     lines = [
-        "| | |", "|---|---|",
+        "| | |",
+        "|---|---|",
         f"| device | {device} |",
         f"| torch / CUDA / cuDNN | {info['torch']} / {info['cuda'] or 'none'} / {info['cudnn'] or 'none'} |",
         f"| CUDA tests (`-m cuda`) | {test_cell} |",
@@ -262,13 +321,17 @@ def table(info: dict, tests: dict, rows: list[dict], size: dict, peak: float | N
             f"{'yes' if r['channels_last'] else 'no'} | {r['data']} | "
             f"{'2 forwards' if r['stacked_views'] else '1 forward'} | {r['samples_per_s']:.1f} | "
             f"{r['step_s'] * 1000:.0f} | {r['tflops']:.3g} | {_cell(percent, '.1f')} | "
-            f"{_cell(r['peak_gib'], '.1f')} | {r['recipe_hours']:.1f} |")
+            f"{_cell(r['peak_gib'], '.1f')} | {r['recipe_hours']:.1f} |"
+        )
     default = next(r for r in rows if r["run"] == "defaults" and r["method"] == "exp")
     reference = next(r for r in rows if r["run"] == "reference loop")
-    lines += ["", f"L^exp, defaults over the reference loop: {default['samples_per_s'] / reference['samples_per_s']:.2f}x "
-                  "samples/s (same device, same run). Defaults: what `brainage train` does on this device "
-                  "(on CUDA: bf16 autocast, channels_last_3d, data on the device); fp32 convolutions use TF32 "
-                  "on GPUs that have it (PyTorch's default)."]
+    lines += [
+        "",
+        f"L^exp, defaults over the reference loop: {default['samples_per_s'] / reference['samples_per_s']:.2f}x "
+        "samples/s (same device, same run). Defaults: what `brainage train` does on this device "
+        "(on CUDA: bf16 autocast, channels_last_3d, data on the device); fp32 convolutions use TF32 "
+        "on GPUs that have it (PyTorch's default).",
+    ]
     return "\n".join(lines)
 
 
@@ -297,8 +360,14 @@ def main(argv: list[str] | None = None) -> dict:
     peak = args.peak_tflops or (bf16_peak(info["device"]) if device.type == "cuda" else None)
     add_derived(rows, peak)
     print(table(info, tests, rows, size, peak))
-    result = {"info": info, "tests": tests, "size": {**size, "grid": list(size["grid"])}, "bf16_peak_tflops": peak,
-              "rows": rows, "seconds": time.perf_counter() - started}
+    result = {
+        "info": info,
+        "tests": tests,
+        "size": {**size, "grid": list(size["grid"])},
+        "bf16_peak_tflops": peak,
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+    }
     print(f"\n({result['seconds']:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -28,17 +28,23 @@ from pathlib import Path
 
 import numpy as np
 
-OPENBHB = {"n_train": 3227, "n_internal": 362, "n_external": 395, "n_voxels": 519_945, "n_sites": 64,
-           "grid": (121, 145, 121)}
+OPENBHB = {
+    "n_train": 3227,
+    "n_internal": 362,
+    "n_external": 395,
+    "n_voxels": 519_945,
+    "n_sites": 64,
+    "grid": (121, 145, 121),
+}
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def current_rss_gb() -> float:
     with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**3
 
 
 def site_labels(n: int, n_sites: int, rng: np.random.Generator) -> np.ndarray:
@@ -89,8 +95,16 @@ def child_chunk(n: int, p: int, n_sites: int, n_apply: int) -> dict:
     t0 = time.perf_counter()
     h.transform(Xte, cte["SITE"].to_numpy())
     apply_s = time.perf_counter() - t0
-    return {"n": n, "p": p, "fit_s": fit_s, "apply_s": apply_s, "n_apply": n_apply,
-            "baseline_gb": base, "peak_gb": peak_rss_gb(), "inputs_gb": (Xtr.nbytes + Xte.nbytes) / 1024 ** 3}
+    return {
+        "n": n,
+        "p": p,
+        "fit_s": fit_s,
+        "apply_s": apply_s,
+        "n_apply": n_apply,
+        "baseline_gb": base,
+        "peak_gb": peak_rss_gb(),
+        "inputs_gb": (Xtr.nbytes + Xte.nbytes) / 1024**3,
+    }
 
 
 def child_cache(cache: str, out: str, chunk_size: int) -> dict:
@@ -98,8 +112,12 @@ def child_cache(cache: str, out: str, chunk_size: int) -> dict:
 
     t0 = time.perf_counter()
     meta = harmonize_cache(cache, out, chunk_size=chunk_size, progress=True)
-    return {"seconds": time.perf_counter() - t0, "peak_gb": peak_rss_gb(),
-            "n_chunks": meta["harmonization"]["n_chunks"], "n_voxels": meta["n_mask_voxels"]}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "peak_gb": peak_rss_gb(),
+        "n_chunks": meta["harmonization"]["n_chunks"],
+        "n_voxels": meta["n_mask_voxels"],
+    }
 
 
 def child_write_cache(path: str, n_train: int, n_internal: int, n_external: int, n_voxels: int, seed: int) -> dict:
@@ -128,16 +146,21 @@ def child_write_cache(path: str, n_train: int, n_internal: int, n_external: int,
     shift = rng.normal(0, 0.5, (n_sites + 6, n_voxels)).astype(np.float32)
     counts = {}
     for split, n in (("train", n_train), ("internal_test", n_internal), ("external_test", n_external)):
-        sites = site if split == "train" else (
-            rng.choice(site, n) if split == "internal_test" else n_sites + rng.integers(0, 6, n))
-        table = pd.DataFrame({
-            "participant_id": [f"{split[:2]}{i:05d}" for i in range(n)],
-            "sex": rng.choice(["male", "female"], n),
-            "age": rng.uniform(6, 86, n).round(1),
-            "site": [str(s) for s in sites],
-            "siteXacq": [str(s) for s in sites],
-            "split": split,
-        })
+        sites = (
+            site
+            if split == "train"
+            else (rng.choice(site, n) if split == "internal_test" else n_sites + rng.integers(0, 6, n))
+        )
+        table = pd.DataFrame(
+            {
+                "participant_id": [f"{split[:2]}{i:05d}" for i in range(n)],
+                "sex": rng.choice(["male", "female"], n),
+                "age": rng.uniform(6, 86, n).round(1),
+                "site": [str(s) for s in sites],
+                "siteXacq": [str(s) for s in sites],
+                "split": split,
+            }
+        )
         table.insert(0, "row", np.arange(n))
         array = np.lib.format.open_memmap(root / f"{split}.npy", mode="w+", dtype=np.float16, shape=(n,) + grid)
         for start in range(0, n, 64):
@@ -149,8 +172,17 @@ def child_write_cache(path: str, n_train: int, n_internal: int, n_external: int,
         del array
         save_table(root / f"{split}.tsv", table)
         counts[split] = n
-    save_json(root / "cache.json", {"shape": list(grid), "affine": affine.tolist(), "n_mask_voxels": int(n_voxels),
-                                    "dtype": "float16", "splits": counts, "signature": "benchmark"})
+    save_json(
+        root / "cache.json",
+        {
+            "shape": list(grid),
+            "affine": affine.tolist(),
+            "n_mask_voxels": int(n_voxels),
+            "dtype": "float16",
+            "splits": counts,
+            "signature": "benchmark",
+        },
+    )
     return {"written": str(root), "peak_gb": peak_rss_gb()}
 
 
@@ -165,9 +197,16 @@ def child_chunking(sizes: list[int], p: int, chunk_sizes: list[int]) -> dict:
         correction = np.abs(ref - X).mean()
         for cs in chunk_sizes:
             diff = np.abs(ComBatHarmonizer(chunk_size=cs).fit_transform(X, covars) - ref)
-            rows.append({"site_effects": "10x range over voxels" if hetero else "same distribution",
-                         "chunk_size": cs, "mean_abs_diff": diff.mean(), "pct_of_correction": 100 * diff.mean() / correction,
-                         "max_abs_diff": diff.max(), "max_over_sd": diff.max() / X.std()})
+            rows.append(
+                {
+                    "site_effects": "10x range over voxels" if hetero else "same distribution",
+                    "chunk_size": cs,
+                    "mean_abs_diff": diff.mean(),
+                    "pct_of_correction": 100 * diff.mean() / correction,
+                    "max_abs_diff": diff.max(),
+                    "max_over_sd": diff.max() / X.std(),
+                }
+            )
     return {"rows": rows, "sizes": sizes, "p": p}
 
 
@@ -178,8 +217,10 @@ def report_chunking(res: dict) -> None:
     print(f"chunked vs unchunked ComBat with EB: site sizes {res['sizes']}, {res['p']} features")
     print(f"{'site effects':>22} {'chunk':>6} {'mean|d|':>9} {'% of corr.':>10} {'max|d|':>8} {'max/sd':>7}")
     for r in res["rows"]:
-        print(f"{r['site_effects']:>22} {r['chunk_size']:>6} {r['mean_abs_diff']:>9.4f} "
-              f"{r['pct_of_correction']:>10.2f} {r['max_abs_diff']:>8.3f} {r['max_over_sd']:>7.3f}")
+        print(
+            f"{r['site_effects']:>22} {r['chunk_size']:>6} {r['mean_abs_diff']:>9.4f} "
+            f"{r['pct_of_correction']:>10.2f} {r['max_abs_diff']:>8.3f} {r['max_over_sd']:>7.3f}"
+        )
 
 
 def run_child(*args: str) -> dict:
@@ -191,15 +232,24 @@ def run_child(*args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="500x5000,1000x20000,3227x5000,3227x20000",
-                        help="comma-separated NxP (training subjects x voxels of one chunk)")
+    parser.add_argument(
+        "--sizes",
+        default="500x5000,1000x20000,3227x5000,3227x20000",
+        help="comma-separated NxP (training subjects x voxels of one chunk)",
+    )
     parser.add_argument("--sites", type=int, default=OPENBHB["n_sites"])
-    parser.add_argument("--cache-run", action="store_true", help="measure harmonize_cache on a full-size synthetic cache")
+    parser.add_argument(
+        "--cache-run", action="store_true", help="measure harmonize_cache on a full-size synthetic cache"
+    )
     parser.add_argument("--voxels", type=int, default=OPENBHB["n_voxels"], help="mask voxels of the --cache-run cache")
     parser.add_argument("--n-train", type=int, default=OPENBHB["n_train"])
     parser.add_argument("--chunk-size", type=int, default=20_000)
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "brainage_harmonize_bench",
-                        help="where --cache-run writes its caches (~34 GB at full size)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "brainage_harmonize_bench",
+        help="where --cache-run writes its caches (~34 GB at full size)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the --cache-run caches")
     parser.add_argument("--chunking", action="store_true", help="chunked vs unchunked differences with EB")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -218,45 +268,61 @@ def main() -> None:
             report_chunking(run_child("chunking", sizes, "2000", "[1000, 500, 250]"))
         return
 
-
     if args.cache_run:
         work = args.workdir
         cache, out = work / "cache", work / "combat"
         try:
             t0 = time.perf_counter()
             if not (cache / "cache.json").is_file():
-                run_child("write", json.dumps(str(cache)), str(args.n_train), str(OPENBHB["n_internal"]),
-                          str(OPENBHB["n_external"]), str(args.voxels), "0")
-            print(f"synthetic cache ({args.n_train} train, {args.voxels} voxels): {time.perf_counter() - t0:.0f} s to write")
+                run_child(
+                    "write",
+                    json.dumps(str(cache)),
+                    str(args.n_train),
+                    str(OPENBHB["n_internal"]),
+                    str(OPENBHB["n_external"]),
+                    str(args.voxels),
+                    "0",
+                )
+            print(
+                f"synthetic cache ({args.n_train} train, {args.voxels} voxels): {time.perf_counter() - t0:.0f} s to write"
+            )
             res = run_child("cache", json.dumps(str(cache)), json.dumps(str(out)), str(args.chunk_size))
-            print(f"harmonize_cache: {res['n_voxels']} voxels, {res['n_chunks']} chunks of ~{args.chunk_size}: "
-                  f"{res['seconds']:.0f} s, peak RSS {res['peak_gb']:.2f} GB (OMP_NUM_THREADS={threads})")
+            print(
+                f"harmonize_cache: {res['n_voxels']} voxels, {res['n_chunks']} chunks of ~{args.chunk_size}: "
+                f"{res['seconds']:.0f} s, peak RSS {res['peak_gb']:.2f} GB (OMP_NUM_THREADS={threads})"
+            )
         finally:
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
         return
 
     n_apply_frac = OPENBHB["n_internal"] / OPENBHB["n_train"]
-    print(f"one ComBat chunk, {args.sites} sites, apply to {n_apply_frac:.0%} as many seen-site subjects "
-          f"(OMP_NUM_THREADS={threads})")
+    print(
+        f"one ComBat chunk, {args.sites} sites, apply to {n_apply_frac:.0%} as many seen-site subjects "
+        f"(OMP_NUM_THREADS={threads})"
+    )
     print(f"{'n':>6} {'p':>7} {'fit s':>7} {'apply s':>8} {'peak GB':>8} {'inputs GB':>9} {'(peak-base)/(8np)':>18}")
     rows = []
     for size in args.sizes.split(","):
         n, p = (int(v) for v in size.lower().split("x"))
         r = run_child("chunk", str(n), str(p), str(args.sites), str(max(args.sites, round(n * n_apply_frac))))
-        r["per_np"] = (r["peak_gb"] - r["baseline_gb"]) * 1024 ** 3 / (8 * n * p)
+        r["per_np"] = (r["peak_gb"] - r["baseline_gb"]) * 1024**3 / (8 * n * p)
         rows.append(r)
-        print(f"{n:>6} {p:>7} {r['fit_s']:>7.1f} {r['apply_s']:>8.1f} {r['peak_gb']:>8.2f} {r['inputs_gb']:>9.2f} {r['per_np']:>18.1f}")
+        print(
+            f"{n:>6} {p:>7} {r['fit_s']:>7.1f} {r['apply_s']:>8.1f} {r['peak_gb']:>8.2f} {r['inputs_gb']:>9.2f} {r['per_np']:>18.1f}"
+        )
     full = [r for r in rows if r["n"] == OPENBHB["n_train"]]
     if full:
         r = max(full, key=lambda r: r["p"])
         n_chunks = -(-OPENBHB["n_voxels"] // r["p"])
-        print(f"extrapolated whole-brain VBM ({OPENBHB['n_voxels']} voxels, {n_chunks} chunks of {r['p']}): "
-              f"fit + internal apply ~{n_chunks * (r['fit_s'] + r['apply_s']) / 60:.0f} min of compute "
-              f"(plus I/O); peak memory ~ one chunk ({r['peak_gb']:.1f} GB here, inputs included) "
-              f"+ the model (2 x {OPENBHB['n_sites']} x {OPENBHB['n_voxels']} float64 = "
-              f"{2 * OPENBHB['n_sites'] * OPENBHB['n_voxels'] * 8 / 1024 ** 3:.2f} GB)")
-        unchunked = (r["per_np"] + 1) * 8 * OPENBHB["n_train"] * OPENBHB["n_voxels"] / 1024 ** 3
+        print(
+            f"extrapolated whole-brain VBM ({OPENBHB['n_voxels']} voxels, {n_chunks} chunks of {r['p']}): "
+            f"fit + internal apply ~{n_chunks * (r['fit_s'] + r['apply_s']) / 60:.0f} min of compute "
+            f"(plus I/O); peak memory ~ one chunk ({r['peak_gb']:.1f} GB here, inputs included) "
+            f"+ the model (2 x {OPENBHB['n_sites']} x {OPENBHB['n_voxels']} float64 = "
+            f"{2 * OPENBHB['n_sites'] * OPENBHB['n_voxels'] * 8 / 1024**3:.2f} GB)"
+        )
+        unchunked = (r["per_np"] + 1) * 8 * OPENBHB["n_train"] * OPENBHB["n_voxels"] / 1024**3
         print(f"unchunked (one neuroHarmonize call on all voxels) would need ~{unchunked:.0f} GB")
 
 

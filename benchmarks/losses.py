@@ -56,7 +56,14 @@ DIRECT = "thr-paper-direct-O(N^3)"
 CHUNKED = "thr-paper-direct-chunked"
 ANCHOR_CHUNK = 64
 LOSSES = [f"{m}-{f}" for m in ("yaware", "thr", "exp") for f in ("paper", "reference")] + [
-    "supcon", "epsilon-supinfonce", "fairkl-paper", "fairkl-reference", "end", DIRECT, CHUNKED]
+    "supcon",
+    "epsilon-supinfonce",
+    "fairkl-paper",
+    "fairkl-reference",
+    "end",
+    DIRECT,
+    CHUNKED,
+]
 
 
 def _direct_logprob(s: torch.Tensor, w: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -72,8 +79,9 @@ def _direct_logprob(s: torch.Tensor, w: torch.Tensor, rows: slice) -> torch.Tens
     return (s_r - shift) - torch.log(es + repulsion)
 
 
-def direct_threshold(features: torch.Tensor, ages: torch.Tensor, sigma: float = 2.0, tau: float = 0.1,
-                     chunk: int | None = None) -> torch.Tensor:
+def direct_threshold(
+    features: torch.Tensor, ages: torch.Tensor, sigma: float = 2.0, tau: float = 0.1, chunk: int | None = None
+) -> torch.Tensor:
     """Paper L^thr computed directly with the (N, N, N) threshold mask, whole or ``chunk`` anchors at a time.
 
     With ``chunk`` each block is checkpointed (recomputed in the backward pass), so the peak is
@@ -89,10 +97,12 @@ def direct_threshold(features: torch.Tensor, ages: torch.Tensor, sigma: float = 
     else:
         from torch.utils.checkpoint import checkpoint
 
-        logprob = torch.cat([
-            checkpoint(_direct_logprob, s, w, slice(start, start + chunk), use_reentrant=False)
-            for start in range(0, n, chunk)
-        ])
+        logprob = torch.cat(
+            [
+                checkpoint(_direct_logprob, s, w, slice(start, start + chunk), use_reentrant=False)
+                for start in range(0, n, chunk)
+            ]
+        )
     w_pos = w * ~torch.eye(n, dtype=torch.bool, device=s.device)
     coef = w_pos / w_pos.sum(dim=1, keepdim=True)
     return -(coef * logprob).sum(dim=1).mean()
@@ -171,8 +181,14 @@ def measure(name: str, n: int, device: str, repeats: int) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return {"loss": name, "n": n, "device": device, "time_ms": 1000 * min(times) if times else math.nan,
-            "peak_mib": peak / 2**20, "value": value}
+    return {
+        "loss": name,
+        "n": n,
+        "device": device,
+        "time_ms": 1000 * min(times) if times else math.nan,
+        "peak_mib": peak / 2**20,
+        "value": value,
+    }
 
 
 def warm_up(device: str) -> None:
@@ -212,10 +228,14 @@ def main() -> None:
 
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load}; "
-          f"V = {VIEWS}, D = {DIM}")
-    print("time = fastest forward+backward; peak memory: CPU = ru_maxrss increase of a fresh process, "
-          "CUDA = torch.cuda.max_memory_allocated increase")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load}; "
+        f"V = {VIEWS}, D = {DIM}"
+    )
+    print(
+        "time = fastest forward+backward; peak memory: CPU = ru_maxrss increase of a fresh process, "
+        "CUDA = torch.cuda.max_memory_allocated increase"
+    )
     header = f"{'device':<6} {'N':>5}  {'loss':<26} {'time (ms)':>10} {'peak (MiB)':>11}  note"
     for device in devices:
         if device == "cuda":
@@ -228,8 +248,10 @@ def main() -> None:
             for name in LOSSES:
                 note = ""
                 if name == DIRECT and direct_bytes(n) > available_bytes(device):
-                    print(f"{device:<6} {n:>5}  {name:<26} {'skipped':>10} {'':>11}  needs ~{direct_bytes(n) / 2**30:.1f} "
-                          f"GiB for the N^3 mask, {available_bytes(device) / 2**30:.1f} GiB available")
+                    print(
+                        f"{device:<6} {n:>5}  {name:<26} {'skipped':>10} {'':>11}  needs ~{direct_bytes(n) / 2**30:.1f} "
+                        f"GiB for the N^3 mask, {available_bytes(device) / 2**30:.1f} GiB available"
+                    )
                     continue
                 r = run_cell(name, n, device, args.repeats)
                 if r is None:
@@ -239,12 +261,18 @@ def main() -> None:
                 if name in (DIRECT, CHUNKED) and "thr-paper" in results:
                     ref = results["thr-paper"]
                     diff = abs(r["value"] - ref["value"]) / max(abs(ref["value"]), 1e-12)
-                    memory = (f"{r['peak_mib'] / ref['peak_mib']:.1f}x less memory" if ref["peak_mib"] >= 1.0
-                              else "memory below RSS resolution")
-                    note = (f"value rel. diff vs sorted {diff:.1e}; sorted is {r['time_ms'] / ref['time_ms']:.1f}x "
-                            f"faster, {memory}")
-                print(f"{device:<6} {n:>5}  {name:<26} {r['time_ms']:>10.2f} {r['peak_mib']:>11.1f}  {note}",
-                      flush=True)
+                    memory = (
+                        f"{r['peak_mib'] / ref['peak_mib']:.1f}x less memory"
+                        if ref["peak_mib"] >= 1.0
+                        else "memory below RSS resolution"
+                    )
+                    note = (
+                        f"value rel. diff vs sorted {diff:.1e}; sorted is {r['time_ms'] / ref['time_ms']:.1f}x "
+                        f"faster, {memory}"
+                    )
+                print(
+                    f"{device:<6} {n:>5}  {name:<26} {r['time_ms']:>10.2f} {r['peak_mib']:>11.1f}  {note}", flush=True
+                )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ def synthetic_bundle(width: float, gm: np.ndarray, affine: np.ndarray) -> ModelB
     torch.manual_seed(0)
     network = BrainAgeNet(**network_kwargs(config))
     mask = gm > MODALITIES["vbm"].threshold
-    prep = Preprocessing("vbm", gm.shape, affine, mask, MODALITIES["vbm"].threshold, 1, downsample_mask(mask, 1),
-                         "zscore")
+    prep = Preprocessing(
+        "vbm", gm.shape, affine, mask, MODALITIES["vbm"].threshold, 1, downsample_mask(mask, 1), "zscore"
+    )
     readout = Readout("ridge", "projection", coef=np.random.default_rng(0).normal(0, 1, 128), intercept=40.0)
     spec = {
         "model": {"method": "exp", "seed": 0, "run": "benchmark"},
@@ -95,13 +96,21 @@ def main() -> None:
 
     shape, affine = grid("vbm", 1)
     template = load_mni152_gm_template(resolution=1)
-    on_grid = resample_img(template, target_affine=affine, target_shape=shape, interpolation="linear",
-                           force_resample=True, copy_header=True)
+    on_grid = resample_img(
+        template,
+        target_affine=affine,
+        target_shape=shape,
+        interpolation="linear",
+        force_resample=True,
+        copy_header=True,
+    )
     on_grid = nib.Nifti1Image(on_grid.get_fdata(dtype=np.float32), affine)
     bundle = synthetic_bundle(args.width, on_grid.get_fdata(dtype=np.float32), affine)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU; VBM grid {'x'.join(map(str, shape))}, "
-          f"width {args.width:g} ({sum(v.numel() for v in bundle.state.values()):,} state values), "
-          f"batch {args.batch_size}, {args.n} images per case")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU; VBM grid {'x'.join(map(str, shape))}, "
+        f"width {args.width:g} ({sum(v.numel() for v in bundle.state.values()):,} state values), "
+        f"batch {args.batch_size}, {args.n} images per case"
+    )
     print(f"{'images':>22} {'end to end':>14} {'input side':>14}")
     with tempfile.TemporaryDirectory() as tmp:
         for label, image in (("model grid, 1.5 mm", on_grid), ("1 mm, resampled", template)):
@@ -109,12 +118,20 @@ def main() -> None:
             folder.mkdir()
             paths = write_images(folder, args.n, image)
             start = time.perf_counter()
-            predict_brain_age(bundle, paths, folder / "predictions.csv", device="cpu", batch_size=args.batch_size,
-                              figure=False, progress=False)
+            predict_brain_age(
+                bundle,
+                paths,
+                folder / "predictions.csv",
+                device="cpu",
+                batch_size=args.batch_size,
+                figure=False,
+                progress=False,
+            )
             end_to_end = args.n / (time.perf_counter() - start)
             start = time.perf_counter()
-            items = _Images([inspect_image(p, bundle.preprocessing) for p in paths], bundle.preprocessing,
-                            bundle.reference_mean)
+            items = _Images(
+                [inspect_image(p, bundle.preprocessing) for p in paths], bundle.preprocessing, bundle.reference_mean
+            )
             for i in range(len(items)):
                 items[i]
             input_side = args.n / (time.perf_counter() - start)

@@ -34,8 +34,15 @@ def write_folder(root: Path, n: int, modality: str, factor: int) -> None:
     nib.save(nib.Nifti1Image(np.ones(o_shape, np.uint8), o_affine), root / "resource" / other.mask_file)
     rng = np.random.default_rng(0)
     ids = [str(1000 + i) for i in range(n)]
-    pd.DataFrame({"participant_id": ids, "sex": ["male"] * n, "age": rng.uniform(6, 80, n).round(1),
-                  "site": ["a"] * n, "split": ["train"] * n}).to_csv(root / "participants.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "participant_id": ids,
+            "sex": ["male"] * n,
+            "age": rng.uniform(6, 80, n).round(1),
+            "site": ["a"] * n,
+            "split": ["train"] * n,
+        }
+    ).to_csv(root / "participants.tsv", sep="\t", index=False)
     for pid in ids:
         d = root / "train" / "derivatives" / f"sub-{pid}" / "ses-1"
         d.mkdir(parents=True)
@@ -56,12 +63,20 @@ def main() -> None:
             write_folder(root, args.n, args.modality, factor)
             shape, _ = grid(args.modality, factor)
             start = time.perf_counter()
-            preprocess(root, Path(tmp) / "cache", modality=args.modality, downsample=args.downsample,
-                       splits=["train"], progress=False)
+            preprocess(
+                root,
+                Path(tmp) / "cache",
+                modality=args.modality,
+                downsample=args.downsample,
+                splits=["train"],
+                progress=False,
+            )
             seconds = time.perf_counter() - start
             mb = args.n * np.prod(shape) * 4 / 1e6
-            print(f"{args.modality:>9} {'x'.join(map(str, shape)):>14} {args.n:>5} {seconds:8.2f} "
-                  f"{args.n / seconds:10.1f} {mb / seconds:10.1f}")
+            print(
+                f"{args.modality:>9} {'x'.join(map(str, shape)):>14} {args.n:>5} {seconds:8.2f} "
+                f"{args.n / seconds:10.1f} {mb / seconds:10.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -55,16 +55,22 @@ def main() -> None:
     parser.add_argument("--ramp", action="store_true", help="also write the RAMP layout")
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    print(f"CPUs {os.cpu_count()}, load average {load:.1f}, n_jobs {args.n_jobs}, modalities {args.modalities}"
-          f"{', RAMP' if args.ramp else ''}")
-    print(f"{'factor':>6} {'subjects':>8} {'wall s':>8} {'prepare s':>9} {'subjects/s':>10} {'CPU s':>8} "
-          f"{'CPU s/subject':>13} {'disk MB':>8}")
+    print(
+        f"CPUs {os.cpu_count()}, load average {load:.1f}, n_jobs {args.n_jobs}, modalities {args.modalities}"
+        f"{', RAMP' if args.ramp else ''}"
+    )
+    print(
+        f"{'factor':>6} {'subjects':>8} {'wall s':>8} {'prepare s':>9} {'subjects/s':>10} {'CPU s':>8} "
+        f"{'CPU s/subject':>13} {'disk MB':>8}"
+    )
     runs = [(args.factor, args.n)] + ([(1, args.full)] if args.full else [])
     for factor, n in runs:
         r = measure(n, factor, args.n_jobs, args.ramp, args.modalities)
         rate = n / (r["wall"] - r["prepare"])
-        print(f"{factor:>6} {n:>8} {r['wall']:8.1f} {r['prepare']:9.1f} {rate:10.2f} {r['cpu']:8.1f} "
-              f"{r['cpu'] / n:13.3f} {r['disk_mb']:8.1f}")
+        print(
+            f"{factor:>6} {n:>8} {r['wall']:8.1f} {r['prepare']:9.1f} {rate:10.2f} {r['cpu']:8.1f} "
+            f"{r['cpu'] / n:13.3f} {r['disk_mb']:8.1f}"
+        )
     print("subjects/s excludes the one-off preparation of the template on the grids (prepare s).")
 
 

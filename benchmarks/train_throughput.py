@@ -55,8 +55,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def training_rate(config: TrainConfig, grid: tuple[int, int, int], n: int, steps: int, warmup: int,
-                  stacked_views: bool) -> dict:
+def training_rate(
+    config: TrainConfig, grid: tuple[int, int, int], n: int, steps: int, warmup: int, stacked_views: bool
+) -> dict:
     device = resolve_device(config.device)
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
@@ -121,8 +122,14 @@ def loader_rate(grid: tuple[int, int, int], n: int, batch: int, batches: int, de
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", type=int, nargs=3, default=[41, 49, 41], metavar=("X", "Y", "Z"),
-                        help="volume grid (default: the workflow default, OpenBHB VBM / 3)")
+    parser.add_argument(
+        "--grid",
+        type=int,
+        nargs=3,
+        default=[41, 49, 41],
+        metavar=("X", "Y", "Z"),
+        help="volume grid (default: the workflow default, OpenBHB VBM / 3)",
+    )
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=32, help="subjects per step")
     parser.add_argument("--views", type=int, default=2)
@@ -141,30 +148,47 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TrainConfig(method=args.method, width=args.width, batch_size=args.batch, views=args.views,
-                         formulation=args.formulation, device=args.device, precision=args.precision,
-                         channels_last=args.channels_last)
+    config = TrainConfig(
+        method=args.method,
+        width=args.width,
+        batch_size=args.batch,
+        views=args.views,
+        formulation=args.formulation,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+    )
     grid = tuple(args.grid)
     device = resolve_device(config.device)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-        "torch": torch.__version__, "grid": list(grid), "width": args.width, "batch": args.batch,
-        "views": args.views, "method": args.method, "stacked_views": args.stacked_views,
+        "torch": torch.__version__,
+        "grid": list(grid),
+        "width": args.width,
+        "batch": args.batch,
+        "views": args.views,
+        "method": args.method,
+        "stacked_views": args.stacked_views,
         "bf16": config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"),
         "channels_last": use_channels_last(config, device),
     }
     result.update(training_rate(config, grid, max(args.n, args.batch), args.steps, args.warmup, args.stacked_views))
     if args.loader_batches:
-        result["loader_volumes_per_s"] = loader_rate(grid, max(args.n, args.batch), args.batch, args.loader_batches,
-                                                     device)
+        result["loader_volumes_per_s"] = loader_rate(
+            grid, max(args.n, args.batch), args.batch, args.loader_batches, device
+        )
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{result['device']}, torch {result['torch']}: grid {'x'.join(map(str, grid))}, width {args.width}, "
-          f"batch {args.batch} x {args.views} views, {args.method}, bf16 {result['bf16']}, "
-          f"channels_last {result['channels_last']}, {'stacked views' if args.stacked_views else 'one forward'}")
-    print(f"  training: {result['samples_per_s']:.1f} samples/s ({result['step_s'] * 1000:.0f} ms per step)"
-          + (f", peak {result['peak_gib']:.1f} GiB" if "peak_gib" in result else ""))
+    print(
+        f"{result['device']}, torch {result['torch']}: grid {'x'.join(map(str, grid))}, width {args.width}, "
+        f"batch {args.batch} x {args.views} views, {args.method}, bf16 {result['bf16']}, "
+        f"channels_last {result['channels_last']}, {'stacked views' if args.stacked_views else 'one forward'}"
+    )
+    print(
+        f"  training: {result['samples_per_s']:.1f} samples/s ({result['step_s'] * 1000:.0f} ms per step)"
+        + (f", peak {result['peak_gib']:.1f} GiB" if "peak_gib" in result else "")
+    )
     if "loader_volumes_per_s" in result:
         print(f"  loader (memory map -> device): {result['loader_volumes_per_s']:.0f} volumes/s")
 

@@ -263,8 +263,12 @@ def output_lock(output: str | os.PathLike, command: str = "") -> Iterator[Path]:
                 os.close(fd)
                 fd = -1
         if locked:
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),
-                    "since": datetime.datetime.now().isoformat(timespec="seconds")}
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": command or " ".join(sys.argv),
+                "since": datetime.datetime.now().isoformat(timespec="seconds"),
+            }
             os.ftruncate(fd, 0)
             os.write(fd, (json.dumps(info) + "\n").encode())
         yield path
@@ -337,8 +341,9 @@ def read_table(path: str | os.PathLike, sep: str | None = "\t") -> pd.DataFrame:
         raise InputNotFoundError(f"table not found: {path}")
     text = read_text(path)
     if not text.strip():
-        raise BrainAgeError(f"{path}: the file is empty; expected a header line naming the columns, then one "
-                            "line per row")
+        raise BrainAgeError(
+            f"{path}: the file is empty; expected a header line naming the columns, then one line per row"
+        )
     if sep is None:
         first = next(line for line in text.splitlines() if line.strip())
         sep = "\t" if "\t" in first else ","

@@ -30,8 +30,17 @@ def inference_run(tmp_path_factory):
     from brainage.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("inference")
-    simulate_openbhb(root / "data", n_subjects=100, downsample=4, seed=7, n_sites=5, modalities="vbm",
-                     internal_fraction=0.25, n_jobs=2, progress=False)
+    simulate_openbhb(
+        root / "data",
+        n_subjects=100,
+        downsample=4,
+        seed=7,
+        n_sites=5,
+        modalities="vbm",
+        internal_fraction=0.25,
+        n_jobs=2,
+        progress=False,
+    )
     preprocess(root / "data", root / "cache", progress=False)
     short = dict(batch_size=8, width=0.125, lr=2e-3, schedule="cosine", device="cpu", progress=False, num_threads=1)
     train(TrainConfig(method="exp", epochs=10, **short), root / "cache", root / "run")

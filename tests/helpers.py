@@ -66,22 +66,24 @@ def write_openbhb(
 
     splits = (["train"] * (n - n // 3 - n // 6)) + ["internal_test"] * (n // 3) + ["external_test"] * (n // 6)
     sites = [f"{s % 3}" if sp != "external_test" else "9" for s, sp in enumerate(splits)]
-    table = pd.DataFrame({
-        "participant_id": [f"{1000 + i}" for i in range(n)],
-        "study": ["ABIDE1"] * n,
-        "sex": rng.choice(["male", "female"], n),
-        "age": np.round(rng.uniform(6, 80, n), 1),
-        "site": sites,
-        "diagnosis": ["control"] * n,
-        "tiv": rng.uniform(1200, 1700, n).round(1),
-        "csfv": rng.uniform(200, 400, n).round(1),
-        "gmv": rng.uniform(500, 800, n).round(1),
-        "wmv": rng.uniform(400, 600, n).round(1),
-        "magnetic_field_strength": ["3"] * n,
-        "acquisition_setting": ["1"] * n,
-        "siteXacq": sites,
-        "split": splits,
-    })
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"{1000 + i}" for i in range(n)],
+            "study": ["ABIDE1"] * n,
+            "sex": rng.choice(["male", "female"], n),
+            "age": np.round(rng.uniform(6, 80, n), 1),
+            "site": sites,
+            "diagnosis": ["control"] * n,
+            "tiv": rng.uniform(1200, 1700, n).round(1),
+            "csfv": rng.uniform(200, 400, n).round(1),
+            "gmv": rng.uniform(500, 800, n).round(1),
+            "wmv": rng.uniform(400, 600, n).round(1),
+            "magnetic_field_strength": ["3"] * n,
+            "acquisition_setting": ["1"] * n,
+            "siteXacq": sites,
+            "split": splits,
+        }
+    )
     vbm = rng.normal(0.5, 0.2, (n,) + vbm_shape).astype(np.float32)
     qr = rng.normal(100, 20, (n,) + qr_shape).astype(np.float32)
 
@@ -103,18 +105,24 @@ def write_openbhb(
         nib.save(nib.Nifti1Image(tpm, vbm_affine), kit / "resource" / VBM_MASK_NAME)
         nib.save(nib.Nifti1Image(brain, qr_affine), kit / "resource" / QR_MASK_NAME)
         other = 8 * 163_842 + 284 + 476 + 1036
-        rows = np.concatenate(
-            [vbm[:, vbm_mask], qr[:, qr_mask], np.zeros((n, other), np.float32)], axis=1
-        )
+        rows = np.concatenate([vbm[:, vbm_mask], qr[:, qr_mask], np.zeros((n, other), np.float32)], axis=1)
         train = (table["split"] == "train").to_numpy()
-        test_order = np.r_[np.flatnonzero(table["split"] == "internal_test"),
-                           np.flatnonzero(table["split"] == "external_test")]
+        test_order = np.r_[
+            np.flatnonzero(table["split"] == "internal_test"), np.flatnonzero(table["split"] == "external_test")
+        ]
         np.save(kit / "train.npy", rows[train])
         np.save(kit / "test.npy", rows[test_order])
         table[train].drop(columns="split").to_csv(kit / "train.tsv", sep="\t", index=False)
         table.iloc[test_order].drop(columns="split").to_csv(kit / "test.tsv", sep="\t", index=False)
-    return {"table": table, "vbm": vbm, "quasiraw": qr, "vbm_mask": vbm_mask, "quasiraw_mask": qr_mask,
-            "vbm_affine": vbm_affine, "quasiraw_affine": qr_affine}
+    return {
+        "table": table,
+        "vbm": vbm,
+        "quasiraw": qr,
+        "vbm_mask": vbm_mask,
+        "quasiraw_mask": qr_mask,
+        "vbm_affine": vbm_affine,
+        "quasiraw_affine": qr_affine,
+    }
 
 
 # --------------------------------------------------------------------------- float tolerances
@@ -186,7 +194,9 @@ def reference_ages(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for split in ("train", "internal_test", "external_test"):
         volumes, table = cache_split(root / "cache", split)
         with torch.no_grad():
-            features[split] = model.features(torch.from_numpy(volumes.astype(np.float32))[:, None], "projection").numpy()
+            features[split] = model.features(
+                torch.from_numpy(volumes.astype(np.float32))[:, None], "projection"
+            ).numpy()
         ages[split] = table["age"].to_numpy(float)
     ridge = GridSearchCV(Ridge(), {"alpha": CHALLENGE_ALPHAS}, cv=5, scoring="r2").fit(features["train"], ages["train"])
     return {split: (ages[split], ridge.predict(features[split]).astype(float)) for split in features}
@@ -197,8 +207,9 @@ def reference_ages(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 GRID = (16, 16, 16)
 
 
-def write_cache(root: Path, n=(24, 8, 6), grid=GRID, seed: int = 0, nan_row: int | None = None,
-                signature: str = "test") -> Path:
+def write_cache(
+    root: Path, n=(24, 8, 6), grid=GRID, seed: int = 0, nan_row: int | None = None, signature: str = "test"
+) -> Path:
     """A cache folder in the preprocessing format, written by hand: ages drive a smooth gradient."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -222,8 +233,9 @@ def tiny(method: str, **kw):
     """A training config of two short CPU epochs on a small network (tests only)."""
     from brainage.training import TrainConfig
 
-    values = dict(method=method, epochs=2, batch_size=8, width=0.125, lr=1e-3, progress=False, device="cpu",
-                  num_threads=1)
+    values = dict(
+        method=method, epochs=2, batch_size=8, width=0.125, lr=1e-3, progress=False, device="cpu", num_threads=1
+    )
     values.update(kw)
     return TrainConfig(**values)
 
@@ -265,8 +277,12 @@ def write_feature_dir(folder, seed=0, nan_row=None, one_site=False, head=True):
         if split == "internal_test" and nan_row is not None:
             x = x.copy()
             x[nan_row, 0] = np.inf
-        arrays = dict(features=x, age=age, site=site.astype(str),
-                      participant_id=np.array([f"{split[:3]}{i:03d}" for i in range(len(age))]))
+        arrays = dict(
+            features=x,
+            age=age,
+            site=site.astype(str),
+            participant_id=np.array([f"{split[:3]}{i:03d}" for i in range(len(age))]),
+        )
         if head:
             arrays["prediction"] = age + 1.0
         np.savez(folder / f"{split}.npz", **arrays)
@@ -332,11 +348,15 @@ def cifar10_folder(folder, train_per_class: int, test_per_class: int, seed: int 
     train_labels = rng.permutation(np.repeat(np.arange(10), train_per_class))
     test_labels = rng.permutation(np.repeat(np.arange(10), test_per_class))
     per_batch = n_train // 5
-    batches = [(f"data_batch_{i + 1}", train_labels[i * per_batch:(i + 1) * per_batch]) for i in range(5)]
+    batches = [(f"data_batch_{i + 1}", train_labels[i * per_batch : (i + 1) * per_batch]) for i in range(5)]
     for name, labels in batches + [("test_batch", test_labels)]:
         data = rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8)
-        batch = {b"batch_label": f"{name} of 5".encode(), b"labels": [int(v) for v in labels], b"data": data,
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(labels.size)]}
+        batch = {
+            b"batch_label": f"{name} of 5".encode(),
+            b"labels": [int(v) for v in labels],
+            b"data": data,
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(labels.size)],
+        }
         with open(folder / name, "wb") as fh:
             pickle.dump(batch, fh, protocol=2)
         written[name] = (data, labels.astype(np.int64))

@@ -73,12 +73,15 @@ def ensure_installed() -> str | None:
         RuntimeError: apt-get failed (the message holds its output).
     """
     if os.geteuid() != 0:
-        return (f"a local Slurm needs root: srun inside its jobs reads the configuration at {SYSTEM_CONF}" + (f", and the Debian packages {' '.join(missing_packages())}"
-                                           if missing_packages() else ""))
+        return f"a local Slurm needs root: srun inside its jobs reads the configuration at {SYSTEM_CONF}" + (
+            f", and the Debian packages {' '.join(missing_packages())}" if missing_packages() else ""
+        )
     _remove_stale_link()
     taken = [str(p) for p in (SYSTEM_CONF, *OTHER_CONFIGS) if p.exists() or p.is_symlink()]
     if taken:
-        return f"this machine has a Slurm configuration of its own ({', '.join(taken)}); a test cluster would mix with it"
+        return (
+            f"this machine has a Slurm configuration of its own ({', '.join(taken)}); a test cluster would mix with it"
+        )
     missing = missing_packages()
     if not missing:
         return None
@@ -102,7 +105,9 @@ def ensure_installed() -> str | None:
         if planted:
             policy.unlink()
     if result.returncode != 0 or missing_packages():
-        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     return None
 
 
@@ -180,8 +185,9 @@ class LocalSlurm:
     def run(self, *command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}\n"
-                               f"{self.log_tails()}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}\n{self.log_tails()}"
+            )
         return result
 
     def sbatch(self, *arguments: str) -> str:
@@ -195,8 +201,17 @@ class LocalSlurm:
         submission, and its final state a moment after it ends.
         """
         fields = list(fields)
-        out = self.run("sacct", "--allusers", "--starttime", "1970-01-01", "--parsable2", "--noheader",
-                       "--format", ",".join(fields), *arguments).stdout
+        out = self.run(
+            "sacct",
+            "--allusers",
+            "--starttime",
+            "1970-01-01",
+            "--parsable2",
+            "--noheader",
+            "--format",
+            ",".join(fields),
+            *arguments,
+        ).stdout
         rows = csv.reader(io.StringIO(out), delimiter="|", quoting=csv.QUOTE_NONE)
         return [dict(zip(fields, row)) for row in rows if row]
 
@@ -236,19 +251,19 @@ class LocalSlurm:
         self.conf.write_text(f"""\
 ClusterName={CLUSTER}
 SlurmctldHost=localhost(127.0.0.1)
-SlurmctldPort={ports['slurmctld']}
-SlurmdPort={ports['slurmd']}
+SlurmctldPort={ports["slurmctld"]}
+SlurmdPort={ports["slurmd"]}
 SlurmUser={self.user}
 SlurmdUser={self.user}
 AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 CredType=cred/munge
-StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
-SlurmctldPidFile={self._pid_files['slurmctld']}
-SlurmdPidFile={self._pid_files['slurmd']}
-SlurmctldLogFile={r / 'slurmctld.log'}
-SlurmdLogFile={r / 'slurmd.log'}
+StateSaveLocation={r / "state"}
+SlurmdSpoolDir={r / "spool"}
+SlurmctldPidFile={self._pid_files["slurmctld"]}
+SlurmdPidFile={self._pid_files["slurmd"]}
+SlurmctldLogFile={r / "slurmctld.log"}
+SlurmdLogFile={r / "slurmd.log"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -261,7 +276,7 @@ KillWait=5
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStoragePort={ports['slurmdbd']}
+AccountingStoragePort={ports["slurmdbd"]}
 AccountingStoragePass={self.munge_socket}
 AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
@@ -276,13 +291,13 @@ AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 DbdHost=localhost
 DbdAddr=127.0.0.1
-DbdPort={ports['slurmdbd']}
+DbdPort={ports["slurmdbd"]}
 SlurmUser={self.user}
-PidFile={self._pid_files['slurmdbd']}
-LogFile={r / 'slurmdbd.log'}
+PidFile={self._pid_files["slurmdbd"]}
+LogFile={r / "slurmdbd.log"}
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort={ports['mariadb']}
+StoragePort={ports["mariadb"]}
 StorageUser={self.user}
 StorageLoc=slurm_acct_db
 """)
@@ -305,17 +320,30 @@ StorageLoc=slurm_acct_db
     def _start_mariadb(self) -> None:
         data = self.root / "mariadb"
         common = ["--no-defaults", f"--datadir={data}", f"--user={self.user}", "--innodb-log-file-size=4M"]
-        result = subprocess.run([which("mariadb-install-db"), *common, "--skip-test-db",
-                                 "--auth-root-authentication-method=normal"], capture_output=True, text=True)
+        result = subprocess.run(
+            [which("mariadb-install-db"), *common, "--skip-test-db", "--auth-root-authentication-method=normal"],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
         # A database for this test only, on a loopback port: no grant tables, so slurmdbd's
         # StorageUser needs no password.
         self._mariadb = subprocess.Popen(
-            [which("mariadbd"), *common, f"--socket={self.root / 'mariadb.sock'}", f"--port={self.ports['mariadb']}",
-             "--bind-address=127.0.0.1", "--skip-grant-tables", "--innodb-buffer-pool-size=16M",
-             f"--pid-file={self.root / 'mariadb.pid'}", f"--log-error={self.root / 'mariadb.err'}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                which("mariadbd"),
+                *common,
+                f"--socket={self.root / 'mariadb.sock'}",
+                f"--port={self.ports['mariadb']}",
+                "--bind-address=127.0.0.1",
+                "--skip-grant-tables",
+                "--innodb-buffer-pool-size=16M",
+                f"--pid-file={self.root / 'mariadb.pid'}",
+                f"--log-error={self.root / 'mariadb.err'}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._wait("MariaDB", lambda: self._port_open(self.ports["mariadb"]))
 
@@ -325,21 +353,39 @@ StorageLoc=slurm_acct_db
         SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
         SYSTEM_CONF.symlink_to(self.conf)
         env = self.env
-        subprocess.run([which("munged"), "--force", f"--socket={self.munge_socket}",
-                        f"--key-file={self.root / 'munge.key'}", f"--log-file={self.root / 'munged.log'}",
-                        f"--pid-file={self._pid_files['munged']}", f"--seed-file={self.root / 'munged.seed'}"],
-                       check=True, env=env, capture_output=True)
+        subprocess.run(
+            [
+                which("munged"),
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={self.root / 'munge.key'}",
+                f"--log-file={self.root / 'munged.log'}",
+                f"--pid-file={self._pid_files['munged']}",
+                f"--seed-file={self.root / 'munged.seed'}",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
         self._start_mariadb()
         subprocess.run([which("slurmdbd")], check=True, env=env, capture_output=True)
-        self._wait("slurmdbd", lambda: self.run("sacctmgr", "--noheader", "list", "cluster", check=False).returncode == 0)
+        self._wait(
+            "slurmdbd", lambda: self.run("sacctmgr", "--noheader", "list", "cluster", check=False).returncode == 0
+        )
         self.run("sacctmgr", "--immediate", "add", "cluster", CLUSTER)
         self.run("sacctmgr", "--immediate", "add", "account", ACCOUNT, f"cluster={CLUSTER}")
         self.run("sacctmgr", "--immediate", "add", "user", self.user, f"account={ACCOUNT}", f"defaultaccount={ACCOUNT}")
         subprocess.run([which("slurmctld"), "-f", str(self.conf)], check=True, env=env, capture_output=True)
-        subprocess.run([which("slurmd"), "-f", str(self.conf), "-N", "localhost"], check=True, env=env,
-                       capture_output=True)
-        self._wait("the node", lambda: self.run("sinfo", "--noheader", "--format=%P %t", check=False).stdout.split()
-                   == [word for i, name in enumerate(self.partitions) for word in (name + "*" * (i == 0), "idle")])
+        subprocess.run(
+            [which("slurmd"), "-f", str(self.conf), "-N", "localhost"], check=True, env=env, capture_output=True
+        )
+        self._wait(
+            "the node",
+            lambda: (
+                self.run("sinfo", "--noheader", "--format=%P %t", check=False).stdout.split()
+                == [word for i, name in enumerate(self.partitions) for word in (name + "*" * (i == 0), "idle")]
+            ),
+        )
         return self
 
     def set_partition_state(self, partition: str, state: str) -> None:

@@ -17,9 +17,27 @@ from packaging.requirements import Requirement
 from spython.main.parse.parsers import SingularityParser
 
 DEF = REPO / "containers" / "brainage.def"
-KNOWN_SECTIONS = {"setup", "files", "post", "environment", "runscript", "startscript", "test",
-                  "labels", "help", "app", "appinstall", "appenv", "apprun", "applabels",
-                  "appfiles", "apphelp", "apptest", "appstart", "arguments"}
+KNOWN_SECTIONS = {
+    "setup",
+    "files",
+    "post",
+    "environment",
+    "runscript",
+    "startscript",
+    "test",
+    "labels",
+    "help",
+    "app",
+    "appinstall",
+    "appenv",
+    "apprun",
+    "applabels",
+    "appfiles",
+    "apphelp",
+    "apptest",
+    "appstart",
+    "arguments",
+}
 
 
 def _sections(text: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -46,7 +64,7 @@ def _pip_installs(post: str) -> list[list[str]]:
     for line in joined.splitlines():
         words = shlex.split(line, comments=True)
         if "pip" in words and "install" in words:
-            commands.append(words[words.index("install") + 1:])
+            commands.append(words[words.index("install") + 1 :])
     return commands
 
 
@@ -82,7 +100,9 @@ def test_base_image_carries_the_pinned_torch():
 def test_post_installs_the_pyproject_dependency_set():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     # the image runs the default workflow, whose Biased-MNIST track needs the debias extra
-    expected = _canonical(pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["debias"])
+    expected = _canonical(
+        pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["debias"]
+    )
     _, sections = _sections(DEF.read_text())
     installs = _pip_installs(sections["post"])
     listed = [w for cmd in installs for w in cmd if not w.startswith("-") and not w.startswith("/")]
@@ -97,8 +117,13 @@ def test_files_exist_and_runscript_runs_the_workflow():
     for src, _dst in pairs:
         assert (REPO / src).exists(), f"%files source {src} is not in the repository"
     dsts = {dst for _, dst in pairs}
-    assert {"/opt/brainage/Snakefile", "/opt/brainage/brainage", "/opt/brainage/pyproject.toml",
-            "/opt/brainage/workflow", "/opt/brainage/configs"} <= dsts
+    assert {
+        "/opt/brainage/Snakefile",
+        "/opt/brainage/brainage",
+        "/opt/brainage/pyproject.toml",
+        "/opt/brainage/workflow",
+        "/opt/brainage/configs",
+    } <= dsts
     run = sections["runscript"]
     assert "snakemake" in run and "--snakefile /opt/brainage/Snakefile" in run and '"$@"' in run
     assert "brainage --help" in sections["test"]
@@ -118,8 +143,10 @@ def test_image_test_checks_installed_versions_against_pyproject():
     ok = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert ok.returncode == 0 and "requirements of brainage checked" in ok.stdout, ok.stderr
     # the same check fails on a numpy outside the pin, naming it
-    fake = ("import importlib.metadata as m\n_version = m.version\n"
-            "m.version = lambda name: '2.1.0' if name == 'numpy' else _version(name)\n")
+    fake = (
+        "import importlib.metadata as m\n_version = m.version\n"
+        "m.version = lambda name: '2.1.0' if name == 'numpy' else _version(name)\n"
+    )
     bad = subprocess.run([sys.executable, "-c", fake + script], capture_output=True, text=True)
     assert bad.returncode != 0 and "numpy 2.1.0 (pyproject.toml: <2,>=1.24)" in bad.stderr, bad.stderr
 
@@ -154,18 +181,26 @@ def test_runscript_runs_the_workflow_as_the_readme_says(tmp_path):
     results = tmp_path / "results-here"
     results.mkdir()
 
-    default = subprocess.run(["bash", str(runscript), "-n"], cwd=results, env=env, capture_output=True, text=True,
-                             timeout=300)
+    default = subprocess.run(
+        ["bash", str(runscript), "-n"], cwd=results, env=env, capture_output=True, text=True, timeout=300
+    )
     assert default.returncode == 0, default.stderr[-3000:]
     assert re.search(r"^simulate\s+1$", default.stdout, flags=re.M), default.stdout[-3000:]
 
     write_openbhb(tmp_path / "openBHB", n=80)  # 41 training subjects: the parse-time check wants >= batch_size 32
     command = re.search(r"apptainer run --nv --bind \S+ brainage.sif \\\n\s*(.*)", sections["help"])[1]
-    arguments = shlex.split(command.replace("/data/openBHB", str(tmp_path / "openBHB")).replace("/opt/brainage",
-                                                                                                   str(opt)))
+    arguments = shlex.split(
+        command.replace("/data/openBHB", str(tmp_path / "openBHB")).replace("/opt/brainage", str(opt))
+    )
     assert arguments[:2] == ["--configfile", f"{opt}/configs/openbhb.yaml"]
-    openbhb = subprocess.run(["bash", str(runscript), *arguments, "-n", "-p"], cwd=results, env=env,
-                             capture_output=True, text=True, timeout=300)
+    openbhb = subprocess.run(
+        ["bash", str(runscript), *arguments, "-n", "-p"],
+        cwd=results,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert openbhb.returncode == 0, openbhb.stderr[-3000:]
     assert f"brainage preprocess --data {tmp_path / 'openBHB'} " in openbhb.stdout, openbhb.stdout[-3000:]
     assert not re.search(r"^simulate\s", openbhb.stdout, flags=re.M)

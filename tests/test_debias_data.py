@@ -41,8 +41,18 @@ from brainage.debias.data import (
 from brainage.debias.data.corrupted import PROTOCOLS, corruption_function
 
 # The ReBias palette as printed in the reference notes (RGB, index = class).
-REBIAS = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [225, 225, 0], [225, 0, 225],
-          [0, 255, 255], [255, 128, 0], [255, 0, 128], [128, 0, 255], [128, 128, 128]]
+REBIAS = [
+    [255, 0, 0],
+    [0, 255, 0],
+    [0, 0, 255],
+    [225, 225, 0],
+    [225, 0, 225],
+    [0, 255, 255],
+    [255, 128, 0],
+    [255, 0, 128],
+    [128, 0, 255],
+    [128, 128, 128],
+]
 
 
 def _digits(counts: dict[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -294,8 +304,12 @@ def _cifar_batch(path, n, label_key, n_classes, seed):
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, n_classes, size=n)]
-    batch = {b"batch_label": b"fixture", label_key: labels, b"data": data,
-             b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+    batch = {
+        b"batch_label": b"fixture",
+        label_key: labels,
+        b"data": data,
+        b"filenames": [f"img{i}.png".encode() for i in range(n)],
+    }
     with open(path, "wb") as fh:
         pickle.dump(batch, fh, protocol=2)
     return data, np.array(labels)
@@ -476,10 +490,19 @@ def test_imagenet_a_fixed_map_needs_no_class_order(tmp_path):
     assert [table[w] for w in sorted(table)] == [by_index[i] for i in sorted(by_index)]
 
     root = tmp_path / "imagenet-a"
-    folders = {"n02085620": 0, "n02124075": 1, "n01644900": 2, "n01669191": 3, "n01847000": 4,
-               "n02492035": 5, "n02655020": 6, "n01981276": 7, "n02219486": 8,
-               "n01498041": None,  # stingray: not one of the nine super-classes
-               "n02088094": None}  # Afghan hound: in the dog range, not in ReBias's subset
+    folders = {
+        "n02085620": 0,
+        "n02124075": 1,
+        "n01644900": 2,
+        "n01669191": 3,
+        "n01847000": 4,
+        "n02492035": 5,
+        "n02655020": 6,
+        "n01981276": 7,
+        "n02219486": 8,
+        "n01498041": None,  # stingray: not one of the nine super-classes
+        "n02088094": None,
+    }  # Afghan hound: in the dog range, not in ReBias's subset
     for wnid in folders:
         png(root / wnid / f"{wnid}_a.jpg", 1, size=4)
         png(root / wnid / f"{wnid}_b.jpg", 2, size=4)

@@ -153,7 +153,12 @@ def test_texture_clusters_from_csv_follow_the_listing(tmp_path):
     listing = read_imagenet9(root)
     # the listing: sorted folders (n02085620 < n02219486), sorted file names
     assert [f"{p.parent.name}/{p.name}" for p in listing.paths] == [
-        "n02085620/y.png", "n02085620/z.png", "n02219486/a.png", "n02219486/b.png", "n02219486/c.png"]
+        "n02085620/y.png",
+        "n02085620/z.png",
+        "n02219486/a.png",
+        "n02219486/b.png",
+        "n02219486/c.png",
+    ]
     table = tmp_path / "clusters.csv"
     table.write_text(
         "path,category,cluster1,cluster2\n"
@@ -191,9 +196,35 @@ def test_debias_eval_on_imagenet_layout(tmp_path, capsys):
     data = load_array_set(npz)
     assert data.labels.tolist() == [0] * 12 + [8] * 12 and data.bias.tolist() == [-1] * 24
     ckpt = tmp_path / "ce.pt"
-    assert main(["debias-train", "--train", str(npz), "--val", str(npz), "--method", "ce", "--width", "0.125",
-                 "--epochs", "1", "--batch-size", "8", "--milestones", "", "--threads", "1", "--device", "cpu",
-                 "--out", str(ckpt), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "debias-train",
+                "--train",
+                str(npz),
+                "--val",
+                str(npz),
+                "--method",
+                "ce",
+                "--width",
+                "0.125",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--milestones",
+                "",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(ckpt),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
     # clusters in the listing order (dog img_00..img_11, then insect img_00..img_11):
     # clustering 1: dog all in cluster 0 (12); insect img_00..09 in cluster 1 (10), img_10, 11 in 2 (dropped)
@@ -203,9 +234,27 @@ def test_debias_eval_on_imagenet_layout(tmp_path, capsys):
     np.save(tmp_path / "c1.npy", c1)
     torch.save(torch.from_numpy(c2), tmp_path / "c2.pth")
     out = tmp_path / "eval.json"
-    assert main(["debias-eval", "--model", str(ckpt), "--test", str(npz), "--attacker-train", str(npz),
-                 "--texture-clusters", str(tmp_path / "c1.npy"), str(tmp_path / "c2.pth"), "--threads", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "debias-eval",
+                "--model",
+                str(ckpt),
+                "--test",
+                str(npz),
+                "--attacker-train",
+                str(npz),
+                "--texture-clusters",
+                str(tmp_path / "c1.npy"),
+                str(tmp_path / "c2.pth"),
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (record,) = json.loads(out.read_text())
     for key in ("attacker_acc", "attacker_chance", "test_aligned_acc", "test_conflicting_acc"):
         assert record[key] is None, key
@@ -232,7 +281,18 @@ def test_debias_eval_on_imagenet_layout(tmp_path, capsys):
     assert record2["attacker_acc"] is None and "texture_unbiased_acc" not in record2
     np.save(tmp_path / "short.npy", c1[:-1])
     capsys.readouterr()
-    code = main(["debias-eval", "--model", str(ckpt), "--test", str(npz), "--texture-clusters",
-                 str(tmp_path / "short.npy"), "--out", str(tmp_path / "e3.json")])
+    code = main(
+        [
+            "debias-eval",
+            "--model",
+            str(ckpt),
+            "--test",
+            str(npz),
+            "--texture-clusters",
+            str(tmp_path / "short.npy"),
+            "--out",
+            str(tmp_path / "e3.json"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "short.npy: expected 24 cluster labels" in err and not (tmp_path / "e3.json").exists()

@@ -101,7 +101,9 @@ def test_joint_objectives():
     feats, labels, bias, logits = _batch(1)
     loss, probe, parts = build_objective(MethodConfig("ce"))(feats, logits, labels, bias)
     assert probe is None and torch.allclose(loss, F.cross_entropy(logits, labels))
-    loss, probe, parts = build_objective(MethodConfig("ce-end", end_alpha=0.7, end_beta=0.2))(feats, logits, labels, bias)
+    loss, probe, parts = build_objective(MethodConfig("ce-end", end_alpha=0.7, end_beta=0.2))(
+        feats, logits, labels, bias
+    )
     expected = F.cross_entropy(logits, labels) + EnDRegularizer(0.7, 0.2)(feats[:, 0], labels, bias)
     assert probe is None and torch.allclose(loss, expected) and set(parts) == {"ce", "end"}
     with pytest.raises(ValueError, match="unknown method"):
@@ -116,7 +118,7 @@ def test_augment_batch_crops_and_flips():
     assert out.shape == x.shape
     padded = F.pad(x, (1, 1, 1, 1))
     for i in range(2):
-        windows = [padded[i, :, r:r + 4, c:c + 4] for r in range(3) for c in range(3)]
+        windows = [padded[i, :, r : r + 4, c : c + 4] for r in range(3) for c in range(3)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
     same = [augment_batch(x, torch.Generator().manual_seed(5), padding=0) for _ in range(2)]
     assert torch.equal(same[0], same[1])

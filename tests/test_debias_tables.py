@@ -20,8 +20,16 @@ def _records():
         ("eps-supinfonce-fairkl", 0.99, (0.96, 0.96), (0.12, 0.10)),
     ]:
         for seed, (acc, att) in enumerate(zip(accs, attacks)):
-            rows.append({"method": method, "rho": rho, "seed": seed, "test_acc": acc, "attacker_acc": att,
-                         "ref_protocol_acc": acc + 0.05})
+            rows.append(
+                {
+                    "method": method,
+                    "rho": rho,
+                    "seed": seed,
+                    "test_acc": acc,
+                    "attacker_acc": att,
+                    "ref_protocol_acc": acc + 0.05,
+                }
+            )
     return rows
 
 
@@ -52,8 +60,9 @@ def test_privacy_cells():
 
 
 def test_single_seed_has_no_std():
-    shown, _ = table2(records_frame([{"method": "ce", "rho": 0.997, "seed": 0, "test_acc": 0.625,
-                                      "attacker_acc": 0.5}]))
+    shown, _ = table2(
+        records_frame([{"method": "ce", "rho": 0.997, "seed": 0, "test_acc": 0.625, "attacker_acc": 0.5}])
+    )
     assert shown.iloc[0]["0.997"] == "62.5"
 
 

@@ -86,8 +86,9 @@ def test_every_method_trains_without_nan(digits, method):
     small = {k: (v[0][::5], v[1][::5]) for k, v in digits.items()}
     train = _coloured(small, "train", 0.99, 0)
     val = _coloured(small, "val", 0.1, 1)
-    result = train_model(MethodConfig(method), _config(epochs=1, width=0.125, batch_size=30), train, val,
-                         progress=False)
+    result = train_model(
+        MethodConfig(method), _config(epochs=1, width=0.125, batch_size=30), train, val, progress=False
+    )
     assert all(np.isfinite(v) for h in result.history for k, v in h.items() if isinstance(v, float))
     if method != "ce-end":
         assert "contrastive" in result.history[0]
@@ -108,9 +109,15 @@ def test_checkpoint_loads_with_weights_only(tmp_path, digits):
     small = {k: (v[0][::10], v[1][::10]) for k, v in digits.items()}
     save_array_set(tmp_path / "train.npz", _coloured(small, "train", 0.99, 0))
     save_array_set(tmp_path / "val.npz", _coloured(small, "val", 0.1, 1))
-    train_step(tmp_path / "train.npz", tmp_path / "val.npz", tmp_path / "m.pt", {"name": "ce"},
-               dict(width=0.125, epochs=1, batch_size=16, milestones=[], threads=1), progress=False,
-               tags={"rho": 0.99})
+    train_step(
+        tmp_path / "train.npz",
+        tmp_path / "val.npz",
+        tmp_path / "m.pt",
+        {"name": "ce"},
+        dict(width=0.125, epochs=1, batch_size=16, milestones=[], threads=1),
+        progress=False,
+        tags={"rho": 0.99},
+    )
     record = torch.load(tmp_path / "m.pt", weights_only=True)
     assert record["tags"] == {"rho": 0.99} and record["method"]["name"] == "ce"
     assert all(isinstance(v, torch.Tensor) for v in record["state_dict"].values())

@@ -65,7 +65,7 @@ def _project_error_classes():
             continue
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
-            if (inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name):
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name:
                 yield info.name, name, obj
 
 

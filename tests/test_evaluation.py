@@ -56,13 +56,16 @@ def test_challenge_score_by_hand():
     assert round(2.0**-1.8, 3) == 0.287
 
 
-@pytest.mark.parametrize("bacc, ext, message", [
-    (6.7, 4.18, "percentage"),
-    (-0.01, 4.0, "fraction"),
-    (float("nan"), 4.0, "fraction"),
-    (0.5, -1.0, "ext_mae"),
-    (0.5, float("inf"), "ext_mae"),
-])
+@pytest.mark.parametrize(
+    "bacc, ext, message",
+    [
+        (6.7, 4.18, "percentage"),
+        (-0.01, 4.0, "fraction"),
+        (float("nan"), 4.0, "fraction"),
+        (0.5, -1.0, "ext_mae"),
+        (0.5, float("inf"), "ext_mae"),
+    ],
+)
 def test_challenge_score_rejects_out_of_range(bacc, ext, message):
     with pytest.raises(ValueError, match=message):
         challenge_score(bacc, ext)
@@ -102,8 +105,12 @@ def test_evaluate_features_matches_the_probes_run_directly():
     age = GridSearchCV(Ridge(), {"alpha": grid}, cv=5, scoring="r2").fit(train[0], train[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        site = GridSearchCV(LogisticRegression(solver="saga", max_iter=150, random_state=0), {"C": grid},
-                            cv=5, scoring="balanced_accuracy").fit(train[0], train[2])
+        site = GridSearchCV(
+            LogisticRegression(solver="saga", max_iter=150, random_state=0),
+            {"C": grid},
+            cv=5,
+            scoring="balanced_accuracy",
+        ).fit(train[0], train[2])
     p_in, p_ex = age.predict(internal[0]), age.predict(external[0])
     bacc = balanced_accuracy_score(internal[2], site.predict(internal[0]))
     ext = np.mean(np.abs(p_ex - external[1]))
@@ -170,11 +177,13 @@ def test_bad_inputs_are_named():
 
 def test_more_than_ten_thousand_features_is_refused_unless_allowed():
     rng = np.random.default_rng(5)
+
     def wide(n, sites):
         age = rng.uniform(10, 60, n)
         x = rng.normal(0, 1, (n, 10_001)).astype(np.float32)
         x[:, 0] = age
         return x, age, rng.choice(sites, n)
+
     train, internal, external = wide(20, ["a", "b"]), wide(12, ["a", "b"]), wide(6, ["z"])
     with pytest.raises(ValueError, match="at most 10000"):
         evaluate_features(train, internal, external)
@@ -201,9 +210,11 @@ def test_bias_correction_on_an_exact_line():
 
 def test_bias_correction_removes_the_gap_age_correlation_on_held_out_data():
     rng = np.random.default_rng(6)
+
     def regressed(n):
         age = rng.uniform(8, 85, n)
         return age, 0.6 * age + 0.4 * 35.0 + rng.normal(0, 4, n)
+
     cal_age, cal_pred = regressed(1500)
     new_age, new_pred = regressed(1500)
     raw_r = stats.pearsonr(new_age, new_pred - new_age)[0]
@@ -230,9 +241,22 @@ def test_bias_correction_removes_the_gap_age_correlation_on_held_out_data():
 
 def write_scores(path, method, seed, int_mae, bacc, ext_mae, **extra):
     path.parent.mkdir(parents=True, exist_ok=True)
-    rec = dict(method=method, seed=seed, model="ResNet-18", int_mae=int_mae, bacc=bacc, ext_mae=ext_mae,
-               challenge_score=bacc**0.3 * ext_mae, bacc_chance=0.25, int_rmse=1.0, ext_rmse=1.0,
-               int_r=0.9, ext_r=0.9, challenge_protocol=True, **extra)
+    rec = dict(
+        method=method,
+        seed=seed,
+        model="ResNet-18",
+        int_mae=int_mae,
+        bacc=bacc,
+        ext_mae=ext_mae,
+        challenge_score=bacc**0.3 * ext_mae,
+        bacc_chance=0.25,
+        int_rmse=1.0,
+        ext_rmse=1.0,
+        int_r=0.9,
+        ext_r=0.9,
+        challenge_protocol=True,
+        **extra,
+    )
     path.write_text(json.dumps(rec))
     return path
 
@@ -243,14 +267,16 @@ def test_aggregation_mean_and_std_by_hand_and_table_layout(tmp_path):
         write_scores(ev / "l1/seed0/scores.json", "l1", 0, 2.0, 0.10, 4.0, site_given_age_bacc=0.05, sex_bacc=0.6),
         write_scores(ev / "l1/seed1/scores.json", "l1", 1, 3.0, 0.20, 4.0, site_given_age_bacc=0.07, sex_bacc=0.8),
         write_scores(ev / "l1/seed2/scores.json", "l1", 2, 4.0, 0.30, 4.0, site_given_age_bacc=0.09, sex_bacc=None),
-        write_scores(ev / "exp/seed0/scores.json", "exp", 0, 2.5, 0.05, 3.0, details="rbf, sigma 2",
-                     formulation="reference"),
+        write_scores(
+            ev / "exp/seed0/scores.json", "exp", 0, 2.5, 0.05, 3.0, details="rbf, sigma 2", formulation="reference"
+        ),
         write_scores(ev / "combat_l1/seed0/scores.json", "combat_l1", 0, 4.0, 0.04, 5.0),
         write_scores(ev / "reference/age-oracle/scores.json", "ref_age_oracle", None, 0.1, 0.12, 0.2),
     ]
     meta = tmp_path / "cache.json"
-    meta.write_text(json.dumps({"harmonization": {
-        "external_strategy": "none", "external_test": "left unharmonised on purpose"}}))
+    meta.write_text(
+        json.dumps({"harmonization": {"external_strategy": "none", "external_test": "left unharmonised on purpose"}})
+    )
     from brainage.evaluation.table import harmonization_note
 
     written = write_table(load_scores(paths), tmp_path / "tables", harmonization=harmonization_note(meta))
@@ -296,10 +322,26 @@ def test_aggregation_mean_and_std_by_hand_and_table_layout(tmp_path):
 
 
 def test_table_reads_method_and_seed_from_the_path_and_aggregates_folds(tmp_path):
-    p = write_scores(tmp_path / "thr/seed7/scores.json", None, None, 1.0, 0.5, 2.0,
-                     folds=[dict(fold=f"f{i}", int_mae=1.0 + i, bacc=0.5, ext_mae=2.0,
-                                 challenge_score=0.5**0.3 * 2.0, bacc_chance=0.25, challenge_protocol=True)
-                            for i in range(3)])
+    p = write_scores(
+        tmp_path / "thr/seed7/scores.json",
+        None,
+        None,
+        1.0,
+        0.5,
+        2.0,
+        folds=[
+            dict(
+                fold=f"f{i}",
+                int_mae=1.0 + i,
+                bacc=0.5,
+                ext_mae=2.0,
+                challenge_score=0.5**0.3 * 2.0,
+                bacc_chance=0.25,
+                challenge_protocol=True,
+            )
+            for i in range(3)
+        ],
+    )
     reps = load_scores([p])
     assert list(reps["method_id"]) == ["thr"] * 3 and list(reps["seed"]) == [7] * 3
     assert list(reps["int_mae"]) == [1.0, 2.0, 3.0]
@@ -314,15 +356,31 @@ def test_table_reads_method_and_seed_from_the_path_and_aggregates_folds(tmp_path
 def evaluated(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     feats = write_feature_dir(base / "features" / "l1" / "seed3", seed=3)
-    folds = {f"fold{k}": {
-        "train": [f"tra{i:03d}" for i in range(200) if i % 3 != k] + [f"int{i:03d}" for i in range(60)],
-        "internal_test": [f"tra{i:03d}" for i in range(200) if i % 3 == k],
-        "external_test": [f"ext{i:03d}" for i in range(80)],
-    } for k in range(3)}
+    folds = {
+        f"fold{k}": {
+            "train": [f"tra{i:03d}" for i in range(200) if i % 3 != k] + [f"int{i:03d}" for i in range(60)],
+            "internal_test": [f"tra{i:03d}" for i in range(200) if i % 3 == k],
+            "external_test": [f"ext{i:03d}" for i in range(80)],
+        }
+        for k in range(3)
+    }
     (base / "folds.json").write_text(json.dumps(folds))
     out = base / "evaluation" / "l1" / "seed3"
-    code = main(["evaluate", "--features", str(feats), "--out", str(out), "--method", "l1", "--seed", "3",
-                 "--folds", str(base / "folds.json")])
+    code = main(
+        [
+            "evaluate",
+            "--features",
+            str(feats),
+            "--out",
+            str(out),
+            "--method",
+            "l1",
+            "--seed",
+            "3",
+            "--folds",
+            str(base / "folds.json"),
+        ]
+    )
     assert code == 0
     return base, feats, out, folds
 
@@ -338,8 +396,7 @@ def test_cli_evaluate_writes_scores_predictions_and_figures(evaluated):
     assert scores["head"]["int_mae"] == pytest.approx(1.0)  # the stored prediction is age + 1
 
     pred = pd.read_csv(out / "predictions.csv", dtype={"participant_id": str})
-    assert list(pred.columns[:7]) == ["participant_id", "split", "site", "age", "predicted_age", "gap",
-                                      "corrected_gap"]
+    assert list(pred.columns[:7]) == ["participant_id", "split", "site", "age", "predicted_age", "gap", "corrected_gap"]
     assert pred["split"].value_counts().to_dict() == {"train": 200, "internal_test": 120, "external_test": 80}
     internal = pred[pred["split"] == "internal_test"]
     external = pred[pred["split"] == "external_test"]
@@ -348,12 +405,14 @@ def test_cli_evaluate_writes_scores_predictions_and_figures(evaluated):
     assert np.mean(np.abs(external["gap"])) == pytest.approx(scores["ext_mae"])
     # external corrected gap: line fitted on the internal test set only
     a, b = np.polyfit(internal["age"], internal["predicted_age"], 1)
-    np.testing.assert_allclose(external["corrected_gap"], (external["predicted_age"] - b) / a - external["age"],
-                               rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(
+        external["corrected_gap"], (external["predicted_age"] - b) / a - external["age"], rtol=1e-8, atol=1e-8
+    )
     gap = scores["brain_age_gap"]
     assert gap["slope"] == pytest.approx(a, rel=1e-6) and gap["intercept"] == pytest.approx(b, rel=1e-6)
     assert gap["corrected_gap_stats"]["external_test"]["mean"] == pytest.approx(
-        np.mean((external["predicted_age"] - b) / a - external["age"]), abs=1e-6)
+        np.mean((external["predicted_age"] - b) / a - external["age"]), abs=1e-6
+    )
     # internal corrected gap: not the in-sample fit
     assert not np.allclose(internal["corrected_gap"], (internal["predicted_age"] - b) / a - internal["age"])
     for name in ("predicted_vs_true", "per_site_mae", "embedding_pca"):
@@ -385,8 +444,7 @@ def test_cli_folds_are_scored_on_their_own_subjects(evaluated):
 
 def test_cli_table_end_to_end(evaluated, tmp_path):
     base, feats, out, _ = evaluated
-    code = main(["table", "--scores", str(base / "evaluation" / "*" / "seed*" / "scores.json"),
-                 "--out", str(tmp_path)])
+    code = main(["table", "--scores", str(base / "evaluation" / "*" / "seed*" / "scores.json"), "--out", str(tmp_path)])
     assert code == 0
     csv = pd.read_csv(tmp_path / "openbhb_table.csv")
     row = csv[csv["source"] == "computed (this run)"].iloc[0]
@@ -404,17 +462,25 @@ def test_fold_file_with_row_numbers_needs_the_id_table(tmp_path):
         load_folds(path)
     (tmp_path / "train.tsv").write_text("participant_id\tage\nA\t1\nB\t2\nC\t3\nD\t4\n")
     assert load_folds(path, tmp_path / "train.tsv") == {
-        "f": {"train": ["A", "C"], "internal_test": ["B"], "external_test": ["D"]}}
+        "f": {"train": ["A", "C"], "internal_test": ["B"], "external_test": ["D"]}
+    }
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("nan", r"internal_test\.npz: features contain NaN or inf in 1 row\(s\), first at row 5 \(participant int005\)"),
-    ("one_site", r"train\.npz: all 200 training subjects come from one site .*site probe"),
-    ("missing", r"missing feature file\(s\) \['external_test\.npz'\]"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        (
+            "nan",
+            r"internal_test\.npz: features contain NaN or inf in 1 row\(s\), first at row 5 \(participant int005\)",
+        ),
+        ("one_site", r"train\.npz: all 200 training subjects come from one site .*site probe"),
+        ("missing", r"missing feature file\(s\) \['external_test\.npz'\]"),
+    ],
+)
 def test_cli_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys, kind, message):
-    feats = write_feature_dir(tmp_path / "f", nan_row=5 if kind == "nan" else None,
-                              one_site=kind == "one_site", head=False)
+    feats = write_feature_dir(
+        tmp_path / "f", nan_row=5 if kind == "nan" else None, one_site=kind == "one_site", head=False
+    )
     if kind == "missing":
         (feats / "external_test.npz").unlink()
     out = tmp_path / "out"
@@ -433,9 +499,14 @@ def test_evaluate_rule_dry_run_on_hand_made_features(tmp_path):
     write_feature_dir(tmp_path / "results" / "default" / "features" / "exp" / "seed1")
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     target = "results/default/evaluation/exp/seed1/scores.json"
-    res = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n",
-                          "-p", "--cores", "1", target], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "-p", "--cores", "1", target],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr + res.stdout
     assert "rule evaluate:" in res.stdout
     assert "brainage evaluate --features results/default/features/exp/seed1" in res.stdout
@@ -462,8 +533,12 @@ def test_cli_leaves_the_corrected_gap_empty_when_predictions_ignore_age(tmp_path
     feats = tmp_path / "f"
     feats.mkdir()
     for split, n, sites in (("train", 80, SITES), ("internal_test", 40, SITES), ("external_test", 20, ["z"])):
-        np.savez(feats / f"{split}.npz", features=rng.normal(0, 1, (n, 6)).astype(np.float32),
-                 age=rng.uniform(10, 70, n), site=rng.choice(sites, n))
+        np.savez(
+            feats / f"{split}.npz",
+            features=rng.normal(0, 1, (n, 6)).astype(np.float32),
+            age=rng.uniform(10, 70, n),
+            site=rng.choice(sites, n),
+        )
     with pytest.warns(UserWarning, match="age-bias correction skipped"):
         assert main(["evaluate", "--features", str(feats), "--out", str(tmp_path / "out")]) == 0
     scores = json.loads((tmp_path / "out" / "scores.json").read_text())
@@ -487,8 +562,14 @@ def confounded_dir(folder, seed=0):
         site = np.repeat(names, counts)
         age = np.concatenate([rng.uniform(*ranges[k], c) for k, c in zip(ranges, counts)])
         sex = rng.choice(["female", "male"], len(age))
-        np.savez(folder / f"{split}.npz", features=rng.normal(size=(len(age), 3)).astype(np.float32), age=age,
-                 site=site, sex=sex, participant_id=np.array([f"{split[:3]}{i:03d}" for i in range(len(age))]))
+        np.savez(
+            folder / f"{split}.npz",
+            features=rng.normal(size=(len(age), 3)).astype(np.float32),
+            age=age,
+            site=site,
+            sex=sex,
+            participant_id=np.array([f"{split[:3]}{i:03d}" for i in range(len(age))]),
+        )
         data[split] = (age, site, sex)
     return data
 
@@ -549,9 +630,16 @@ def test_site_given_age_separates_age_from_site_information():
     for x, leaks in ((age_only, False), (with_site, True)):
         res = collateral_scores((x[0], y_tr, s_tr), (x[1], y_in, s_in), None, settings)
         site_probe_alone = balanced_accuracy_score(
-            s_in, GridSearchCV(LogisticRegression(solver="saga", max_iter=150, random_state=0),
-                               {"C": 10.0 ** np.arange(-2, 3)}, cv=5, scoring="balanced_accuracy")
-            .fit(x[0], s_tr).predict(x[1]))
+            s_in,
+            GridSearchCV(
+                LogisticRegression(solver="saga", max_iter=150, random_state=0),
+                {"C": 10.0 ** np.arange(-2, 3)},
+                cv=5,
+                scoring="balanced_accuracy",
+            )
+            .fit(x[0], s_tr)
+            .predict(x[1]),
+        )
         assert site_probe_alone > 0.6  # age alone already tells the site (chance 0.25)
         if leaks:
             assert res["site_given_age_bacc"] > 0.6  # measured 0.77: site information beyond age

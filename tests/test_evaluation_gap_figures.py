@@ -135,8 +135,9 @@ def captured(monkeypatch):
 
 
 def test_site_order_puts_external_only_sites_last():
-    seen, ext = figures.site_order({"train": ["b", "a", "b"], "internal_test": ["c", "a"],
-                                    "external_test": ["z", "a", "y"]})
+    seen, ext = figures.site_order(
+        {"train": ["b", "a", "b"], "internal_test": ["c", "a"], "external_test": ["z", "a", "y"]}
+    )
     assert seen == ["a", "b", "c"] and ext == ["y", "z"]
     assert figures.site_order({"train": ["b"], "internal_test": ["a"], "external_test": None}) == (["a", "b"], [])
 
@@ -145,8 +146,11 @@ def test_embedding_with_64_sites_has_a_site_colour_bar_and_marked_external_subje
     rng = np.random.default_rng(13)
     seen = [f"site{i:02d}" for i in range(64)]
     unseen = [f"ext{i}" for i in range(6)]
-    sites = {"train": rng.choice(seen, 500), "internal_test": rng.choice(seen, 200),
-             "external_test": rng.choice(unseen, 100)}
+    sites = {
+        "train": rng.choice(seen, 500),
+        "internal_test": rng.choice(seen, 200),
+        "external_test": rng.choice(unseen, 100),
+    }
     feats = {s: rng.normal(0, 1, (len(v), 5)) for s, v in sites.items()}
     path = figures.plot_embedding(feats, sites, tmp_path / "emb.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -161,7 +165,10 @@ def test_embedding_with_64_sites_has_a_site_colour_bar_and_marked_external_subje
     assert [t.get_text() for t in ticks if to_rgba(t.get_color()) == red] == ["ext0", "ext2", "ext4"]
     # split legend; the external points are the black-edged ones
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "train", "internal test", "external test (unseen sites)"]
+        "train",
+        "internal test",
+        "external test (unseen sites)",
+    ]
     edged = [c for c in ax.collections if len(c.get_linewidths()) and c.get_linewidths()[0] > 0]
     assert len(edged) == 1 and len(edged[0].get_offsets()) == 100
     assert np.allclose(edged[0].get_edgecolor()[0][:3], 0.0)  # black (alpha 0.8 as the faces)
@@ -171,18 +178,25 @@ def test_embedding_with_64_sites_has_a_site_colour_bar_and_marked_external_subje
 
 
 def test_tradeoff_one_marker_and_colour_per_method_with_a_legend(tmp_path, captured):
-    table = pd.DataFrame({
-        "method": ["L1 baseline", "ComBat + L1", "y-aware", "L^thr", "L^exp"],
-        "model": ["ResNet-18"] * 5,
-        "bacc_pct_mean": [30.0, 30.1, 30.2, 30.0, 29.9], "bacc_pct_std": [1.0, np.nan, 0.5, 0.5, 0.5],
-        "ext_mae_mean": [5.0, 5.01, 5.0, 5.02, 4.99], "ext_mae_std": [0.1, 0.1, np.nan, 0.1, 0.1],
-    })
+    table = pd.DataFrame(
+        {
+            "method": ["L1 baseline", "ComBat + L1", "y-aware", "L^thr", "L^exp"],
+            "model": ["ResNet-18"] * 5,
+            "bacc_pct_mean": [30.0, 30.1, 30.2, 30.0, 29.9],
+            "bacc_pct_std": [1.0, np.nan, 0.5, 0.5, 0.5],
+            "ext_mae_mean": [5.0, 5.01, 5.0, 5.02, 4.99],
+            "ext_mae_std": [0.1, 0.1, np.nan, 0.1, 0.1],
+        }
+    )
     table["challenge_score_mean"] = (table["bacc_pct_mean"] / 100) ** 0.3 * table["ext_mae_mean"]
     figures.plot_tradeoff(table, tmp_path / "t.png")
     (ax,) = captured[0].axes
     assert [t.get_text() for t in ax.get_legend().get_texts()] == list(table["method"])
-    points = [line for line in ax.get_lines() if line.get_marker() not in ("None", "", None, "_", "|")
-              and len(line.get_xdata()) == 1]
+    points = [
+        line
+        for line in ax.get_lines()
+        if line.get_marker() not in ("None", "", None, "_", "|") and len(line.get_xdata()) == 1
+    ]
     assert len(points) == 5
     assert len({p.get_marker() for p in points}) == 5
     assert len({to_rgba(p.get_color()) for p in points}) == 5
@@ -201,10 +215,26 @@ def test_tradeoff_one_marker_and_colour_per_method_with_a_legend(tmp_path, captu
 
 def scores_with_seed(path, seed, random_state):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(
-        method="l1", seed=seed, model="ResNet-18", int_mae=3.0, bacc=0.1, ext_mae=4.0,
-        challenge_score=0.1**0.3 * 4.0, bacc_chance=0.25, int_rmse=1.0, ext_rmse=1.0, int_r=0.9, ext_r=0.9,
-        challenge_protocol=True, probe_settings={"random_state": random_state})))
+    path.write_text(
+        json.dumps(
+            dict(
+                method="l1",
+                seed=seed,
+                model="ResNet-18",
+                int_mae=3.0,
+                bacc=0.1,
+                ext_mae=4.0,
+                challenge_score=0.1**0.3 * 4.0,
+                bacc_chance=0.25,
+                int_rmse=1.0,
+                ext_rmse=1.0,
+                int_r=0.9,
+                ext_r=0.9,
+                challenge_protocol=True,
+                probe_settings={"random_state": random_state},
+            )
+        )
+    )
     return path
 
 
@@ -225,8 +255,18 @@ def test_table_note_states_how_saga_was_seeded(tmp_path):
 def test_evaluate_rule_declares_the_tsne_figure_only_when_asked(tmp_path, tsne):
     write_feature_dir(tmp_path / "results" / "default" / "features" / "exp" / "seed1")
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
-    args = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "-p", "--cores", "1",
-            "results/default/evaluation/exp/seed1/scores.json"]
+    args = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "-n",
+        "-p",
+        "--cores",
+        "1",
+        "results/default/evaluation/exp/seed1/scores.json",
+    ]
     if tsne:  # merged over the embedded default config
         (tmp_path / "tsne.yaml").write_text("evaluation:\n  tsne: true\n")
         args += ["--configfile", str(tmp_path / "tsne.yaml")]

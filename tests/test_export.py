@@ -38,8 +38,12 @@ def test_bundle_folder_weights_only_and_network_from_the_recorded_config(inferen
     assert set(payload) == {"format", "version", "model", "readout_coef"}
     spec = json.loads((folder / "bundle.json").read_text())
     assert spec["format"] == "brainage-model-bundle" and spec["format_version"] == 1
-    assert spec["network"]["kwargs"] == {"widen_factor": 0.125, "head": "projection", "projection_dim": 128,
-                                         "projection_hidden": None}
+    assert spec["network"]["kwargs"] == {
+        "widen_factor": 0.125,
+        "head": "projection",
+        "projection_dim": 128,
+        "projection_hidden": None,
+    }
     model, _ = load_model(inference_run / "run" / "model.pt")
     x = torch.randn(2, 1, *bundle.preprocessing.shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -74,16 +78,18 @@ def test_readout_calibration_and_errors_equal_an_independent_computation(inferen
         np.testing.assert_allclose(errors["mae"], np.mean(np.abs(predicted - age)), rtol=RIDGE_RTOL)
     age, predicted = ref["external_test"]
     corrected = (predicted - intercept) / slope - age
-    np.testing.assert_allclose(bundle.spec["evaluation"]["bundle"]["external_test"]["corrected_gap_mean"],
-                               corrected.mean(), rtol=1e-4)
+    np.testing.assert_allclose(
+        bundle.spec["evaluation"]["bundle"]["external_test"]["corrected_gap_mean"], corrected.mean(), rtol=1e-4
+    )
     # internal subjects: each corrected by a line fitted on the 4 other folds of KFold(5, shuffle, seed 0)
     age, predicted = ref["internal_test"]
     cross = np.empty_like(age)
     for fit, apply in KFold(5, shuffle=True, random_state=0).split(age):
         s, i = np.polyfit(age[fit], predicted[fit], 1)
         cross[apply] = (predicted[apply] - i) / s - age[apply]
-    np.testing.assert_allclose(bundle.spec["evaluation"]["bundle"]["internal_test"]["corrected_gap_std"],
-                               cross.std(ddof=1), rtol=1e-4)
+    np.testing.assert_allclose(
+        bundle.spec["evaluation"]["bundle"]["internal_test"]["corrected_gap_std"], cross.std(ddof=1), rtol=1e-4
+    )
 
 
 def test_training_cohort_summary(inference_run, bundle):
@@ -91,7 +97,9 @@ def test_training_cohort_summary(inference_run, bundle):
     train = table[table["split"] == "train"]
     cohort = bundle.spec["training_cohort"]
     assert cohort["n"] == len(train)
-    assert cohort["age"]["min"] == pytest.approx(train["age"].min()) and cohort["age"]["max"] == pytest.approx(train["age"].max())
+    assert cohort["age"]["min"] == pytest.approx(train["age"].min()) and cohort["age"]["max"] == pytest.approx(
+        train["age"].max()
+    )
     assert cohort["age"]["std"] == pytest.approx(train["age"].std(ddof=1))
     assert cohort["sex"] == train["sex"].value_counts().to_dict()
     assert cohort["sites"]["counts"] == train["siteXacq"].value_counts().to_dict()
@@ -107,17 +115,22 @@ def test_qc_ranges_from_the_training_images(inference_run, bundle):
     loo = [np.corrcoef(row, (total - row) / (len(rows) - 1))[0, 1] for row in rows]
     ref = bundle.spec["qc"]["reference"]
     np.testing.assert_allclose([ref["template_r"]["min"], ref["template_r"]["max"]], [min(loo), max(loo)], rtol=1e-9)
-    np.testing.assert_allclose(nib.load(inference_run / "bundle" / "reference_mean.nii.gz").get_fdata()[mask],
-                               total / len(rows), rtol=1e-6)
-    source = [np.load(next((inference_run / "data").glob(f"train/derivatives/sub-{pid}/ses-1/*.npy")))[0]
-              for pid in table["participant_id"]]
+    np.testing.assert_allclose(
+        nib.load(inference_run / "bundle" / "reference_mean.nii.gz").get_fdata()[mask], total / len(rows), rtol=1e-6
+    )
+    source = [
+        np.load(next((inference_run / "data").glob(f"train/derivatives/sub-{pid}/ses-1/*.npy")))[0]
+        for pid in table["participant_id"]
+    ]
     src_mask = bundle.preprocessing.source_mask
     signal = [np.abs(v[src_mask]).sum() / np.abs(v).sum() for v in source]
     means = [v[src_mask].mean(dtype=np.float64) for v in source]
-    np.testing.assert_allclose([ref["signal_in_mask"]["min"], ref["signal_in_mask"]["max"]],
-                               [min(signal), max(signal)], rtol=1e-6)
-    np.testing.assert_allclose([ref["intensity_mean"]["min"], ref["intensity_mean"]["max"]],
-                               [min(means), max(means)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [ref["signal_in_mask"]["min"], ref["signal_in_mask"]["max"]], [min(signal), max(signal)], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        [ref["intensity_mean"]["min"], ref["intensity_mean"]["max"]], [min(means), max(means)], rtol=1e-6
+    )
 
 
 def test_model_card_is_written_from_the_facts(inference_run, bundle):
@@ -155,12 +168,18 @@ def test_scores_and_stored_features_of_the_run(inference_run, tmp_path):
 
     extract_features(inference_run / "run", inference_run / "cache", tmp_path / "features")
     scores = run_evaluation(tmp_path / "features", tmp_path / "evaluation", method="exp", seed=0)
-    bundle = export_bundle(inference_run / "run", tmp_path / "bundle", scores=tmp_path / "evaluation" / "scores.json",
-                           features=tmp_path / "features", progress=False)
+    bundle = export_bundle(
+        inference_run / "run",
+        tmp_path / "bundle",
+        scores=tmp_path / "evaluation" / "scores.json",
+        features=tmp_path / "features",
+        progress=False,
+    )
     # the readout is the evaluation's age probe: same alpha, same internal-test error
     assert bundle.readout.alpha == scores["alpha"]
-    np.testing.assert_allclose(bundle.spec["evaluation"]["bundle"]["internal_test"]["mae"], scores["int_mae"],
-                               rtol=RIDGE_RTOL)
+    np.testing.assert_allclose(
+        bundle.spec["evaluation"]["bundle"]["internal_test"]["mae"], scores["int_mae"], rtol=RIDGE_RTOL
+    )
     card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
     assert f"balanced accuracy of {100 * scores['bacc']:.1f} % (chance: {100 * scores['bacc_chance']:.1f} %" in card
     other = json.loads((tmp_path / "evaluation" / "scores.json").read_text())
@@ -182,8 +201,9 @@ def test_l1_bundle_reads_the_regression_head(inference_run):
     expected = head * info["age_std"] + info["age_mean"]
     assert bundle.readout.kind == "head" and bundle.readout.features == "embedding"
     age = pd.read_csv(inference_run / "cache" / "internal_test.tsv", sep="\t")["age"].to_numpy(float)
-    np.testing.assert_allclose(bundle.spec["evaluation"]["bundle"]["internal_test"]["mae"],
-                               np.mean(np.abs(expected - age)), rtol=1e-5)
+    np.testing.assert_allclose(
+        bundle.spec["evaluation"]["bundle"]["internal_test"]["mae"], np.mean(np.abs(expected - age)), rtol=1e-5
+    )
 
 
 def test_a_cache_that_is_not_the_runs_is_refused(inference_run, tmp_path):

@@ -27,8 +27,11 @@ def formula_flops(config: TrainConfig, grid: tuple[int, int, int], batch: int) -
     """
     model = build_model(config).train()
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, o.shape))
-             for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, o.shape))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv3d, nn.Linear))
+    ]
     with torch.no_grad():
         model(torch.zeros(batch, 1, *grid))
     for h in hooks:
@@ -46,14 +49,33 @@ def formula_flops(config: TrainConfig, grid: tuple[int, int, int], batch: int) -
 
 def test_tiny_mode_on_cpu(tmp_path):
     out = tmp_path / "check.json"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu",
-                             "--threads", "1", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert [(r["run"], r["method"]) for r in rows] == [
-        ("defaults", "l1"), ("defaults", "exp"), ("fp32", "l1"), ("fp32", "exp"), ("reference loop", "exp")]
+        ("defaults", "l1"),
+        ("defaults", "exp"),
+        ("fp32", "l1"),
+        ("fp32", "exp"),
+        ("reference loop", "exp"),
+    ]
     size = report["size"]
     grid, batch = tuple(size["grid"]), size["batch"]
     single = formula_flops(TrainConfig(method="exp", width=size["width"]), grid, batch)

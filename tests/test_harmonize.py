@@ -67,7 +67,7 @@ def ols(X, site, sex, age):
     design = np.column_stack([(site[:, None] == sites[None]).astype(float), covariates])
     coef, *_ = np.linalg.lstsq(design, X, rcond=None)
     resid = X - design @ coef
-    return coef[: len(sites)], covariates @ coef[len(sites):], (resid**2).mean(axis=0)
+    return coef[: len(sites)], covariates @ coef[len(sites) :], (resid**2).mean(axis=0)
 
 
 # neuroCombat's make_design_matrix stores numeric covariates as float32, so the fit sees them rounded
@@ -145,8 +145,9 @@ def test_training_rows_get_the_transform_test_rows_get():
         subset = covars["SITE"].isin(["site0", "site2"]).to_numpy()
         np.testing.assert_array_equal(h.transform(X[subset], sites_of(covars)[subset]), H[subset])
         # (m_j of location-scale is a 3-term product recomputed per batch shape: a few ulps)
-        np.testing.assert_allclose(h.transform(X[:1], sites_of(covars)[:1]), H[:1], rtol=0,
-                                   atol=8 * np.finfo(float).eps * np.abs(X).max())
+        np.testing.assert_allclose(
+            h.transform(X[:1], sites_of(covars)[:1]), H[:1], rtol=0, atol=8 * np.finfo(float).eps * np.abs(X).max()
+        )
 
 
 def test_ground_truth_site_means_equal_at_fixed_age_and_age_signal_kept():
@@ -253,8 +254,11 @@ def test_transductive_option_aligns_new_sites_to_the_training_reference():
     for j in (3, 4):
         rows = site[new] == j
         np.testing.assert_allclose(H[rows].mean(axis=0), reference, rtol=0, atol=design_tolerance(X))
-        np.testing.assert_allclose(H[rows] - X[new][rows], np.broadcast_to((H[rows] - X[new][rows])[0], (rows.sum(), 200)),
-                                   atol=1e-12 * np.abs(X).max())  # one shift per site
+        np.testing.assert_allclose(
+            H[rows] - X[new][rows],
+            np.broadcast_to((H[rows] - X[new][rows])[0], (rows.sum(), 200)),
+            atol=1e-12 * np.abs(X).max(),
+        )  # one shift per site
 
 
 # --------------------------------------------------------------------------- age and bad input
@@ -285,19 +289,22 @@ def test_encode_sex():
         encode_sex(["male", None])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("one_site", "single site"),
-    ("lonely", r"\['site3'\] have a single training subject"),
-    ("nan", "NaN/inf value.*row 5, feature 7"),
-    ("sex_constant", "'sex' has no variance"),
-    ("age_constant", "age has no variance"),
-    ("age_nan", "covariate 'age' has NaN/inf at row 3"),
-    ("sex_confounded", "confounded with SITE"),
-    ("rows", "X has 160 rows but there are 159 site labels"),
-    ("columns", "exactly the columns"),
-    ("strings", "must be numeric"),
-    ("adjust", "adjust must be one of"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("one_site", "single site"),
+        ("lonely", r"\['site3'\] have a single training subject"),
+        ("nan", "NaN/inf value.*row 5, feature 7"),
+        ("sex_constant", "'sex' has no variance"),
+        ("age_constant", "age has no variance"),
+        ("age_nan", "covariate 'age' has NaN/inf at row 3"),
+        ("sex_confounded", "confounded with SITE"),
+        ("rows", "X has 160 rows but there are 159 site labels"),
+        ("columns", "exactly the columns"),
+        ("strings", "must be numeric"),
+        ("adjust", "adjust must be one of"),
+    ],
+)
 def test_bad_input_is_named(case, message):
     X, covars, _ = simulate(p=30)
     options = {}
@@ -347,8 +354,22 @@ def test_cli_end_to_end_in_closed_form(tiny_cache):
     training split only; every split is transformed from its site labels."""
     root = tiny_cache
     out = root / "combat"
-    assert main(["harmonize", "--cache", str(root / "cache"), "--out", str(out), "--chunk-size", "100000",
-                 "--no-eb", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "harmonize",
+                "--cache",
+                str(root / "cache"),
+                "--out",
+                str(out),
+                "--chunk-size",
+                "100000",
+                "--no-eb",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     src, dst = TrainingCache(root / "cache"), TrainingCache(out)
     mask = src.mask
     np.testing.assert_array_equal(dst.mask, mask)
@@ -361,8 +382,10 @@ def test_cli_end_to_end_in_closed_form(tiny_cache):
     intercepts, _, _ = ols(x_train, index, (train["sex"] == "male").to_numpy(float), train["age"].to_numpy(float))
     shift = intercepts - np.bincount(index) @ intercepts / len(index)
     internal = tables["internal_test"]["siteXacq"].astype(str).to_numpy()
-    expected = {"train": x_train - shift[index],
-                "internal_test": _masked(src, "internal_test") - shift[np.searchsorted(names, internal)]}
+    expected = {
+        "train": x_train - shift[index],
+        "internal_test": _masked(src, "internal_test") - shift[np.searchsorted(names, internal)],
+    }
     for split, values in expected.items():
         vols = np.asarray(dst.split(split).volumes)
         assert vols.dtype == np.float16 and vols.shape == (len(tables[split]),) + tuple(mask.shape)
@@ -372,7 +395,9 @@ def test_cli_end_to_end_in_closed_form(tiny_cache):
         assert np.all(np.abs(vols[:, mask].astype(np.float64) - values) <= spacing + design_tolerance(values))
         pd.testing.assert_frame_equal(dst.split(split).table, tables[split])
     # external sites are unseen: left as they were (the default strategy)
-    np.testing.assert_array_equal(np.asarray(dst.split("external_test").volumes), np.asarray(src.split("external_test").volumes))
+    np.testing.assert_array_equal(
+        np.asarray(dst.split("external_test").volumes), np.asarray(src.split("external_test").volumes)
+    )
 
     meta = json.loads((out / "cache.json").read_text())
     info = meta["harmonization"]
@@ -381,10 +406,15 @@ def test_cli_end_to_end_in_closed_form(tiny_cache):
     assert info["adjust"] == "location" and "training split only" in info["age_used"]
     assert meta["shape"] == src.meta["shape"] and meta["splits"] == src.meta["splits"]
     loaded = ComBatHarmonizer.load(out / "model.npz")
-    np.testing.assert_allclose(loaded.transform(_masked(src, "internal_test"), internal), expected["internal_test"],
-                               rtol=0, atol=design_tolerance(expected["internal_test"]))
+    np.testing.assert_allclose(
+        loaded.transform(_masked(src, "internal_test"), internal),
+        expected["internal_test"],
+        rtol=0,
+        atol=design_tolerance(expected["internal_test"]),
+    )
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["cache.json", "mask.nii.gz", "model.npz"] + [f"{s}.{e}" for s in tables for e in ("npy", "tsv")])
+        ["cache.json", "mask.nii.gz", "model.npz"] + [f"{s}.{e}" for s in tables for e in ("npy", "tsv")]
+    )
 
 
 def test_cli_outputs_do_not_depend_on_test_ages(tiny_cache):
@@ -401,11 +431,29 @@ def test_cli_outputs_do_not_depend_on_test_ages(tiny_cache):
             table.to_csv(cache / f"{split}.tsv", sep="\t", index=False)
         return cache
 
-    caches = {"a": root / "cache", "b": permuted("test_ages", ("internal_test", "external_test")),
-              "c": permuted("train_ages", ("train",))}
+    caches = {
+        "a": root / "cache",
+        "b": permuted("test_ages", ("internal_test", "external_test")),
+        "c": permuted("train_ages", ("train",)),
+    }
     for name, cache in caches.items():
-        assert main(["harmonize", "--cache", str(cache), "--out", str(root / f"ages_{name}"),
-                     "--chunk-size", "300", "--external", "transductive", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "harmonize",
+                    "--cache",
+                    str(cache),
+                    "--out",
+                    str(root / f"ages_{name}"),
+                    "--chunk-size",
+                    "300",
+                    "--external",
+                    "transductive",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     for split in ("train", "internal_test", "external_test"):
         a, b = (np.load(root / f"ages_{n}" / f"{split}.npy") for n in "ab")
         np.testing.assert_array_equal(a, b)
@@ -417,11 +465,14 @@ def test_cli_outputs_do_not_depend_on_test_ages(tiny_cache):
     assert meta["n_chunks"] == len(chunk_bounds(int(TrainingCache(root / "cache").mask.sum()), 300)) - 1 > 1
 
 
-@pytest.mark.parametrize("edit, message", [
-    ("one_site", "single site"),
-    ("lonely", "site(s) ['lonely'] have a single training subject"),
-    ("external_lonely", "external site(s) ['lonely'] have a single subject"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("one_site", "single site"),
+        ("lonely", "site(s) ['lonely'] have a single training subject"),
+        ("external_lonely", "external site(s) ['lonely'] have a single subject"),
+    ],
+)
 def test_cli_bad_cache_fails_cleanly(tiny_cache, tmp_path, capsys, edit, message):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache / "cache", cache)

@@ -42,13 +42,20 @@ pytestmark = pytest.mark.slow
 
 
 def brainage(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "brainage", *args], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "brainage", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
 
 
 def snakemake(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args],
-                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def schema_errors(config: dict) -> list[list]:
@@ -89,14 +96,24 @@ def test_augmentations_cannot_run_a_command(tmp_path):
         build_augmentation([exploit])  # the builder checks by itself, whoever calls it
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"augmentations": [exploit]}))
-    run = brainage("train", "--cache", str(tmp_path / "cache"), "--method", "exp", "--out", str(tmp_path / "run"),
-                   "--config", str(config))
+    run = brainage(
+        "train",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--method",
+        "exp",
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        str(config),
+    )
     assert run.returncode == 2, run.stderr
     assert f"{config}: augmentations[0]: 'LoadImage' is not an allowed augmentation" in run.stderr
     # the workflow refuses it when it validates its config, before any rule runs
     assert schema_errors(workflow_config(augmentations=[exploit])) == [["train", "augmentations", 0, "name"]]
     assert schema_errors(workflow_config(augmentations=[{"name": "RandFlip", "prob": {"x": 1}}])) == [
-        ["train", "augmentations", 0, "prob"]]
+        ["train", "augmentations", 0, "prob"]
+    ]
     assert not marker.exists()
     assert written(tmp_path) == ["train.yaml"]
 
@@ -137,8 +154,11 @@ def test_an_empty_mask_is_refused(dataset, tmp_path):
     img = nib.load(mask)
     nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), mask)
     out = tmp_path / "cache"
-    with pytest.raises(OpenBHBError, match=rf"^{re.escape(str(mask))}: empty vbm mask: no voxel is above the mask "
-                                           r"threshold 0\.05"):
+    with pytest.raises(
+        OpenBHBError,
+        match=rf"^{re.escape(str(mask))}: empty vbm mask: no voxel is above the mask "
+        r"threshold 0\.05",
+    ):
         preprocess(dataset, out, progress=False)
     assert not out.exists()
 
@@ -146,8 +166,11 @@ def test_an_empty_mask_is_refused(dataset, tmp_path):
     one = np.zeros(img.shape, np.float32)
     one[5, 5, 5] = 1.0
     nib.save(nib.Nifti1Image(one, img.affine), mask)
-    with pytest.raises(OpenBHBError, match=rf"^{re.escape(str(mask))}: no 2x2x2 block is at least half inside the "
-                                           r"vbm mask \(1 voxels\)"):
+    with pytest.raises(
+        OpenBHBError,
+        match=rf"^{re.escape(str(mask))}: no 2x2x2 block is at least half inside the "
+        r"vbm mask \(1 voxels\)",
+    ):
         preprocess(dataset, out, downsample=2, progress=False)
     assert not out.exists()
 
@@ -184,8 +207,11 @@ def test_a_trailing_tab_on_one_row_is_named(dataset, tmp_path):
     lines[1] += "\t"  # pandas took the first column as the index: every column shifted by one
     table.write_text("\n".join(lines) + "\n")
     out = tmp_path / "cache"
-    with pytest.raises(OpenBHBError, match=rf"^{re.escape(str(table))}, line 2: {n_columns + 1} fields, but the "
-                                           rf"header \(line 1\) has {n_columns}"):
+    with pytest.raises(
+        OpenBHBError,
+        match=rf"^{re.escape(str(table))}, line 2: {n_columns + 1} fields, but the "
+        rf"header \(line 1\) has {n_columns}",
+    ):
         preprocess(dataset, out, progress=False)
     assert not out.exists()
 
@@ -218,8 +244,9 @@ def test_an_empty_or_non_utf8_table_is_named(dataset, tmp_path, damage):
 
 
 def test_non_finite_numbers_and_unreadable_config_files_are_named(tmp_path):
-    run = brainage("train", "--cache", str(tmp_path / "cache"), "--method", "exp", "--out", str(tmp_path / "run"),
-                   "--lr", "inf")
+    run = brainage(
+        "train", "--cache", str(tmp_path / "cache"), "--method", "exp", "--out", str(tmp_path / "run"), "--lr", "inf"
+    )
     assert run.returncode == 2 and "error: lr must be a finite positive number, got inf" in run.stderr, run.stderr
     for name in ("lr", "sigma", "temperature", "width", "weight_decay", "momentum"):
         for value in (float("inf"), float("-inf"), float("nan")):
@@ -227,7 +254,8 @@ def test_non_finite_numbers_and_unreadable_config_files_are_named(tmp_path):
                 TrainConfig(method="exp", **{name: value})
     for key, value in (("lr", float("inf")), ("sigma", float("nan")), ("temperature", float("-inf"))):
         assert schema_errors(workflow_config(**{key: value})) and all(
-            path == ["train", key] for path in schema_errors(workflow_config(**{key: value})))
+            path == ["train", key] for path in schema_errors(workflow_config(**{key: value}))
+        )
     debias = yaml.safe_load(DEFAULT_CONFIG.read_text())
     debias["debias"]["rhos"] = [0.99, float("nan")]
     assert schema_errors(debias) == [["debias", "rhos", 1]]
@@ -236,7 +264,10 @@ def test_non_finite_numbers_and_unreadable_config_files_are_named(tmp_path):
     files = {  # file: (content, what the message says after the file name)
         "inf.yaml": ("sigma: .inf\n", ": sigma must be a finite positive number, got inf"),
         "syntax.yaml": ("epochs: [1, 2\nlr: 0.1\n", ": not valid YAML"),
-        "tag.yaml": (f"lr: !!python/object/apply:os.system ['touch {marker}']\n", ": a YAML tag that is not plain data"),
+        "tag.yaml": (
+            f"lr: !!python/object/apply:os.system ['touch {marker}']\n",
+            ": a YAML tag that is not plain data",
+        ),
         "latin1.yaml": ("lr: 0.1\nkernel: caf\xe9\n", ", line 2: byte 0xe9 is not UTF-8 text"),
         "bad.json": ('{"lr": 0.1,}', ": not valid JSON"),
     }
@@ -245,8 +276,17 @@ def test_non_finite_numbers_and_unreadable_config_files_are_named(tmp_path):
         path.write_bytes(text.encode("latin-1"))
         with pytest.raises(ConfigError, match="^" + re.escape(f"{path}{message}")):
             load_config_file(path)
-    run = brainage("train", "--cache", str(tmp_path / "cache"), "--method", "exp", "--out", str(tmp_path / "run"),
-                   "--config", str(tmp_path / "tag.yaml"))
+    run = brainage(
+        "train",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--method",
+        "exp",
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        str(tmp_path / "tag.yaml"),
+    )
     assert run.returncode == 2 and f"error: {tmp_path / 'tag.yaml'}: a YAML tag" in run.stderr, run.stderr
     assert not marker.exists() and not (tmp_path / "run").exists()
     assert written(tmp_path) == sorted(files)
@@ -266,8 +306,16 @@ def cache(tmp_path_factory) -> Path:
 
 def test_resuming_with_another_thread_count_warns_and_is_recorded(cache, tmp_path, caplog):
     def config(threads: int) -> TrainConfig:
-        return TrainConfig(method="exp", epochs=2, batch_size=4, width=0.125, lr=1e-3, device="cpu",
-                           num_threads=threads, progress=False)
+        return TrainConfig(
+            method="exp",
+            epochs=2,
+            batch_size=4,
+            width=0.125,
+            lr=1e-3,
+            device="cpu",
+            num_threads=threads,
+            progress=False,
+        )
 
     out, before = tmp_path / "run", torch.get_num_threads()
     try:
@@ -300,15 +348,20 @@ def test_a_batch_larger_than_the_training_split_fails_the_dry_run(tmp_path):
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(base))
         res = snakemake("-n", "--configfile", str(tmp_path / "config.yaml"), cwd=work)
         assert (res.returncode == 0) is ok, res.stderr[-3000:]
-    assert (f"train.batch_size 7 is larger than the training split (6 subjects, {tmp_path / 'openBHB'})"
-            in res.stdout + res.stderr), res.stderr[-3000:]
+    assert (
+        f"train.batch_size 7 is larger than the training split (6 subjects, {tmp_path / 'openBHB'})"
+        in res.stdout + res.stderr
+    ), res.stderr[-3000:]
     # the simulated set: more than all of its subjects, before anything is simulated
     override = tmp_path / "big.yaml"
     override.write_text("train:\n  batch_size: 601\n")
     res = snakemake("-n", "--configfile", str(DEFAULT_CONFIG), str(override), cwd=work)
     assert res.returncode != 0
-    assert re.search(r"train\.batch_size 601 is larger than the training split \(\d+ subjects, data\.simulate: 600 "
-                     r"subjects\)", res.stdout + res.stderr), res.stderr[-3000:]
+    assert re.search(
+        r"train\.batch_size 601 is larger than the training split \(\d+ subjects, data\.simulate: 600 "
+        r"subjects\)",
+        res.stdout + res.stderr,
+    ), res.stderr[-3000:]
     assert "results" not in written(work) and "resources" not in written(work)
 
 
@@ -325,18 +378,38 @@ with contextlib.ExitStack() as stack:
 
 def test_two_writers_of_one_output_folder(openbhb_dir, cache, tmp_path):
     data, out, run = openbhb_dir[0], tmp_path / "cache", tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(run)], cwd=REPO, env=ENV,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out), str(run)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
-        commands = {out: ["preprocess", "--data", str(data), "--out", str(out), "--quiet"],
-                    run: ["train", "--cache", str(cache), "--method", "l1", "--out", str(run), "--epochs", "1",
-                          "--batch-size", "4", "--width", "0.125", "--device", "cpu", "--no-progress"]}
+        commands = {
+            out: ["preprocess", "--data", str(data), "--out", str(out), "--quiet"],
+            run: [
+                "train",
+                "--cache",
+                str(cache),
+                "--method",
+                "l1",
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--width",
+                "0.125",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ],
+        }
         for folder, args in commands.items():
             res = brainage(*args)
             assert res.returncode == 2, res.stderr
-            assert (f"error: {folder} is being written by another process: pid {holder.pid} on host "
-                    in res.stderr), res.stderr
+            assert f"error: {folder} is being written by another process: pid {holder.pid} on host " in res.stderr, (
+                res.stderr
+            )
             assert "running `holder`" in res.stderr
             assert not folder.exists()
     finally:
@@ -369,13 +442,31 @@ def test_two_path_tolerances_hold_on_another_cpu():
     import numpy.core._multiarray_umath as umath
 
     vector = [f for f in umath.__cpu_dispatch__ if f.startswith("AVX") or f in ("F16C", "FMA3")]
-    env = {**ENV, "ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41", "OPENBLAS_CORETYPE": "NEHALEM",
-           "NPY_DISABLE_CPU_FEATURES": " ".join(vector), "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                           env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **ENV,
+        "ATEN_CPU_CAPABILITY": "default",
+        "DNNL_MAX_CPU_ISA": "SSE41",
+        "OPENBLAS_CORETYPE": "NEHALEM",
+        "NPY_DISABLE_CPU_FEATURES": " ".join(vector),
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert probe.stdout.strip() == "DEFAULT", probe.stderr  # the narrower kernels are in use
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TWO_PATH_TESTS], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TWO_PATH_TESTS],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-4000:]
     assert re.search(r"\b\d+ passed", res.stdout) and "failed" not in res.stdout, res.stdout[-2000:]
 
@@ -391,6 +482,8 @@ def test_a_truncated_mask_is_named_by_the_reader_and_the_estimator(tmp_path, mon
     with pytest.raises(OpenBHBError, match=rf"^{re.escape(str(mask))}: the mask image cannot be read, truncated"):
         load_mask(mask)
     monkeypatch.setenv("VBM_MASK", str(mask))
-    with pytest.raises(ramp_estimator.SubmissionError,
-                       match=rf"^VBM_MASK={re.escape(str(mask))}: the mask image cannot be read, truncated"):
+    with pytest.raises(
+        ramp_estimator.SubmissionError,
+        match=rf"^VBM_MASK={re.escape(str(mask))}: the mask image cannot be read, truncated",
+    ):
         ramp_estimator.read_mask("vbm")

@@ -49,7 +49,7 @@ def test_supcon_hand_computed_two_views() -> None:
 
 def test_epsilon_hand_computed() -> None:
     eps = 0.7
-    l0 = -(6.0 - lse(6.0 - eps, 6.0))   # P = {1}, Ng = {2}: s02 = 6
+    l0 = -(6.0 - lse(6.0 - eps, 6.0))  # P = {1}, Ng = {2}: s02 = 6
     l1 = -(6.0 - lse(6.0 - eps, -2.8))  # P = {0}, Ng = {2}: s12 = -2.8
     expected = (l0 + l1 + 0.0) / 3
     value = EpsilonSupInfoNCE(epsilon=eps, temperature=TAU)(THREE, THREE_LABELS)
@@ -125,7 +125,9 @@ def test_supcon_matches_khosla_definition(views: int, classes: int, seed: int) -
     expected = loop_supcon(z, y, TAU)
     assert SupConLoss(TAU)(feats, labels).item() == pytest.approx(expected, rel=1e-10)
     # The reference implementations multiply by tau / base_temperature.
-    assert SupConLoss(TAU, base_temperature=0.07)(feats, labels).item() == pytest.approx(expected * TAU / 0.07, rel=1e-10)
+    assert SupConLoss(TAU, base_temperature=0.07)(feats, labels).item() == pytest.approx(
+        expected * TAU / 0.07, rel=1e-10
+    )
 
 
 def test_supcon_without_labels_is_nt_xent_via_cross_entropy() -> None:

@@ -32,9 +32,7 @@ def lse(*xs: float) -> float:
 # rbf(sigma=2): same-sample pairs w = 1, cross-sample pairs w = e^{-1/2}.
 # For every anchor: the "partner" (other view, w = 1) and two "others" (w = E each).
 # ---------------------------------------------------------------------------------------------
-HAND_FEATURES = torch.tensor(
-    [[[1.0, 0.0], [0.6, 0.8]],
-     [[0.0, 1.0], [-0.8, 0.6]]], dtype=torch.float64)
+HAND_FEATURES = torch.tensor([[[1.0, 0.0], [0.6, 0.8]], [[0.0, 1.0], [-0.8, 0.6]]], dtype=torch.float64)
 HAND_AGES = torch.tensor([20.0, 22.0], dtype=torch.float64)
 # anchor -> (s_partner, s_other_a, s_other_b)
 HAND_ROWS = {0: (6.0, 0.0, -8.0), 1: (6.0, 0.0, 8.0), 2: (6.0, 8.0, 0.0), 3: (6.0, -8.0, 0.0)}
@@ -232,8 +230,9 @@ def test_reference_matches_loop(kernel: str, method: str, tied: bool) -> None:
     loss = KernelizedContrastiveLoss(method, kernel, sigma=sigma, temperature=TAU, formulation="reference")
     assert loss(feats, ages).item() == pytest.approx(expected, rel=1e-9)
     if method == "thr":
-        mean_loss = KernelizedContrastiveLoss(method, kernel, sigma=sigma, temperature=TAU,
-                                              formulation="reference", threshold_reduction="mean")
+        mean_loss = KernelizedContrastiveLoss(
+            method, kernel, sigma=sigma, temperature=TAU, formulation="reference", threshold_reduction="mean"
+        )
         assert mean_loss(feats, ages).item() == pytest.approx(loop_reference(method, z, w, TAU, mean=True), rel=1e-9)
 
 

@@ -40,8 +40,9 @@ def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, 
     if name == "fairkl-reference":
         return lambda x, a, y, b: FairKL("reference")(x, y, b)
     assert name == "end"
-    return lambda x, a, y, b: EnDRegularizer(1.0, 1.0)(x.reshape(-1, x.shape[-1]), y.repeat_interleave(x.shape[1]),
-                                                       b.repeat_interleave(x.shape[1]))
+    return lambda x, a, y, b: EnDRegularizer(1.0, 1.0)(
+        x.reshape(-1, x.shape[-1]), y.repeat_interleave(x.shape[1]), b.repeat_interleave(x.shape[1])
+    )
 
 
 def random_batch(batch: int, views: int, dim: int, seed: int, dtype: torch.dtype = torch.float64) -> Batch:
@@ -58,8 +59,9 @@ def test_gradcheck_float64(name: str) -> None:
     fn = make_loss(name)
     feats, ages, labels, bias = random_batch(6, 2, 3, seed=NAMES.index(name))
     x = feats.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: fn(F.normalize(t, dim=-1), ages, labels, bias), (x,),
-                                    eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        lambda t: fn(F.normalize(t, dim=-1), ages, labels, bias), (x,), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -108,19 +110,43 @@ def degenerate_batches() -> dict[str, Batch]:
     same_vec = F.normalize(torch.randn(4, dtype=torch.float32, generator=gen), dim=0)
     return {
         "single-sample-one-view": (one, torch.tensor([40.0]), torch.tensor([0]), torch.tensor([0])),
-        "single-sample-two-views": (F.normalize(torch.randn(1, 2, 4, generator=gen), dim=-1),
-                                    torch.tensor([40.0]), torch.tensor([0]), torch.tensor([1])),
-        "one-view": (F.normalize(torch.randn(5, 1, 4, generator=gen), dim=-1), torch.tensor([20.0, 30, 40, 50, 60]),
-                     torch.tensor([0, 1, 0, 1, 2]), torch.tensor([0, 0, 1, 1, 0])),
+        "single-sample-two-views": (
+            F.normalize(torch.randn(1, 2, 4, generator=gen), dim=-1),
+            torch.tensor([40.0]),
+            torch.tensor([0]),
+            torch.tensor([1]),
+        ),
+        "one-view": (
+            F.normalize(torch.randn(5, 1, 4, generator=gen), dim=-1),
+            torch.tensor([20.0, 30, 40, 50, 60]),
+            torch.tensor([0, 1, 0, 1, 2]),
+            torch.tensor([0, 0, 1, 1, 0]),
+        ),
         # No positive: distinct labels, one view, ages so far apart that rbf weights underflow to 0.
-        "no-positive": (F.normalize(torch.randn(4, 1, 4, generator=gen), dim=-1), torch.tensor([0.0, 100, 200, 300]),
-                        torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 1])),
-        "identical-features": (same_vec.expand(4, 2, 4).clone(), torch.tensor([20.0, 30, 40, 50]),
-                               torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])),
-        "all-equal": (F.normalize(torch.randn(4, 2, 4, generator=gen), dim=-1), torch.full((4,), 33.0),
-                      torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long)),
-        "bias-all-distinct": (F.normalize(torch.randn(4, 2, 4, generator=gen), dim=-1), torch.tensor([20.0, 30, 40, 50]),
-                              torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3])),
+        "no-positive": (
+            F.normalize(torch.randn(4, 1, 4, generator=gen), dim=-1),
+            torch.tensor([0.0, 100, 200, 300]),
+            torch.tensor([0, 1, 2, 3]),
+            torch.tensor([0, 1, 0, 1]),
+        ),
+        "identical-features": (
+            same_vec.expand(4, 2, 4).clone(),
+            torch.tensor([20.0, 30, 40, 50]),
+            torch.tensor([0, 0, 1, 1]),
+            torch.tensor([0, 1, 0, 1]),
+        ),
+        "all-equal": (
+            F.normalize(torch.randn(4, 2, 4, generator=gen), dim=-1),
+            torch.full((4,), 33.0),
+            torch.zeros(4, dtype=torch.long),
+            torch.zeros(4, dtype=torch.long),
+        ),
+        "bias-all-distinct": (
+            F.normalize(torch.randn(4, 2, 4, generator=gen), dim=-1),
+            torch.tensor([20.0, 30, 40, 50]),
+            torch.tensor([0, 0, 1, 1]),
+            torch.tensor([0, 1, 2, 3]),
+        ),
     }
 
 

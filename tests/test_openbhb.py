@@ -45,8 +45,15 @@ def test_participants_dtypes_and_values(openbhb_dir):
 
 
 def test_participant_ids_keep_leading_zeros(tmp_path):
-    t = pd.DataFrame({"participant_id": ["007", "010"], "sex": ["M", "F"], "age": [10, 20],
-                      "site": ["a", "b"], "split": ["train", "train"]})
+    t = pd.DataFrame(
+        {
+            "participant_id": ["007", "010"],
+            "sex": ["M", "F"],
+            "age": [10, 20],
+            "site": ["a", "b"],
+            "split": ["train", "train"],
+        }
+    )
     table = load_participants(_write_tsv(tmp_path / "p.tsv", t))
     assert list(table["participant_id"]) == ["007", "010"]
     assert list(table["sex"]) == ["male", "female"]
@@ -208,8 +215,14 @@ def test_masking_shape_errors():
 def test_ramp_row_slices_follow_the_kit():
     s = ramp_row_slices()
     sizes = {k: v.stop - v.start for k, v in s.items()}
-    assert sizes == {"vbm": 519945, "quasiraw": 1827095, "xhemi": 1310736, "vbm_roi": 284,
-                     "desikan_roi": 476, "destrieux_roi": 1036}
+    assert sizes == {
+        "vbm": 519945,
+        "quasiraw": 1827095,
+        "xhemi": 1310736,
+        "vbm_roi": 284,
+        "desikan_roi": 476,
+        "destrieux_roi": 1036,
+    }
     assert list(s) == ["vbm", "quasiraw", "xhemi", "vbm_roi", "desikan_roi", "destrieux_roi"]
     assert s["vbm"].start == 0 and s["destrieux_roi"].stop == 3_659_572
     assert all(a.stop == b.start for a, b in zip(s.values(), list(s.values())[1:]))
@@ -270,8 +283,15 @@ def full_grid_dir(tmp_path_factory):
     assert 0.2 < vbm_mask.mean() < 0.3  # a realistic density: official VBM mask 519,945 / 2,122,945 = 0.245
     rng = np.random.default_rng(3)
     vols = rng.normal(0.5, 0.2, (2,) + vbm_shape).astype(np.float32)
-    table = pd.DataFrame({"participant_id": ["1", "2"], "sex": ["M", "F"], "age": [30.0, 40.0],
-                          "site": ["a", "a"], "split": ["train", "train"]})
+    table = pd.DataFrame(
+        {
+            "participant_id": ["1", "2"],
+            "sex": ["M", "F"],
+            "age": [30.0, 40.0],
+            "site": ["a", "a"],
+            "split": ["train", "train"],
+        }
+    )
     for folder in (root, root / "ramp"):
         (folder / "resource").mkdir(parents=True)
         nib.save(nib.Nifti1Image(tpm, vbm_affine), folder / "resource" / VBM_MASK_NAME)
@@ -358,7 +378,9 @@ def _subject_file(root, pid, split_folder="train", mod="cat12vbm_desc-gm_T1w"):
 def test_array_shape_mismatch(copy_dir):
     root, _ = copy_dir
     np.save(_subject_file(root, "1000"), np.zeros((1, 16, 19, 15), np.float32))
-    with pytest.raises(OpenBHBError, match=r"sub-1000_preproc.*shape \(1, 16, 19, 15\) does not match the vbm mask grid"):
+    with pytest.raises(
+        OpenBHBError, match=r"sub-1000_preproc.*shape \(1, 16, 19, 15\) does not match the vbm mask grid"
+    ):
         PerSubjectLayout(root).volume(0, "vbm")
 
 
@@ -375,7 +397,9 @@ def test_nan_voxels(copy_dir):
     vol[truth["vbm_mask"]] = np.where(np.arange(truth["vbm_mask"].sum()) == 5, np.nan, vol[truth["vbm_mask"]])
     np.save(_subject_file(root, "1000"), vol[None])
     x, y, z = np.argwhere(truth["vbm_mask"])[5]  # the 6th masked voxel in C order
-    with pytest.raises(OpenBHBError, match=rf"sub-1000.*1 non-finite voxel.*first at voxel \(x, y, z\) = \({x}, {y}, {z}\)"):
+    with pytest.raises(
+        OpenBHBError, match=rf"sub-1000.*1 non-finite voxel.*first at voxel \(x, y, z\) = \({x}, {y}, {z}\)"
+    ):
         PerSubjectLayout(root).volume(0, "vbm")
 
 
@@ -388,7 +412,9 @@ def test_inf_voxels_are_counted_inside_the_mask_only(copy_dir):
     vol = truth["vbm"][1].copy()
     vol[a], vol[b], vol[outside] = np.inf, -np.inf, np.nan  # a NaN outside the mask is not read
     np.save(_subject_file(root, "1001"), vol[None])
-    with pytest.raises(OpenBHBError, match=rf"sub-1001.*: 2 non-finite .*first at voxel \(x, y, z\) = \({b[0]}, {b[1]}, {b[2]}\)"):
+    with pytest.raises(
+        OpenBHBError, match=rf"sub-1001.*: 2 non-finite .*first at voxel \(x, y, z\) = \({b[0]}, {b[1]}, {b[2]}\)"
+    ):
         PerSubjectLayout(root).volume(1, "vbm")
     vol[a] = vol[b] = 0.5
     np.save(_subject_file(root, "1001"), vol[None])
@@ -464,11 +490,16 @@ def test_ramp_row_length_and_count(tmp_path):
     with pytest.raises(OpenBHBError, match=r"train\.npy: rows hold \d+ values but the masks select"):
         RampLayout(kit, part="train").volume(0)
     np.save(kit / "train.npy", rows[:-1])
-    with pytest.raises(OpenBHBError, match=r"train\.npy: shape .* does not match .*train\.tsv.*participant without an array"):
+    with pytest.raises(
+        OpenBHBError, match=r"train\.npy: shape .* does not match .*train\.tsv.*participant without an array"
+    ):
         RampLayout(kit, part="train")
     np.save(kit / "train.npy", np.concatenate([rows, rows[:1]]))
     n = len(rows)
-    with pytest.raises(OpenBHBError, match=rf"train\.npy: shape \({n + 1}, \d+\) does not match .*train\.tsv \({n} rows\).*array row without a participant"):
+    with pytest.raises(
+        OpenBHBError,
+        match=rf"train\.npy: shape \({n + 1}, \d+\) does not match .*train\.tsv \({n} rows\).*array row without a participant",
+    ):
         RampLayout(kit, part="train")
 
 

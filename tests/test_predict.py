@@ -41,8 +41,10 @@ def test_simulator_arrays_with_ages(inference_run, bundle, tmp_path):
     rows = []
     for split in ("internal_test", "external_test"):
         _, table = cache_split(inference_run / "cache", split)
-        rows += [{"participant_id": pid, "path": subject_array(inference_run, pid), "age": age, "sex": sex}
-                 for pid, age, sex in zip(table["participant_id"], table["age"], table["sex"])]
+        rows += [
+            {"participant_id": pid, "path": subject_array(inference_run, pid), "age": age, "sex": sex}
+            for pid, age, sex in zip(table["participant_id"], table["age"], table["sex"])
+        ]
     pd.DataFrame(rows).to_csv(tmp_path / "list.csv", index=False)
     out = predict_brain_age(bundle, [tmp_path / "list.csv"], tmp_path / "pred.csv", progress=False, batch_size=5)
     age = np.r_[ref["internal_test"][0], ref["external_test"][0]]
@@ -80,10 +82,12 @@ def test_same_space_other_grids_give_the_same_age(inference_run, bundle, tmp_pat
     padded[2:-4, 3:-3, 1:-5] = volume
     shifted = affine.copy()
     shifted[:3, 3] = affine[:3, :3] @ [-2, -3, -1] + affine[:3, 3]
-    images = [subject_array(inference_run, pid),
-              write_like(tmp_path / "grid.nii.gz", volume, affine),
-              write_like(tmp_path / "flipped.nii.gz", volume[::-1], flipped),
-              write_like(tmp_path / "padded.nii", padded, shifted)]
+    images = [
+        subject_array(inference_run, pid),
+        write_like(tmp_path / "grid.nii.gz", volume, affine),
+        write_like(tmp_path / "flipped.nii.gz", volume[::-1], flipped),
+        write_like(tmp_path / "padded.nii", padded, shifted),
+    ]
     out = predict_brain_age(bundle, images, tmp_path / "pred.csv", progress=False, figure=False)
     assert out["resampled"].tolist() == [False, False, True, True]
     assert "(RAS) -> " in out["resampling"][2] and "(LAS), linear" in out["resampling"][2]
@@ -110,19 +114,24 @@ def test_nilearn_mni152_templates(inference_run, bundle, tmp_path):
     prep, reference = bundle.preprocessing, bundle.spec["qc"]["reference"]
     for i, name in enumerate(names):
         image = nib.load(tmp_path / name)
-        volume = resample_to_img(image, target, interpolation="linear", force_resample=True,
-                                 copy_header=True).get_fdata()
+        volume = resample_to_img(
+            image, target, interpolation="linear", force_resample=True, copy_header=True
+        ).get_fdata()
         inside = volume[prep.source_mask]
         assert out["signal_in_mask"][i] == pytest.approx(np.abs(inside).sum() / np.abs(volume).sum(), rel=1e-5)
         assert out["intensity_mean"][i] == pytest.approx(inside.mean(), rel=1e-5)
         z = np.where(prep.mask, (volume - inside.mean()) / inside.std(), 0).astype(np.float16)
         r = np.corrcoef(z[prep.mask].astype(float), bundle.reference_mean[prep.mask])[0, 1]
         assert out["template_r"][i] == pytest.approx(r, rel=1e-3)
-        expected = [f"{m}_below_training_range" for m in ("signal_in_mask", "template_r")
-                    if out[m][i] < reference[m]["min"]]
-        expected += [f"{m}_{side}_training_range" for m in ("intensity_mean", "intensity_std")
-                     for side, bad in (("below", out[m][i] < reference[m]["min"]),
-                                       ("above", out[m][i] > reference[m]["max"])) if bad]
+        expected = [
+            f"{m}_below_training_range" for m in ("signal_in_mask", "template_r") if out[m][i] < reference[m]["min"]
+        ]
+        expected += [
+            f"{m}_{side}_training_range"
+            for m in ("intensity_mean", "intensity_std")
+            for side, bad in (("below", out[m][i] < reference[m]["min"]), ("above", out[m][i] > reference[m]["max"]))
+            if bad
+        ]
         low, high = bundle.age_range
         expected += ["predicted_age_outside_training_range"] * bool(not low <= out["predicted_age"][i] <= high)
         assert sorted(r for r in out["flag_reasons"][i].split(";") if r) == sorted(expected)
@@ -153,12 +162,19 @@ def wrong_images(inference_run, bundle, folder):
     np.save(quasiraw, np.zeros((1, 46, 55, 46), np.float32))
     return [
         (write_like(folder / "random_affine.nii.gz", volume, random_affine), "rotated or sheared by"),
-        (write_like(folder / "series.nii.gz", np.stack([volume, volume], axis=-1), affine),
-         rf"a 4-D series of 2 volumes \({shape[0]}, {shape[1]}, {shape[2]}, 2\)"),
-        (write_like(folder / "nan.nii.gz", nan, affine),
-         rf"1 non-finite value\(s\) \(NaN or inf\) inside the model's mask, first at source-grid voxel "
-         rf"\(x, y, z\) = \({x}, {y}, {z}\)"),
-        (write_like(folder / "empty.nii.gz", np.zeros(shape), affine), "empty image: every voxel inside the model's mask"),
+        (
+            write_like(folder / "series.nii.gz", np.stack([volume, volume], axis=-1), affine),
+            rf"a 4-D series of 2 volumes \({shape[0]}, {shape[1]}, {shape[2]}, 2\)",
+        ),
+        (
+            write_like(folder / "nan.nii.gz", nan, affine),
+            rf"1 non-finite value\(s\) \(NaN or inf\) inside the model's mask, first at source-grid voxel "
+            rf"\(x, y, z\) = \({x}, {y}, {z}\)",
+        ),
+        (
+            write_like(folder / "empty.nii.gz", np.zeros(shape), affine),
+            "empty image: every voxel inside the model's mask",
+        ),
         (folder / "no_orientation.nii.gz", "no spatial orientation"),
         (write_like(folder / "far.nii.gz", volume, far), "field of view holds only 0.0 %"),
         (quasiraw, "an OpenBHB quasiraw array"),
@@ -172,8 +188,9 @@ def test_wrong_images_are_refused_with_the_reason(inference_run, bundle, tmp_pat
         with pytest.raises(ImageRefused, match=message):
             predict_brain_age(bundle, [good, path], tmp_path / "pred.csv", progress=False)
         assert not (tmp_path / "pred.csv").exists()
-    out = predict_brain_age(bundle, [good] + [p for p, _ in cases], tmp_path / "pred.csv", progress=False,
-                            skip_invalid=True, figure=False)
+    out = predict_brain_age(
+        bundle, [good] + [p for p, _ in cases], tmp_path / "pred.csv", progress=False, skip_invalid=True, figure=False
+    )
     assert out["error"][0] == "" and math.isfinite(out["predicted_age"][0])
     for i, (path, message) in enumerate(cases, start=1):
         assert out["error"][i].startswith(str(path)) and pd.Series([out["error"][i]]).str.contains(message).all()
@@ -192,19 +209,29 @@ def test_bids_derivatives_folder(inference_run, bundle, tmp_path):
         write_like(anat / f"{stem}-GM_probseg.nii.gz", volume, affine)
         write_like(anat / f"{stem}-WM_probseg.nii.gz", 1 - volume, affine)
         (anat / f"{stem}-GM_probseg.json").write_text("{}")
-    pd.DataFrame({"participant_id": [f"sub-{p}" for p in table["participant_id"][:3]],
-                  "age": table["age"][:3], "sex": ["M", "F", "n/a"]}).to_csv(bids / "participants.tsv", sep="\t",
-                                                                           index=False)
+    pd.DataFrame(
+        {
+            "participant_id": [f"sub-{p}" for p in table["participant_id"][:3]],
+            "age": table["age"][:3],
+            "sex": ["M", "F", "n/a"],
+        }
+    ).to_csv(bids / "participants.tsv", sep="\t", index=False)
     with pytest.raises(ValueError, match=r"has 2 images matching \['probseg'\].*add an entity"):
         predict_brain_age(bundle, [bids], tmp_path / "pred.csv", select=["probseg"], progress=False)
-    out = predict_brain_age(bundle, [bids], tmp_path / "pred.csv", select=["label-GM", "probseg"], progress=False,
-                            figure=False)
+    out = predict_brain_age(
+        bundle, [bids], tmp_path / "pred.csv", select=["label-GM", "probseg"], progress=False, figure=False
+    )
     assert out["participant_id"].tolist() == [f"sub-{p}" for p in table["participant_id"][:3]]
     assert out["session_id"].tolist() == ["", "ses-1", "ses-1"]
     assert out["sex"].tolist() == ["male", "female", ""]
     np.testing.assert_allclose(out["age"], table["age"][:3])
-    arrays = predict_brain_age(bundle, [subject_array(inference_run, p) for p in table["participant_id"][:3]],
-                               tmp_path / "arrays.csv", progress=False, figure=False)
+    arrays = predict_brain_age(
+        bundle,
+        [subject_array(inference_run, p) for p in table["participant_id"][:3]],
+        tmp_path / "arrays.csv",
+        progress=False,
+        figure=False,
+    )
     np.testing.assert_allclose(out["predicted_age"], arrays["predicted_age"], rtol=1e-6)
 
 
@@ -225,8 +252,9 @@ def test_batches_workers_and_a_bundle_without_calibration(inference_run, bundle,
     _, table = cache_split(inference_run / "cache", "external_test")
     images = [subject_array(inference_run, p) for p in table["participant_id"]]
     one = predict_brain_age(bundle, images, tmp_path / "one.csv", batch_size=1, progress=False, figure=False)
-    many = predict_brain_age(bundle, images, tmp_path / "many.csv", batch_size=4, workers=2, progress=False,
-                             figure=False)
+    many = predict_brain_age(
+        bundle, images, tmp_path / "many.csv", batch_size=4, workers=2, progress=False, figure=False
+    )
     np.testing.assert_allclose(many["predicted_age"], one["predicted_age"], rtol=RIDGE_RTOL)
     uncalibrated = ModelBundle.load(inference_run / "bundle")
     uncalibrated.spec["calibration"] = {**uncalibrated.spec["calibration"], "slope": None, "intercept": None}
@@ -239,16 +267,56 @@ def test_command_line_export_and_predict(inference_run, tmp_path, capsys):
     _, table = cache_split(inference_run / "cache", "internal_test")
     images = [str(subject_array(inference_run, p)) for p in table["participant_id"][:4]]
     assert main(["export", "--run", str(inference_run / "run"), "--out", str(tmp_path / "bundle"), "--quiet"]) == 0
-    assert main(["predict", "--model", str(tmp_path / "bundle"), "--images", *images, "--out",
-                 str(tmp_path / "a.csv"), "--quiet"]) == 0
-    assert main(["predict", "--model", str(inference_run / "run"), "--images", *images, "--out",
-                 str(tmp_path / "b.csv"), "--no-figure", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "bundle"),
+                "--images",
+                *images,
+                "--out",
+                str(tmp_path / "a.csv"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(inference_run / "run"),
+                "--images",
+                *images,
+                "--out",
+                str(tmp_path / "b.csv"),
+                "--no-figure",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     np.testing.assert_allclose(a["predicted_age"], b["predicted_age"], rtol=1e-9)
     assert (tmp_path / "a.png").is_file() and not (tmp_path / "b.png").exists()
     summary = json.loads((tmp_path / "a.json").read_text())
     assert summary["command"].startswith(f"brainage predict --model {tmp_path / 'bundle'} --images {images[0]} ")
     shutil.copy(images[0], tmp_path / "sub-1_preproc-quasiraw_T1w.npy")
-    assert main(["predict", "--model", str(tmp_path / "bundle"), "--images", str(tmp_path / "sub-1_preproc-quasiraw_T1w.npy"),
-                 "--out", str(tmp_path / "c.csv"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "bundle"),
+                "--images",
+                str(tmp_path / "sub-1_preproc-quasiraw_T1w.npy"),
+                "--out",
+                str(tmp_path / "c.csv"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "an OpenBHB quasiraw array (by its name); the model expects vbm" in capsys.readouterr().err

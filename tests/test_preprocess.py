@@ -69,7 +69,10 @@ def test_cache_from_both_layouts_agree(openbhb_dir, tmp_path):
     means = sums / counts.reshape(8, 2, 10, 2, 8, 2).sum(axis=(1, 3, 5))
     mask_frac = np.zeros((16, 20, 16))
     mask_frac[:, :19] = truth["vbm_mask"]
-    mask = mask_frac.reshape(8, 2, 10, 2, 8, 2).sum(axis=(1, 3, 5)) / counts.reshape(8, 2, 10, 2, 8, 2).sum(axis=(1, 3, 5)) >= 0.5
+    mask = (
+        mask_frac.reshape(8, 2, 10, 2, 8, 2).sum(axis=(1, 3, 5)) / counts.reshape(8, 2, 10, 2, 8, 2).sum(axis=(1, 3, 5))
+        >= 0.5
+    )
     expected = np.zeros_like(means)
     expected[mask] = (means[mask] - means[mask].mean()) / means[mask].std()
     np.testing.assert_array_equal(ca.mask, mask)
@@ -173,8 +176,9 @@ def test_rerun_after_a_crash_in_a_later_split_keeps_the_finished_split(openbhb_d
     assert (out / "train.npy").stat().st_mtime_ns == train_mtime
     for split in ("train", "internal_test", "external_test"):
         np.testing.assert_array_equal(np.load(out / f"{split}.npy"), np.load(tmp_path / "ref" / f"{split}.npy"))
-        pd.testing.assert_frame_equal(pd.read_csv(out / f"{split}.tsv", sep="\t"),
-                                      pd.read_csv(tmp_path / "ref" / f"{split}.tsv", sep="\t"))
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / f"{split}.tsv", sep="\t"), pd.read_csv(tmp_path / "ref" / f"{split}.tsv", sep="\t")
+        )
     assert meta["split_signatures"] == json.loads((tmp_path / "ref" / "cache.json").read_text())["split_signatures"]
 
     # a finished cache is not recomputed; changed inputs (a touched source array) are
@@ -205,8 +209,11 @@ def test_interrupted_rerun_with_other_parameters_leaves_no_finished_cache(openbh
     # even with the old cache.json put back (as the code before this fix left it), the split
     # written by the other run is refused, by name
     (out / "cache.json").write_text(old_json)
-    with pytest.raises(ValueError, match=r"the 'train' split \(signature \w+, train\.signature\.json\) was written "
-                                         r"by another preprocessing run .*signature " + zscore["split_signatures"]["train"]):
+    with pytest.raises(
+        ValueError,
+        match=r"the 'train' split \(signature \w+, train\.signature\.json\) was written "
+        r"by another preprocessing run .*signature " + zscore["split_signatures"]["train"],
+    ):
         open_split(out, "train")
     assert len(open_split(out, "external_test")) == zscore["splits"]["external_test"]
 
@@ -246,5 +253,7 @@ def test_float16_overflow_names_the_participant(openbhb_dir, tmp_path):
     assert float(split.volumes[row][inside]) == 60000.0
     vol[inside] = 70000.0
     np.save(ds.path(j), vol[None])
-    with pytest.raises(OpenBHBError, match=rf"participant '{pid}' \(internal_test\): .*70000.*normalize='none'.*float16"):
+    with pytest.raises(
+        OpenBHBError, match=rf"participant '{pid}' \(internal_test\): .*70000.*normalize='none'.*float16"
+    ):
         prep.preprocess(data, tmp_path / "bad", normalize="none", progress=False)

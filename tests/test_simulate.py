@@ -85,7 +85,10 @@ def test_per_subject_layout_reads_back(data):
     assert isinstance(ds, PerSubjectLayout)
     ds.validate("vbm")
     ds.validate("quasiraw")
-    shapes = {"vbm": subsampled(VBM_SHAPE, VBM_AFFINE, FACTOR)[0], "quasiraw": subsampled(QR_SHAPE, QR_AFFINE, FACTOR)[0]}
+    shapes = {
+        "vbm": subsampled(VBM_SHAPE, VBM_AFFINE, FACTOR)[0],
+        "quasiraw": subsampled(QR_SHAPE, QR_AFFINE, FACTOR)[0],
+    }
     for i in (0, len(ds) - 1):
         pid, split = ds.participants.loc[i, ["participant_id", "split"]]
         for modality, name in (("vbm", VBM_FILE), ("quasiraw", QR_FILE)):
@@ -102,7 +105,10 @@ def test_masks_on_the_subsampled_grids_and_aligned_with_nilearn_anatomy(data):
     from nilearn import datasets, image
 
     info = json.loads((data / "resource" / "resources.json").read_text())
-    for name, shape, affine, thr in ((VBM_MASK_NAME, VBM_SHAPE, VBM_AFFINE, 0.05), (QR_MASK_NAME, QR_SHAPE, QR_AFFINE, 0.0)):
+    for name, shape, affine, thr in (
+        (VBM_MASK_NAME, VBM_SHAPE, VBM_AFFINE, 0.05),
+        (QR_MASK_NAME, QR_SHAPE, QR_AFFINE, 0.0),
+    ):
         img = nib.load(data / "resource" / name)
         g_shape, g_affine = subsampled(shape, affine, FACTOR)
         assert img.shape == g_shape
@@ -115,14 +121,27 @@ def test_masks_on_the_subsampled_grids_and_aligned_with_nilearn_anatomy(data):
     # orientation and placement: the brain mask matches nilearn's MNI152 brain mask
     qr_img = nib.load(data / "resource" / QR_MASK_NAME)
     ours = qr_img.get_fdata() > 0
-    ref = image.resample_to_img(datasets.load_mni152_brain_mask(resolution=1), qr_img, interpolation="nearest",
-                                force_resample=True, copy_header=True).get_fdata() > 0
+    ref = (
+        image.resample_to_img(
+            datasets.load_mni152_brain_mask(resolution=1),
+            qr_img,
+            interpolation="nearest",
+            force_resample=True,
+            copy_header=True,
+        ).get_fdata()
+        > 0
+    )
     dice = 2 * (ours & ref).sum() / (ours.sum() + ref.sum())
     assert dice > 0.9
     # the TPM follows nilearn's GM template on the same grid (placement and the anterior /
     # posterior and up / down orientation; the 2009 template is left-right symmetric)
-    gm_ref = image.resample_to_img(datasets.load_mni152_gm_template(resolution=1), nib.load(data / "resource" / VBM_MASK_NAME),
-                                   interpolation="linear", force_resample=True, copy_header=True).get_fdata()
+    gm_ref = image.resample_to_img(
+        datasets.load_mni152_gm_template(resolution=1),
+        nib.load(data / "resource" / VBM_MASK_NAME),
+        interpolation="linear",
+        force_resample=True,
+        copy_header=True,
+    ).get_fdata()
     tpm = nib.load(data / "resource" / VBM_MASK_NAME).get_fdata()
     right = np.corrcoef(tpm.ravel(), gm_ref.ravel())[0, 1]
     assert right > 0.7
@@ -153,11 +172,11 @@ def test_ramp_rows_equal_the_masked_per_subject_volumes(data):
         i = index[ramp.participants.loc[r, "participant_id"]]
         vbm = per.volume(i, "vbm")
         assert np.array_equal(row[:n_vbm], mask_volumes(vbm, masks["vbm"]))
-        assert np.array_equal(row[n_vbm:n_vbm + n_qr], mask_volumes(per.volume(i, "quasiraw"), masks["quasiraw"]))
-        roi = row[n_vbm + n_qr + 8 * 163_842: n_vbm + n_qr + 8 * 163_842 + 284]
+        assert np.array_equal(row[n_vbm : n_vbm + n_qr], mask_volumes(per.volume(i, "quasiraw"), masks["quasiraw"]))
+        roi = row[n_vbm + n_qr + 8 * 163_842 : n_vbm + n_qr + 8 * 163_842 + 284]
         assert np.isclose(roi.astype(np.float64).sum(), vbm[masks["vbm"]].astype(np.float64).sum() * vox, rtol=1e-4)
-        assert not row[n_vbm + n_qr: n_vbm + n_qr + 8 * 163_842].any()
-        assert not row[length - 7 * 68 - 7 * 148:].any()
+        assert not row[n_vbm + n_qr : n_vbm + n_qr + 8 * 163_842].any()
+        assert not row[length - 7 * 68 - 7 * 148 :].any()
     first = per.volume(index[ramp.participants.loc[0, "participant_id"]], "vbm")
     assert np.array_equal(ramp.volume(0, "vbm"), np.where(masks["vbm"], first, 0))
 
@@ -291,7 +310,7 @@ def test_ground_truth_trajectories_have_the_lifespan_shapes():
     assert (np.diff(gm) < 0).all(), gm  # every step from 6 y on is a loss
     peak = ages[int(np.argmax(wm))]
     assert 35 <= peak <= 55, (peak, wm)
-    assert (np.diff(wm[: ages.index(peak) + 1]) > 0).all() and (np.diff(wm[ages.index(peak):]) < 0).all()
+    assert (np.diff(wm[: ages.index(peak) + 1]) > 0).all() and (np.diff(wm[ages.index(peak) :]) < 0).all()
 
     def per_decade(col, lo, hi):
         return (t.loc[float(hi), col] / t.loc[float(lo), col]) ** (10.0 / (hi - lo)) - 1.0
@@ -305,7 +324,11 @@ def test_ground_truth_trajectories_have_the_lifespan_shapes():
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".npy", ".tsv", ".json")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in (".npy", ".tsv", ".json")
+    }
 
 
 def test_same_seed_same_bytes_whatever_n_jobs(tmp_path):
@@ -324,8 +347,9 @@ def test_same_seed_same_bytes_whatever_n_jobs(tmp_path):
 
 
 def test_factor_one_has_the_official_voxel_counts_and_row_length(tmp_path, data):
-    root = simulate_openbhb(tmp_path / "full", n_subjects=3, downsample=1, seed=0, n_sites=2, max_acquisitions=1,
-                            ramp=True, progress=False)
+    root = simulate_openbhb(
+        tmp_path / "full", n_subjects=3, downsample=1, seed=0, n_sites=2, max_acquisitions=1, ramp=True, progress=False
+    )
     vbm_mask = nib.load(root / "resource" / VBM_MASK_NAME)
     qr_mask = nib.load(root / "resource" / QR_MASK_NAME)
     assert vbm_mask.shape == VBM_SHAPE and np.allclose(vbm_mask.affine, VBM_AFFINE)
@@ -387,8 +411,20 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["simulate", "--out", str(out), "--n-subjects", "12", "--downsample", "8", "--n-sites", "2",
-            "--modalities", "vbm", "--quiet"]
+    argv = [
+        "simulate",
+        "--out",
+        str(out),
+        "--n-subjects",
+        "12",
+        "--downsample",
+        "8",
+        "--n-sites",
+        "2",
+        "--modalities",
+        "vbm",
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert len(load_participants(out / "participants.tsv")) == 12
     assert list(out.rglob(VBM_FILE.format("*"))) and not list(out.rglob(QR_FILE.format("*")))

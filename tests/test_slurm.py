@@ -30,8 +30,10 @@ from helpers import REPO, job_counts, write_cache, write_openbhb
 from torch.utils.data import DistributedSampler
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("snakemake_executor_plugin_slurm",
-                    reason="needs snakemake-executor-plugin-slurm (the test extra installs it on Python >= 3.11)")
+pytest.importorskip(
+    "snakemake_executor_plugin_slurm",
+    reason="needs snakemake-executor-plugin-slurm (the test extra installs it on Python >= 3.11)",
+)
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 PROFILE_CONFIG = yaml.safe_load((PROFILE / "config.yaml").read_text())
@@ -44,14 +46,33 @@ TINY = {
     "run": RUN,
     "data": {"source": "openbhb", "layout": "auto", "modality": "vbm"},
     "preprocess": {"downsample": 1, "normalize": "zscore", "chunk": 64},
-    "train": {"methods": ["l1"], "seeds": [0], "threads": 1, "epochs": 2, "batch_size": 4, "width": 0.125,
-              "lr": 0.001, "device": "cpu"},
+    "train": {
+        "methods": ["l1"],
+        "seeds": [0],
+        "threads": 1,
+        "epochs": 2,
+        "batch_size": 4,
+        "width": 0.125,
+        "lr": 0.001,
+        "device": "cpu",
+    },
     "submission": {"enabled": False, "bundle": False},
     "debias": {"enabled": False},
 }
 TARGET = f"results/{RUN}/train/l1/seed0/model.pt"
-SACCT_FIELDS = ["JobIDRaw", "Comment", "Partition", "ReqCPUS", "ReqMem", "TimelimitRaw", "ReqTRES", "State",
-                "ExitCode", "WorkDir", "SubmitLine"]
+SACCT_FIELDS = [
+    "JobIDRaw",
+    "Comment",
+    "Partition",
+    "ReqCPUS",
+    "ReqMem",
+    "TimelimitRaw",
+    "ReqTRES",
+    "State",
+    "ExitCode",
+    "WorkDir",
+    "SubmitLine",
+]
 
 
 def profile_resources(rule: str) -> dict:
@@ -65,14 +86,21 @@ def snakemake_env() -> dict[str, str]:
 
 
 def snakemake_command(work: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-            *args]
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), *args]
 
 
 def slurm_command(work: Path, *args: str) -> list[str]:
     """The profile as users run it, plus a 1 s first status check (the plugin's default is 40 s)."""
-    return snakemake_command(work, "--profile", str(PROFILE), "--workflow-profile", "none",
-                             "--slurm-init-seconds-before-status-checks", "1", *args)
+    return snakemake_command(
+        work,
+        "--profile",
+        str(PROFILE),
+        "--workflow-profile",
+        "none",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        *args,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +133,23 @@ def runs(cluster, tiny_config, tmp_path_factory):
     work, local = tmp_path_factory.mktemp("wf_slurm"), tmp_path_factory.mktemp("wf_local")
     local_log = local.parent / f"{local.name}.log"
     with open(local_log, "w") as log:
-        local_run = subprocess.Popen(snakemake_command(local, "--cores", "1", "--workflow-profile", "none",
-                                                       TARGET, "--configfile", str(tiny_config)),
-                                     env=snakemake_env(), stdout=log, stderr=subprocess.STDOUT)
+        local_run = subprocess.Popen(
+            snakemake_command(
+                local, "--cores", "1", "--workflow-profile", "none", TARGET, "--configfile", str(tiny_config)
+            ),
+            env=snakemake_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             start = time.monotonic()
-            result = subprocess.run(slurm_command(work, TARGET, "--configfile", str(tiny_config)),
-                                    env=slurm_env(cluster), capture_output=True, text=True, timeout=600)
+            result = subprocess.run(
+                slurm_command(work, TARGET, "--configfile", str(tiny_config)),
+                env=slurm_env(cluster),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             seconds = time.monotonic() - start
             local_run.wait(timeout=600)
         finally:
@@ -177,9 +215,14 @@ def test_workflow_jobs_run_on_slurm_with_the_profile_resources(cluster, runs):
         submitted[rule] = submitted.get(rule, 0) + 1
         want = profile_resources(rule)
         got = {k: job[k] for k in ("Partition", "ReqCPUS", "ReqMem", "TimelimitRaw", "State", "ExitCode")}
-        assert got == {"Partition": want["slurm_partition"], "ReqCPUS": str(want["cpus_per_task"]),
-                       "ReqMem": f"{want['mem_mb']}M", "TimelimitRaw": str(want["runtime"]),
-                       "State": "COMPLETED", "ExitCode": "0:0"}, (rule, job)
+        assert got == {
+            "Partition": want["slurm_partition"],
+            "ReqCPUS": str(want["cpus_per_task"]),
+            "ReqMem": f"{want['mem_mb']}M",
+            "TimelimitRaw": str(want["runtime"]),
+            "State": "COMPLETED",
+            "ExitCode": "0:0",
+        }, (rule, job)
         assert "gres/gpu" not in job["ReqTRES"], (rule, job["ReqTRES"])
         assert job_id in steps, f"{rule}: no srun step ran in Slurm job {job_id}"
     assert submitted == expected, (submitted, result.stderr[-3000:])
@@ -197,7 +240,7 @@ class _RankMajor(DistributedSampler):
     def __iter__(self):
         order = list(super().__iter__())
         b = self.batch
-        return iter([i for s in range(0, len(order), b) for rank in (0, 1) for i in order[s:s + b][rank::2]])
+        return iter([i for s in range(0, len(order), b) for rank in (0, 1) for i in order[s : s + b][rank::2]])
 
 
 def _halves(build_model):
@@ -231,9 +274,18 @@ def test_torchrun_ddp_job_matches_single_process(cluster, tmp_path, monkeypatch)
     cache = write_cache(tmp_path / "cache", n=(24, 4, 4))
     options = dict(method="exp", seed=3, epochs=2, batch_size=8, width=0.125, lr=1e-3, device="cpu", num_threads=1)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    job = cluster.sbatch(f"--chdir={tmp_path}", "--cpus-per-task=2", "--mem=4000", "--time=10",
-                         f"--output={tmp_path / 'ddp.log'}", "--export=ALL,NPROC=2",
-                         str(PROFILE / "torchrun.sbatch"), f"--cache={cache}", f"--out={tmp_path / 'ddp'}", *flags)
+    job = cluster.sbatch(
+        f"--chdir={tmp_path}",
+        "--cpus-per-task=2",
+        "--mem=4000",
+        "--time=10",
+        f"--output={tmp_path / 'ddp.log'}",
+        "--export=ALL,NPROC=2",
+        str(PROFILE / "torchrun.sbatch"),
+        f"--cache={cache}",
+        f"--out={tmp_path / 'ddp'}",
+        *flags,
+    )
 
     monkeypatch.setattr(trainer, "build_model", _halves(trainer.build_model))
     monkeypatch.setattr(trainer, "DistributedSampler", _RankMajor)
@@ -267,9 +319,12 @@ def test_gpu_training_job_request(cluster, runs, tiny_config, tmp_path):
     cluster.set_partition_state(partition, "DOWN")
     log = tmp_path / "snakemake.log"
     with open(log, "w") as out:
-        run = subprocess.Popen(slurm_command(work, TARGET, "--forcerun", "train",
-                                             "--configfile", str(tiny_config), str(gpu)),
-                               env=slurm_env(cluster), stdout=out, stderr=subprocess.STDOUT)
+        run = subprocess.Popen(
+            slurm_command(work, TARGET, "--forcerun", "train", "--configfile", str(tiny_config), str(gpu)),
+            env=slurm_env(cluster),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 120
             jobs = []
@@ -289,12 +344,20 @@ def test_gpu_training_job_request(cluster, runs, tiny_config, tmp_path):
             cluster.set_partition_state(partition, "UP")
     job = jobs[0]
     submit = f" {job['SubmitLine']} "
-    for argument in ("--gpus=1", f"--cpus-per-task={want['cpus_per_task']}", f"--mem {want['mem_mb']}",
-                     f"-t {want['runtime']}", f"-p {partition}", "--ntasks-per-gpu=1"):
+    for argument in (
+        "--gpus=1",
+        f"--cpus-per-task={want['cpus_per_task']}",
+        f"--mem {want['mem_mb']}",
+        f"-t {want['runtime']}",
+        f"-p {partition}",
+        "--ntasks-per-gpu=1",
+    ):
         assert f" {argument} " in submit, (argument, job["SubmitLine"])
     assert " --comment rule_train_wildcards_" in submit  # the plugin names the rule there
     tres = dict(item.split("=") for item in job["ReqTRES"].split(","))
     assert (tres["cpu"], tres["mem"], tres["gres/gpu"]) == (str(want["cpus_per_task"]), f"{want['mem_mb']}M", "1")
     final = cluster.wait_for(job["JobIDRaw"], timeout=30)
     assert final["State"].startswith("CANCELLED"), (final, log.read_text()[-3000:])
-    assert not [r for r in cluster.sacct(SACCT_FIELDS) if r["JobIDRaw"].startswith(job["JobIDRaw"] + ".")]  # no step ran
+    assert not [
+        r for r in cluster.sacct(SACCT_FIELDS) if r["JobIDRaw"].startswith(job["JobIDRaw"] + ".")
+    ]  # no step ran

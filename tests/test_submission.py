@@ -42,13 +42,16 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("submission")
     truth = write_openbhb(root / "data", n=24, factor=4, seed=3)
     preprocess(root / "data", root / "cache", downsample=2, progress=False)
-    config = TrainConfig(method="yaware", epochs=1, batch_size=8, width=0.125, lr=1e-3, device="cpu",
-                         progress=False, num_threads=1)
+    config = TrainConfig(
+        method="yaware", epochs=1, batch_size=8, width=0.125, lr=1e-3, device="cpu", progress=False, num_threads=1
+    )
     train(config, root / "cache", root / "run")
     build_submission(root / "run", root / "sub")
     write_ramp_rows(root / "data", root / "ramp", modalities=["vbm", "quasiraw"])
-    env = {"VBM_MASK": str(root / "ramp" / "resource" / VBM_MASK_NAME),
-           "QUASIRAW_MASK": str(root / "ramp" / "resource" / QR_MASK_NAME)}
+    env = {
+        "VBM_MASK": str(root / "ramp" / "resource" / VBM_MASK_NAME),
+        "QUASIRAW_MASK": str(root / "ramp" / "resource" / QR_MASK_NAME),
+    }
     return {"root": root, "truth": truth, "env": env}
 
 
@@ -60,8 +63,9 @@ def masks_env(setup, monkeypatch):
 
 
 def fitted(folder: Path, **kw) -> est.BrainAgeFeatures:
-    return est.BrainAgeFeatures(weights=str(folder / "weights.pth"), metadata=str(folder / "metadata.pkl"),
-                                device="cpu", **kw).fit(None, None)
+    return est.BrainAgeFeatures(
+        weights=str(folder / "weights.pth"), metadata=str(folder / "metadata.pkl"), device="cpu", **kw
+    ).fit(None, None)
 
 
 def rows(setup, part: str = "train") -> np.ndarray:
@@ -200,8 +204,9 @@ def test_features_equal_the_project_network_on_the_cache(masks_env):
     volumes = np.asarray(TrainingCache(setup["root"] / "cache").split("train").volumes, dtype=np.float32)
     expected = model.features(torch.from_numpy(volumes)[:, None], "projection").numpy()
     # the estimator's copy of the network over batches of 5: the same float32 function
-    np.testing.assert_allclose(features, expected, rtol=0, atol=ROUNDING_MARGIN * network_rounding(
-        model, volumes, "projection"))
+    np.testing.assert_allclose(
+        features, expected, rtol=0, atol=ROUNDING_MARGIN * network_rounding(model, volumes, "projection")
+    )
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
 
 
@@ -226,9 +231,12 @@ class RecordingArray:
 def test_indices_select_rows_in_order_and_only_those_are_read(masks_env, tmp_path):
     setup = masks_env
     pipeline = est.get_estimator()
-    pipeline.set_params(features__weights=str(setup["root"] / "sub" / "weights.pth"),
-                        features__metadata=str(setup["root"] / "sub" / "metadata.pkl"),
-                        features__device="cpu", features__batch_size=3)
+    pipeline.set_params(
+        features__weights=str(setup["root"] / "sub" / "weights.pth"),
+        features__metadata=str(setup["root"] / "sub" / "metadata.pkl"),
+        features__device="cpu",
+        features__batch_size=3,
+    )
     pipeline.fit(None, None)
     step = pipeline.named_steps["features"]
     assert step.indices is None
@@ -255,8 +263,9 @@ def test_indices_select_rows_in_order_and_only_those_are_read(masks_env, tmp_pat
     poisoned[chosen] = X[chosen]
     poisoned.flush()
     step.indices = chosen
-    np.testing.assert_allclose(pipeline.predict(np.load(tmp_path / "nan.npy", mmap_mode="r")), full[chosen],
-                               rtol=0, atol=atol)
+    np.testing.assert_allclose(
+        pipeline.predict(np.load(tmp_path / "nan.npy", mmap_mode="r")), full[chosen], rtol=0, atol=atol
+    )
     step.indices = [4]
     with pytest.raises(est.SubmissionError, match="row 4 holds NaN"):
         pipeline.predict(np.load(tmp_path / "nan.npy", mmap_mode="r"))
@@ -271,7 +280,8 @@ def test_indices_select_rows_in_order_and_only_those_are_read(masks_env, tmp_pat
 def test_estimator_runs_where_brainage_and_monai_cannot_be_imported(setup, tmp_path):
     chosen = [7, 0, 3]
     bootstrap = tmp_path / "bootstrap.py"
-    bootstrap.write_text(textwrap.dedent(f"""
+    bootstrap.write_text(
+        textwrap.dedent(f"""
         import importlib.abc, importlib.util, os, sys
 
         class Refuse(importlib.abc.MetaPathFinder):
@@ -301,7 +311,8 @@ def test_estimator_runs_where_brainage_and_monai_cannot_be_imported(setup, tmp_p
         np.save({str(tmp_path / "out.npy")!r}, pipeline.predict(X))
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("brainage", "monai"))
         print("loaded:", loaded)
-    """))
+    """)
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("VBM_MASK", "QUASIRAW_MASK")}
     proc = subprocess.run([PYTHON, "-I", str(bootstrap)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -326,7 +337,9 @@ def test_estimator_runs_where_brainage_and_monai_cannot_be_imported(setup, tmp_p
 def test_rows_of_the_wrong_length(masks_env):
     step = fitted(masks_env["root"] / "sub")
     X = np.zeros((2, step.row_length_ + 1), np.float32)
-    with pytest.raises(est.SubmissionError, match=f"hold {step.row_length_ + 1} values.*RAMP row holds {step.row_length_}"):
+    with pytest.raises(
+        est.SubmissionError, match=f"hold {step.row_length_ + 1} values.*RAMP row holds {step.row_length_}"
+    ):
         step.predict(X)
     truth = masks_env["truth"]
     assert step.row_length_ == int(truth["vbm_mask"].sum()) + int(truth["quasiraw_mask"].sum()) + TAIL
@@ -349,12 +362,17 @@ def test_a_mask_of_another_grid_or_shape(masks_env, monkeypatch, tmp_path):
     other = tmp_path / "other.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((121, 145, 121), np.float32), np.eye(4)), other)
     monkeypatch.setenv("VBM_MASK", str(other))
-    with pytest.raises(est.SubmissionError, match=r"^VBM_MASK: the mask grid is \(121, 145, 121\).*trained on the vbm grid \(31, 37, 31\)"):
+    with pytest.raises(
+        est.SubmissionError,
+        match=r"^VBM_MASK: the mask grid is \(121, 145, 121\).*trained on the vbm grid \(31, 37, 31\)",
+    ):
         fitted(masks_env["root"] / "sub")
     same_grid = tmp_path / "same.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((31, 37, 31), np.float32), np.eye(4)), same_grid)
     monkeypatch.setenv("VBM_MASK", str(same_grid))
-    with pytest.raises(est.SubmissionError, match="^VBM_MASK: this mask, block-averaged by 2, does not give the training cache's mask"):
+    with pytest.raises(
+        est.SubmissionError, match="^VBM_MASK: this mask, block-averaged by 2, does not give the training cache's mask"
+    ):
         fitted(masks_env["root"] / "sub")
 
 
@@ -379,7 +397,9 @@ def test_metadata_must_be_plain_and_within_the_feature_limit(masks_env, tmp_path
     meta = est.load_metadata(sub / "metadata.pkl")
     (sub / "metadata.pkl").write_bytes(pickle.dumps({**meta, "n_features": 10_001}))
     metadata = re.escape(str(sub / "metadata.pkl"))
-    with pytest.raises(est.SubmissionError, match=f"^{metadata}: .*10001 features; the challenge accepts at most 10000"):
+    with pytest.raises(
+        est.SubmissionError, match=f"^{metadata}: .*10001 features; the challenge accepts at most 10000"
+    ):
         fitted(sub)
     (sub / "metadata.pkl").write_bytes(pickle.dumps({**meta, "extra": np.zeros(3)}))
     with pytest.raises(pickle.UnpicklingError, match=r"^metadata\.pkl refers to numpy\..*plain data only"):
@@ -392,14 +412,24 @@ def test_builder_refuses_more_than_10000_features_and_harmonised_runs(setup, tmp
     from brainage.training.checkpoint import MODEL_FORMAT, VERSION, save_file
 
     config = TrainConfig(method="exp", projection_dim=10_001, width=0.125, epochs=1)
-    save_file(tmp_path / "big" / "model.pt", {
-        "format": MODEL_FORMAT, "version": VERSION, "epoch": 1, "config": config.to_dict(),
-        "cache": cache_identity(setup["root"] / "cache"), "age_mean": 40.0, "age_std": 10.0,
-        "model": BrainAgeNet(widen_factor=0.125, projection_dim=10_001).state_dict(),
-    })
+    save_file(
+        tmp_path / "big" / "model.pt",
+        {
+            "format": MODEL_FORMAT,
+            "version": VERSION,
+            "epoch": 1,
+            "config": config.to_dict(),
+            "cache": cache_identity(setup["root"] / "cache"),
+            "age_mean": 40.0,
+            "age_std": 10.0,
+            "model": BrainAgeNet(widen_factor=0.125, projection_dim=10_001).state_dict(),
+        },
+    )
     big_model = re.escape(str(tmp_path / "big" / "model.pt"))
-    with pytest.raises(SubmissionBuildError,
-                       match=f"^{big_model}: projection features have 10001 dimensions; the challenge accepts at most 10000"):
+    with pytest.raises(
+        SubmissionBuildError,
+        match=f"^{big_model}: projection features have 10001 dimensions; the challenge accepts at most 10000",
+    ):
         build_submission(tmp_path / "big", tmp_path / "big_sub")
     assert not (tmp_path / "big_sub").exists()
     # the embedding of the same run is small enough
@@ -491,15 +521,34 @@ def test_kit_scores_by_hand():
 def test_ramp_kit_command_lays_out_a_kit(setup, tmp_path):
     from brainage.cli import main
 
-    assert main(["ramp-kit", "--submission", str(setup["root"] / "sub"), "--data", str(setup["root"] / "data"),
-                 "--out", str(tmp_path / "kit"), "--name", "mine"]) == 0
+    assert (
+        main(
+            [
+                "ramp-kit",
+                "--submission",
+                str(setup["root"] / "sub"),
+                "--data",
+                str(setup["root"] / "data"),
+                "--out",
+                str(tmp_path / "kit"),
+                "--name",
+                "mine",
+            ]
+        )
+        == 0
+    )
     kit = tmp_path / "kit"
     assert (kit / "problem.py").read_text().startswith('"""Local RAMP kit')
-    assert sorted(p.name for p in (kit / "submissions" / "mine").iterdir()) == ["estimator.py", "metadata.pkl",
-                                                                               "weights.pth"]
+    assert sorted(p.name for p in (kit / "submissions" / "mine").iterdir()) == [
+        "estimator.py",
+        "metadata.pkl",
+        "weights.pth",
+    ]
     assert (kit / VBM_MASK_NAME).is_file() and (kit / QR_MASK_NAME).is_file()
     train = np.load(kit / "data" / "train.npy", mmap_mode="r")
     table = (kit / "data" / "train.tsv").read_text().splitlines()
-    assert train.shape == (len(table) - 1, est.TAIL_LENGTH + int(setup["truth"]["vbm_mask"].sum())
-                           + int(setup["truth"]["quasiraw_mask"].sum()))
+    assert train.shape == (
+        len(table) - 1,
+        est.TAIL_LENGTH + int(setup["truth"]["vbm_mask"].sum()) + int(setup["truth"]["quasiraw_mask"].sum()),
+    )
     assert not (kit / "folds.json").exists()

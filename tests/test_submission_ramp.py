@@ -43,14 +43,47 @@ def cli(*args: str) -> None:
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ramp_e2e")
     data = root / "data"
-    cli("simulate", "--out", data, "--n-subjects", N_SUBJECTS, "--downsample", 1, "--seed", 0, "--n-sites", 4,
-        "--modalities", "vbm", "--n-jobs", 1, "--quiet")
+    cli(
+        "simulate",
+        "--out",
+        data,
+        "--n-subjects",
+        N_SUBJECTS,
+        "--downsample",
+        1,
+        "--seed",
+        0,
+        "--n-sites",
+        4,
+        "--modalities",
+        "vbm",
+        "--n-jobs",
+        1,
+        "--quiet",
+    )
     write_ramp_rows(data, root / "ramp", modalities=["vbm"])
     cli("preprocess", "--data", data, "--out", root / "cache", "--downsample", 4, "--quiet")
-    cli("train", "--cache", root / "cache", "--out", root / "run", "--method", "exp", "--epochs", 1,
-        "--batch-size", 8, "--width", 0.125, "--device", "cpu", "--num-threads", 1, "--no-progress")
-    cli("features", "--run", root / "run", "--cache", root / "cache", "--out", root / "features",
-        "--num-threads", 1)
+    cli(
+        "train",
+        "--cache",
+        root / "cache",
+        "--out",
+        root / "run",
+        "--method",
+        "exp",
+        "--epochs",
+        1,
+        "--batch-size",
+        8,
+        "--width",
+        0.125,
+        "--device",
+        "cpu",
+        "--num-threads",
+        1,
+        "--no-progress",
+    )
+    cli("features", "--run", root / "run", "--cache", root / "cache", "--out", root / "features", "--num-threads", 1)
     cli("submission", "--run", root / "run", "--out", root / "sub")
     return root
 
@@ -85,14 +118,22 @@ def test_ramp_test_quick_test_reports_the_project_scores(run):
     # unshuffled inner folds are the same); fold 1: a shuffled subset
     order = np.array([row_of[pid] for pid in project["train"].participant_id])
     subset = np.random.default_rng(1).permutation(len(order))[: len(order) - 5]
-    folds = {"all": {"train": order.tolist(), "valid": order.tolist()},
-             "subset": {"train": order[subset].tolist(), "valid": np.delete(order, subset).tolist()}}
+    folds = {
+        "all": {"train": order.tolist(), "valid": order.tolist()},
+        "subset": {"train": order[subset].tolist(), "valid": np.delete(order, subset).tolist()},
+    }
     kit = write_ramp_kit(run / "kit", ramp, run / "sub", name="brainage_exp", folds=folds)
 
     env = {k: v for k, v in os.environ.items() if k not in ("VBM_MASK", "QUASIRAW_MASK")}
     env.update(TERM="dumb", OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(RAMP_TEST), "--submission", "brainage_exp", "--quick-test"], cwd=kit, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(RAMP_TEST), "--submission", "brainage_exp", "--quick-test"],
+        cwd=kit,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     printed = parse_fold_tables(proc.stdout)
     assert sorted(printed) == [0, 1]
@@ -114,8 +155,19 @@ def test_ramp_test_quick_test_reports_the_project_scores(run):
 
 def test_submission_check_matches_the_project_features_and_scores(run):
     cli("evaluate", "--features", run / "features", "--out", run / "evaluation", "--method", "exp", "--seed", 0)
-    cli("submission-check", "--submission", run / "sub", "--data", run / "data", "--features", run / "features",
-        "--scores", run / "evaluation" / "scores.json", "--out", run / "check")
+    cli(
+        "submission-check",
+        "--submission",
+        run / "sub",
+        "--data",
+        run / "data",
+        "--features",
+        run / "features",
+        "--scores",
+        run / "evaluation" / "scores.json",
+        "--out",
+        run / "check",
+    )
     report = json.loads((run / "check" / "check.json").read_text())
     project = json.loads((run / "evaluation" / "scores.json").read_text())
     assert report["status"] == "passed"
@@ -153,8 +205,10 @@ def test_submission_check_fails_loudly_on_other_features(run, tmp_path):
         arrays["features"] = arrays["features"][::-1].copy() if split == "train" else arrays["features"]
         np.savez(other / f"{split}.npz", **arrays)
     # only the train split was changed, and the message says so
-    with pytest.raises(SubmissionCheckError,
-                       match=r"differ from the project's beyond tolerance \(rtol [^)]*\): train: \d+ subject\(s\), max \|diff\| [^;]*$"):
+    with pytest.raises(
+        SubmissionCheckError,
+        match=r"differ from the project's beyond tolerance \(rtol [^)]*\): train: \d+ subject\(s\), max \|diff\| [^;]*$",
+    ):
         check_submission(run / "sub", run / "data", other, tmp_path / "check")
     assert not (tmp_path / "check" / "check.json").exists()
 

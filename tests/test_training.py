@@ -34,7 +34,9 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_config_rejects_unknown_names_and_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown method 'expo'.*did you mean 'exp'.*'l1', 'combat_l1', 'yaware', 'thr', 'exp'"):
+    with pytest.raises(
+        ValueError, match="unknown method 'expo'.*did you mean 'exp'.*'l1', 'combat_l1', 'yaware', 'thr', 'exp'"
+    ):
         TrainConfig(method="expo")
     with pytest.raises(ValueError, match="unknown kernel 'gauss'.*'rbf', 'gaussian', 'cauchy'"):
         TrainConfig(method="exp", kernel="gauss")
@@ -79,8 +81,11 @@ def test_nan_volume_named(tmp_path):
 
 
 def test_unknown_augmentation():
-    with pytest.raises(ValueError, match=r"augmentations\[0\]: 'RandFlipd' is not an allowed augmentation \(did you "
-                       r"mean 'RandFlip'\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"augmentations\[0\]: 'RandFlipd' is not an allowed augmentation \(did you "
+        r"mean 'RandFlip'\?\)",
+    ):
         build_augmentation([{"name": "RandFlipd", "keys": ["x"]}])
     with pytest.raises(ValueError, match=r"augmentations\[1\]: 'RandFlp' is not an allowed augmentation.*RandFlip"):
         build_augmentation([{"name": "RandFlip"}, {"name": "RandFlp"}])
@@ -211,8 +216,11 @@ def test_corrupted_checkpoint(cache, tmp_path):
 def test_mismatched_checkpoint(cache, tmp_path):
     out = tmp_path / "run"
     train(tiny("exp", epochs=1), cache, out)
-    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: was written by a run with other options \(method: "
-                       r"checkpoint 'exp' vs now 'thr'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint\.pt: was written by a run with other options \(method: "
+        r"checkpoint 'exp' vs now 'thr'",
+    ):
         train(tiny("thr", epochs=1), cache, out)
     # same preprocessing signature, other data (a rebuilt cache): caught by the fingerprint
     other = write_cache(tmp_path / "other", seed=3)
@@ -307,8 +315,13 @@ def test_training_path_imports_without_imaging_stack(tmp_path, cache):
         f"train(cfg, {str(cache)!r}, {str(tmp_path / 'run')!r})\n"
         f"extract_features({str(tmp_path / 'run')!r}, {str(cache)!r}, {str(tmp_path / 'f')!r})\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "f" / "external_test.npz").is_file()
 
@@ -335,8 +348,9 @@ def test_cuda_code_paths_run_on_cpu(cache, tmp_path):
     def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([state[k].double().ravel() for k in sorted(initial) if initial[k].is_floating_point()])
 
-    w_cl, w_plain, w_threads, w_init = (flat(w) for w in (weights(run / "model.pt"), weights(plain),
-                                                         weights(threads), initial))
+    w_cl, w_plain, w_threads, w_init = (
+        flat(w) for w in (weights(run / "model.pt"), weights(plain), weights(threads), initial)
+    )
     moved = torch.linalg.vector_norm(w_plain - w_init)
     floor = torch.linalg.vector_norm(w_threads - w_plain) / moved
     assert 0 < floor < 1e-3, float(floor)  # a change of summation order is visible, and small
@@ -371,8 +385,10 @@ def test_cosine_schedule_and_sgd(cache, tmp_path):
 
 
 def test_augmented_training_is_deterministic(cache, tmp_path):
-    augment = [{"name": "RandFlip", "prob": 0.5, "spatial_axis": 0},
-               {"name": "RandGaussianNoise", "prob": 1.0, "std": 0.2}]
+    augment = [
+        {"name": "RandFlip", "prob": 0.5, "spatial_axis": 0},
+        {"name": "RandGaussianNoise", "prob": 1.0, "std": 0.2},
+    ]
     a = train(tiny("exp", augmentations=augment), cache, tmp_path / "a")
     b = train(tiny("exp", augmentations=augment), cache, tmp_path / "b")
     plain = train(tiny("exp"), cache, tmp_path / "plain")
@@ -435,8 +451,11 @@ def test_divergence_leaves_last_checkpoint_intact(tmp_path, monkeypatch, bad_ste
         return (loss * float("nan") if calls["n"] >= bad_step else loss), prediction
 
     monkeypatch.setattr(trainer, "regression_loss", nan_from)
-    with pytest.raises(TrainingDivergedError, match=rf"loss is nan at epoch 2 step {bad_step}; the last checkpoint "
-                                                    rf".*checkpoint.pt is intact"):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=rf"loss is nan at epoch 2 step {bad_step}; the last checkpoint "
+        rf".*checkpoint.pt is intact",
+    ):
         train(config, cache, out)
     assert calls["n"] == (20 if bad_step <= 20 else 30)
     assert (out / "checkpoint.pt").read_bytes() == before

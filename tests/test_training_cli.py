@@ -18,8 +18,19 @@ from brainage.data.preprocess import preprocess
 from brainage.io import temporary_affixes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TINY = ["--width", "0.125", "--batch-size", "4", "--lr", "0.001", "--device", "cpu", "--num-threads", "1",
-        "--no-progress"]
+TINY = [
+    "--width",
+    "0.125",
+    "--batch-size",
+    "4",
+    "--lr",
+    "0.001",
+    "--device",
+    "cpu",
+    "--num-threads",
+    "1",
+    "--no-progress",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +45,9 @@ def cache(tmp_path_factory):
 
 
 def brainage(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "brainage", *args], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "brainage", *args], cwd=REPO, env=ENV, capture_output=True, text=True, **kw
+    )
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -45,8 +57,22 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_cli_train_and_features(cache, tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text("epochs: 2\nkernel: cauchy\nsigma: 1.5\n")
-    run = brainage("train", "--cache", str(cache), "--method", "exp", "--seed", "3", "--out", str(tmp_path / "run"),
-                   "--config", str(config), "--sigma", "2.5", *TINY)
+    run = brainage(
+        "train",
+        "--cache",
+        str(cache),
+        "--method",
+        "exp",
+        "--seed",
+        "3",
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        str(config),
+        "--sigma",
+        "2.5",
+        *TINY,
+    )
     assert run.returncode == 0, run.stderr
     stored = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["config"]
     assert (stored["kernel"], stored["sigma"], stored["seed"], stored["epochs"]) == ("cauchy", 2.5, 3, 2)
@@ -60,12 +86,34 @@ def test_cli_train_and_features(cache, tmp_path):
             assert f["features"].shape == (rows, 128)
             assert f["site"].dtype.kind == f["participant_id"].dtype.kind == "U"
 
-    bad = brainage("train", "--cache", str(cache), "--method", "exp", "--out", str(tmp_path / "bad"),
-                   "--kernel", "rbf", "--formulation", "papr", *TINY)
+    bad = brainage(
+        "train",
+        "--cache",
+        str(cache),
+        "--method",
+        "exp",
+        "--out",
+        str(tmp_path / "bad"),
+        "--kernel",
+        "rbf",
+        "--formulation",
+        "papr",
+        *TINY,
+    )
     assert bad.returncode == 2 and "invalid choice: 'papr'" in bad.stderr
     (tmp_path / "typo.yaml").write_text("epoch: 3\n")
-    bad = brainage("train", "--cache", str(cache), "--method", "exp", "--out", str(tmp_path / "bad"),
-                   "--config", str(tmp_path / "typo.yaml"), *TINY)
+    bad = brainage(
+        "train",
+        "--cache",
+        str(cache),
+        "--method",
+        "exp",
+        "--out",
+        str(tmp_path / "bad"),
+        "--config",
+        str(tmp_path / "typo.yaml"),
+        *TINY,
+    )
     assert bad.returncode == 2
     assert f"{tmp_path / 'typo.yaml'}: unknown training option(s) 'epoch' (did you mean 'epochs'?)" in bad.stderr
     assert not (tmp_path / "bad").exists()
@@ -77,8 +125,13 @@ def test_sigkill_then_resume_gives_identical_weights(cache, tmp_path):
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "brainage", *args, "--out", str(out)], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brainage", *args, "--out", str(out)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists():
         assert proc.poll() is None, "training ended before writing a checkpoint"

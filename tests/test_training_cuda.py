@@ -39,8 +39,11 @@ def epoch_losses(run) -> list[float]:
 
 
 def finite_weights(path) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in torch.load(path, weights_only=True)["model"].values()
-               if t.is_floating_point())
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in torch.load(path, weights_only=True)["model"].values()
+        if t.is_floating_point()
+    )
 
 
 @pytest.fixture(scope="module")

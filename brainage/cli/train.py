@@ -42,10 +42,14 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cache", required=True, type=Path, help="training cache folder (its train split is used)")
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, metrics.csv, model.pt")
-    p.add_argument("--config", type=Path, help="YAML mapping of TrainConfig options (or a workflow config "
-                   "with a train: section)")
-    p.add_argument("--restart-on-mismatch", action="store_true",
-                   help="set aside a checkpoint of other options or another cache and start afresh (default: error)")
+    p.add_argument(
+        "--config", type=Path, help="YAML mapping of TrainConfig options (or a workflow config with a train: section)"
+    )
+    p.add_argument(
+        "--restart-on-mismatch",
+        action="store_true",
+        help="set aside a checkpoint of other options or another cache and start afresh (default: error)",
+    )
     types = TrainConfig.field_types()
     for name in TrainConfig.field_names():
         flag = "--" + name.replace("_", "-")
@@ -54,8 +58,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
             kwargs["choices"] = list(CHOICES[name])
         elif "type" in kwargs:
             kwargs["metavar"] = name.upper()
-        p.add_argument(flag, dest=f"opt_{name}", default=None, help=f"see TrainConfig.{name} (docs/training.md)",
-                       **kwargs)
+        p.add_argument(
+            flag, dest=f"opt_{name}", default=None, help=f"see TrainConfig.{name} (docs/training.md)", **kwargs
+        )
     p.set_defaults(func=_run_train)
 
 
@@ -96,8 +101,12 @@ def _register_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="default: the run's device option")
     p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
     p.add_argument("--num-threads", type=int, help="CPU threads of torch")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32 (default) or bf16 autocast for the forward passes")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="fp32 (default) or bf16 autocast for the forward passes",
+    )
     p.set_defaults(func=_run_features)
 
 
@@ -108,8 +117,15 @@ def _run_features(args: argparse.Namespace) -> int:
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    written = extract_features(args.run, args.cache, args.out, kind=args.kind, device=args.device,
-                               batch_size=args.batch_size, precision=args.precision)
+    written = extract_features(
+        args.run,
+        args.cache,
+        args.out,
+        kind=args.kind,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+    )
     logging.getLogger("brainage").info("features: %s", ", ".join(str(p) for p in written.values()))
     return 0
 

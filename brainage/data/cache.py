@@ -95,7 +95,9 @@ def _read_cache_json(cache: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     """:func:`read_cache_meta` and the raw bytes of ``cache.json`` (one read)."""
     path = Path(cache) / "cache.json"
     if not path.is_file():
-        raise InputNotFoundError(f"{path} not found: {cache} is not a finished training cache (run `brainage preprocess`)")
+        raise InputNotFoundError(
+            f"{path} not found: {cache} is not a finished training cache (run `brainage preprocess`)"
+        )
     raw = path.read_bytes()
     try:
         # decoded as Path.read_text would (the locale's preferred encoding)
@@ -177,8 +179,9 @@ def check_trained_cache(
     """
     signature = identity.get("signature")
     if signature and meta.get("signature") and signature != meta["signature"]:
-        raise BrainAgeError(f"{path}: cache signature {meta['signature']} differs from the one the run was trained on "
-                         f"({signature})")
+        raise BrainAgeError(
+            f"{path}: cache signature {meta['signature']} differs from the one the run was trained on ({signature})"
+        )
     if identity.get("fingerprint") and cache_identity(path)["fingerprint"] != identity["fingerprint"]:
         raise BrainAgeError(
             f"{path}: not the cache the run was trained on (its content fingerprint differs from the one "
@@ -214,8 +217,9 @@ def _check_split_signature(cache: Path, split: str, meta: dict[str, Any]) -> Non
     except (ValueError, AttributeError) as err:
         raise BrainAgeError(f"{sidecar}: unreadable split signature ({err}); rebuild the cache") from err
     if found != expected.get(split):
-        described = (f"signature {expected[split]}" if split in expected
-                     else f"no {split!r} split (it lists {sorted(expected)})")
+        described = (
+            f"signature {expected[split]}" if split in expected else f"no {split!r} split (it lists {sorted(expected)})"
+        )
         raise BrainAgeError(
             f"{cache}: the {split!r} split (signature {found}, {sidecar.name}) was written by another "
             f"preprocessing run than the one cache.json describes ({described}): the folder mixes two "
@@ -235,8 +239,11 @@ def open_split(cache: str | os.PathLike, split: str, *, meta: dict[str, Any] | N
     """
     if split not in SPLITS:
         hint = difflib.get_close_matches(split, SPLITS, n=1)
-        raise BrainAgeError(f"unknown split {split!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; valid splits are: {', '.join(SPLITS)}")
+        raise BrainAgeError(
+            f"unknown split {split!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; valid splits are: {', '.join(SPLITS)}"
+        )
     cache = Path(cache)
     if meta is None:
         meta = read_cache_meta(cache)

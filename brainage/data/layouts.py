@@ -150,8 +150,10 @@ class OpenBHBDataset:
                 raise InputNotFoundError(f"{modality} mask not found: expected {path or mod.mask_file}")
             data = load_mask(path, threshold=mod.threshold)
             if not data.any():
-                raise OpenBHBError(f"{path}: empty {modality} mask: no voxel is above the mask threshold "
-                                   f"{mod.threshold:g}; expected the OpenBHB mask {mod.mask_file}")
+                raise OpenBHBError(
+                    f"{path}: empty {modality} mask: no voxel is above the mask threshold "
+                    f"{mod.threshold:g}; expected the OpenBHB mask {mod.mask_file}"
+                )
             try:
                 grid_factor(modality, data.shape, nib.load(path).affine)
             except OpenBHBError as err:
@@ -272,8 +274,9 @@ class RampLayout(OpenBHBDataset):
         train_sites: set[str] | None = None
         for name in parts:
             table_path = root / f"{name}.tsv"
-            table = load_participants(table_path, default_split="train" if name == "train" else None,
-                                      require_split=name == "train")
+            table = load_participants(
+                table_path, default_split="train" if name == "train" else None, require_split=name == "train"
+            )
             if "split" not in table.columns:
                 if train_sites is None:
                     ref = load_participants(root / "train.tsv", default_split="train")
@@ -285,8 +288,13 @@ class RampLayout(OpenBHBDataset):
                 raise OpenBHBError(
                     f"{root / (name + '.npy')}: shape {array.shape} does not match {table_path} "
                     f"({len(table)} rows): expected ({len(table)}, row_length); "
-                    + ("a participant without an array" if array.ndim == 2 and array.shape[0] < len(table)
-                       else "an array row without a participant" if array.ndim == 2 else "")
+                    + (
+                        "a participant without an array"
+                        if array.ndim == 2 and array.shape[0] < len(table)
+                        else "an array row without a participant"
+                        if array.ndim == 2
+                        else ""
+                    )
                 )
             _check_float(array, str(root / f"{name}.npy"))
             table["ramp_part"] = name
@@ -325,7 +333,9 @@ class RampLayout(OpenBHBDataset):
         values = self.row(index)[block]  # a memory-mapped view: nothing is read yet
         mask = self.mask(modality)
         vol = unmask_rows(values, mask, dtype=np.float32)
-        _check_finite_volume(vol, mask, f"{self.root / (rec['ramp_part'] + '.npy')}, row {int(rec['ramp_row'])} ({modality})")
+        _check_finite_volume(
+            vol, mask, f"{self.root / (rec['ramp_part'] + '.npy')}, row {int(rec['ramp_row'])} ({modality})"
+        )
         return vol
 
     def validate(self, modality: str = "vbm") -> None:

@@ -48,9 +48,7 @@ def load_mask(
         if mask.dtype == bool:
             return mask
         if threshold is None:
-            raise OpenBHBError(
-                f"mask array has dtype {mask.dtype}: pass a boolean array or give threshold="
-            )
+            raise OpenBHBError(f"mask array has dtype {mask.dtype}: pass a boolean array or give threshold=")
         return _above(mask, threshold)
     name = ""
     if isinstance(mask, (str, os.PathLike)):
@@ -63,8 +61,10 @@ def load_mask(
         img = nib.load(name) if isinstance(mask, (str, os.PathLike)) else mask
         data = img.get_fdata(dtype=np.float64)
     except (ImageFileError, OSError, EOFError, zlib.error) as err:
-        raise OpenBHBError(f"{name or '<in memory>'}: the mask image cannot be read, truncated or not NIfTI "
-                           f"({type(err).__name__}: {err})") from err
+        raise OpenBHBError(
+            f"{name or '<in memory>'}: the mask image cannot be read, truncated or not NIfTI "
+            f"({type(err).__name__}: {err})"
+        ) from err
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -156,8 +156,7 @@ def unmask_rows(
     n_voxels = int(mask.sum())
     if rows.ndim != 2 or rows.shape[1] != n_voxels:
         raise OpenBHBError(
-            f"rows of shape {rows.shape} do not match the mask: it selects {n_voxels} voxels, "
-            "expected (n, n_voxels)"
+            f"rows of shape {rows.shape} do not match the mask: it selects {n_voxels} voxels, expected (n, n_voxels)"
         )
     volumes = np.zeros((rows.shape[0],) + mask.shape, dtype=rows.dtype if dtype is None else dtype)
     for i in range(rows.shape[0]):

@@ -25,8 +25,20 @@ __all__ = [
 
 #: Columns of the OpenBHB participants table, in the release's order.
 PARTICIPANT_COLUMNS: tuple[str, ...] = (
-    "participant_id", "study", "sex", "age", "site", "diagnosis", "tiv", "csfv", "gmv",
-    "wmv", "magnetic_field_strength", "acquisition_setting", "siteXacq", "split",
+    "participant_id",
+    "study",
+    "sex",
+    "age",
+    "site",
+    "diagnosis",
+    "tiv",
+    "csfv",
+    "gmv",
+    "wmv",
+    "magnetic_field_strength",
+    "acquisition_setting",
+    "siteXacq",
+    "split",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("participant_id", "sex", "age", "site", "split")
 NUMERIC_COLUMNS: tuple[str, ...] = ("age", "tiv", "csfv", "gmv", "wmv", "magnetic_field_strength")

@@ -187,8 +187,9 @@ def preprocess(
     (out / "cache.json").unlink(missing_ok=True)
     with atomic_path(out / "mask.nii.gz") as tmp:
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), tmp)
-    counts, split_signatures = _write_splits(dataset, out, splits, modality, src_mask, mask, downsample, normalize,
-                                             chunk, params, progress)
+    counts, split_signatures = _write_splits(
+        dataset, out, splits, modality, src_mask, mask, downsample, normalize, chunk, params, progress
+    )
 
     meta = {
         **params,
@@ -239,8 +240,17 @@ def _cache_masks(dataset: OpenBHBDataset, modality: str, downsample: int) -> tup
 
 
 def _write_splits(
-    dataset: OpenBHBDataset, out: Path, splits: Sequence[str], modality: str, src_mask: np.ndarray, mask: np.ndarray,
-    downsample: int, normalize: str, chunk: int, params: dict, progress: bool,
+    dataset: OpenBHBDataset,
+    out: Path,
+    splits: Sequence[str],
+    modality: str,
+    src_mask: np.ndarray,
+    mask: np.ndarray,
+    downsample: int,
+    normalize: str,
+    chunk: int,
+    params: dict,
+    progress: bool,
 ) -> tuple[dict[str, int], dict[str, str]]:
     """Write (or keep, when up to date) each asked split; returns subject counts and signatures of the cache's splits.
 
@@ -252,8 +262,9 @@ def _write_splits(
         indices = np.flatnonzero(split_of == split)
         sig = split_signature(dataset, split, indices, modality, src_mask, params)
         if split in splits:
-            _write_split(dataset, out, split, indices, modality, src_mask, mask, downsample, normalize,
-                         chunk, sig, progress)
+            _write_split(
+                dataset, out, split, indices, modality, src_mask, mask, downsample, normalize, chunk, sig, progress
+            )
         elif not _split_is_done(out, split, sig, (len(indices),) + mask.shape):
             continue  # not asked for, and no up-to-date copy in the folder
         counts[split] = int(indices.size)

@@ -125,7 +125,9 @@ def texture_cluster_scores(logits_or_pred, labels, clusters, min_cell: int = 10)
     if isinstance(clusters, np.ndarray):
         rows = [clusters] if clusters.ndim == 1 else list(clusters) if clusters.ndim == 2 else None
         if rows is None:
-            raise BrainAgeError(f"clusters must be (R, n) or a list of R arrays of length n, got shape {clusters.shape}")
+            raise BrainAgeError(
+                f"clusters must be (R, n) or a list of R arrays of length n, got shape {clusters.shape}"
+            )
     else:
         rows = list(clusters)
     if not rows:

@@ -57,7 +57,9 @@ def plot_examples(
     grids = {title: example_grid(data, per_class, seed=seed) for title, data in panels.items()}
     n_rows = max(g.shape[0] for g in grids.values())
     fig, axes = plt.subplots(
-        n_rows, per_class * len(panels), figsize=(0.75 * per_class * len(panels) + 0.5, 0.8 * n_rows + 0.6),
+        n_rows,
+        per_class * len(panels),
+        figsize=(0.75 * per_class * len(panels) + 0.5, 0.8 * n_rows + 0.6),
         squeeze=False,
     )
     for p, (title, data) in enumerate(panels.items()):
@@ -74,7 +76,9 @@ def plot_examples(
                 i = grid[r, c]
                 ax.imshow(data.images[i].transpose(1, 2, 0), interpolation="nearest")
                 conflicting = data.bias[i] != data.labels[i]
-                ax.set_title(f"{data.labels[i]}/{data.bias[i]}", fontsize=6, color="red" if conflicting else "black", pad=1)
+                ax.set_title(
+                    f"{data.labels[i]}/{data.bias[i]}", fontsize=6, color="red" if conflicting else "black", pad=1
+                )
         axes[0, p * per_class].annotate(title, (0, 1.45), xycoords="axes fraction", fontsize=8, ha="left")
     fig.text(0.5, 0.005, "title = digit/colour index; red = bias-conflicting", ha="center", fontsize=7)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04, top=0.9, wspace=0.08, hspace=0.35)

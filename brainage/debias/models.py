@@ -109,15 +109,19 @@ class ResNet18(nn.Module):
 
         if feature_activation not in ("none", "tanh"):
             raise BrainAgeError(f"feature_activation must be 'none' or 'tanh', got {feature_activation!r}")
-        stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if cifar_stem else dict(
-            conv1_t_size=7, conv1_t_stride=2, no_max_pool=False
+        stem = (
+            dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
+            if cifar_stem
+            else dict(conv1_t_size=7, conv1_t_stride=2, no_max_pool=False)
         )
         self.encoder = resnet18(
             spatial_dims=2, n_input_channels=in_channels, feed_forward=False, widen_factor=width, **stem
         )
         self.feature_dim = int(512 * width)
         self.activation = (
-            nn.Sequential(nn.BatchNorm1d(self.feature_dim), nn.Tanh()) if feature_activation == "tanh" else nn.Identity()
+            nn.Sequential(nn.BatchNorm1d(self.feature_dim), nn.Tanh())
+            if feature_activation == "tanh"
+            else nn.Identity()
         )
         self.fc = nn.Linear(self.feature_dim, n_classes)
 

@@ -205,10 +205,18 @@ def build_corrupted(
         tag = f"{pct:g}pct"
         data = make_corrupted(train_images[train_idx], train_labels[train_idx], pct, protocol, severity, seed, progress)
         emit(f"train_{tag}", data, out_dir / tag, True)
-    emit("valid", make_corrupted(train_images[held], train_labels[held], 90.0, protocol, severity, seed + 1, progress),
-         out_dir / "valid", False)
-    emit("test", make_corrupted(test_images, test_labels, 90.0, protocol, severity, seed + 2, progress),
-         out_dir / "test", False)
+    emit(
+        "valid",
+        make_corrupted(train_images[held], train_labels[held], 90.0, protocol, severity, seed + 1, progress),
+        out_dir / "valid",
+        False,
+    )
+    emit(
+        "test",
+        make_corrupted(test_images, test_labels, 90.0, protocol, severity, seed + 2, progress),
+        out_dir / "test",
+        False,
+    )
     from brainage.io import save_json
 
     save_json(out_dir / "summary.json", summary)
@@ -270,8 +278,11 @@ def build_cifar(
     held = split_per_class(labels, {"val": val_per_class}, seed)["val"]
     rest = np.setdiff1d(np.arange(labels.size), held)
     out_dir = Path(out_dir)
-    for name, (x, y) in {"train": (images[rest], labels[rest]), "val": (images[held], labels[held]),
-                         "test": (test_images, test_labels)}.items():
+    for name, (x, y) in {
+        "train": (images[rest], labels[rest]),
+        "val": (images[held], labels[held]),
+        "test": (test_images, test_labels),
+    }.items():
         save_array_set(out_dir / f"{name}.npz", ArraySet(x, y, np.full(y.shape, -1, np.int64)))
     return {"train": int(rest.size), "val": int(held.size), "test": int(test_labels.size)}
 
@@ -323,8 +334,13 @@ def train_step(
     save_torch(out, record)
     if history is not None:
         save_json(history, {k: v for k, v in record.items() if k != "state_dict"})
-    log.info("trained %s in %.1f s, best epoch %d (val %.3f)", method_cfg.name, result.seconds,
-             result.best_epoch, result.history[result.best_epoch - 1]["val_acc"])
+    log.info(
+        "trained %s in %.1f s, best epoch %d (val %.3f)",
+        method_cfg.name,
+        result.seconds,
+        result.best_epoch,
+        result.history[result.best_epoch - 1]["val_acc"],
+    )
     return record
 
 
@@ -415,20 +431,29 @@ class _EvalSets:
 
 
 def _attacker_runs(
-    test: str | os.PathLike, test_set: ArraySet, attacker_train: str | os.PathLike | None,
-    attack_set: ArraySet | None, test_has_bias: bool,
+    test: str | os.PathLike,
+    test_set: ArraySet,
+    attacker_train: str | os.PathLike | None,
+    attack_set: ArraySet | None,
+    test_has_bias: bool,
 ) -> bool:
     """Whether the privacy attacker can run (both splits carry a bias attribute); logs why not."""
     if not test_has_bias:
-        log.info("%s has no bias attribute (every bias value is -1): aligned/conflicting accuracies and "
-                 "the privacy attacker are not computed (recorded as None)", test)
+        log.info(
+            "%s has no bias attribute (every bias value is -1): aligned/conflicting accuracies and "
+            "the privacy attacker are not computed (recorded as None)",
+            test,
+        )
         return False
     if attack_set is None:
         log.info("no attacker split given: the privacy attacker is not computed (recorded as None)")
         return False
     if not np.any(attack_set.bias >= 0):
-        log.info("%s has no bias attribute (every bias value is -1): the privacy attacker is not computed "
-                 "(recorded as None)", attacker_train)
+        log.info(
+            "%s has no bias attribute (every bias value is -1): the privacy attacker is not computed "
+            "(recorded as None)",
+            attacker_train,
+        )
         return False
     return True
 
@@ -468,8 +493,11 @@ def _evaluate_model(
         "test_acc": accuracy(logits, test_set.labels),
         "test_aligned_acc": groups["aligned"] if groups else None,
         "test_conflicting_acc": groups["conflicting"] if groups else None,
-        "attacker_acc": (attacker_accuracy(attack_feats, attack_set, feats, test_set, seed=cfg["seed"])
-                         if attack_set is not None else None),
+        "attacker_acc": (
+            attacker_accuracy(attack_feats, attack_set, feats, test_set, seed=cfg["seed"])
+            if attack_set is not None
+            else None
+        ),
         "attacker_chance": 1.0 / max(np.unique(test_set.bias).size, 1) if attack_set is not None else None,
         "n_train": record.get("n_train"),
         "n_conflicting_train": record.get("n_conflicting"),

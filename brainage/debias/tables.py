@@ -100,8 +100,17 @@ def privacy_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             att, att_std, n = _mean_std(sel["attacker_acc"])
             tgt, tgt_std, _ = _mean_std(sel["test_acc"])
             row[label] = f"{att:.1f} / {tgt:.1f}"
-            numbers.append({"rho": rho, "method": method, "attacker_mean": att, "attacker_std": att_std,
-                            "target_mean": tgt, "target_std": tgt_std, "n": n})
+            numbers.append(
+                {
+                    "rho": rho,
+                    "method": method,
+                    "attacker_mean": att,
+                    "attacker_std": att_std,
+                    "target_mean": tgt,
+                    "target_std": tgt_std,
+                    "n": n,
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows), pd.DataFrame(numbers)
 
@@ -134,7 +143,8 @@ def write_tables(records: list[dict], out_dir: str | os.PathLike, recipe_note: s
         _, ref_numbers = table2(frame, "ref_protocol_acc")
         numbers = numbers.merge(
             ref_numbers.rename(columns={"mean": "ref_protocol_mean", "std": "ref_protocol_std"}).drop(columns="n"),
-            on=["method", "rho"], how="left",
+            on=["method", "rho"],
+            how="left",
         )
     paths = {
         "runs": save_table(out_dir / "runs.csv", frame.sort_values(["method", "rho", "seed"])),

@@ -123,9 +123,12 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
     rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)
     cols = (dx[:, None] + torch.arange(w)[None, :]).to(x.device)
-    out = padded[torch.arange(b, device=x.device)[:, None, None, None],
-                 torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-                 rows[:, None, :, None], cols[:, None, None, :]]
+    out = padded[
+        torch.arange(b, device=x.device)[:, None, None, None],
+        torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
     flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
@@ -133,8 +136,11 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4)
 def build_from_config(method: MethodConfig, config: TrainConfig, n_classes: int) -> nn.Module:
     """The network for ``method`` under ``config``."""
     return build_model(
-        config.model, n_classes, width=config.width,
-        feature_activation=method.feature_activation, cifar_stem=config.cifar_stem,
+        config.model,
+        n_classes,
+        width=config.width,
+        feature_activation=method.feature_activation,
+        cifar_stem=config.cifar_stem,
     )
 
 
@@ -265,8 +271,23 @@ def _make_loop(method: MethodConfig, config: TrainConfig, train_set: ArraySet, n
     bias = torch.from_numpy(train_set.bias.astype(np.int64))
     n = len(train_set)
     steps = n // config.batch_size if n >= config.batch_size else 1
-    return _Loop(method, config, model, objective, normalizer, optimizer, probe_optimizer, scheduler, images, labels,
-                 bias, n, steps, rng, generator)
+    return _Loop(
+        method,
+        config,
+        model,
+        objective,
+        normalizer,
+        optimizer,
+        probe_optimizer,
+        scheduler,
+        images,
+        labels,
+        bias,
+        n,
+        steps,
+        rng,
+        generator,
+    )
 
 
 def _train_epoch(loop: _Loop, epoch: int) -> dict:

@@ -127,9 +127,7 @@ def cross_fitted_corrected_gap(
     if n_splits < 2:
         raise BrainAgeError(f"cross-fitting needs n_splits >= 2, got {n_splits}")
     if a.size < 2 * n_splits:
-        raise BrainAgeError(
-            f"cross-fitting over {n_splits} folds needs at least {2 * n_splits} subjects, got {a.size}"
-        )
+        raise BrainAgeError(f"cross-fitting over {n_splits} folds needs at least {2 * n_splits} subjects, got {a.size}")
     out = np.empty_like(a)
     folds = KFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     for fit_idx, apply_idx in folds.split(a):
@@ -201,8 +199,8 @@ def held_out_gap_correction(
         for split in ("external_test", "train"):
             corrected[split] = corr.corrected_gap(p[split], a[split])
         corrected["internal_test"] = cross_fitted_corrected_gap(
-            a["internal_test"], p["internal_test"], n_splits=n_splits, random_state=random_state,
-            min_slope=min_slope)
+            a["internal_test"], p["internal_test"], n_splits=n_splits, random_state=random_state, min_slope=min_slope
+        )
         summary.update(slope=corr.slope_, intercept=corr.intercept_, n_calibration=corr.n_calibration_)
     except ValueError as err:
         warnings.warn(f"age-bias correction skipped: {err}", UserWarning, stacklevel=3)
@@ -211,7 +209,5 @@ def held_out_gap_correction(
     raw = {s: brain_age_gap(p[s], a[s]) for s in SPLITS}
     summary["gap_stats"] = {s: _mean_std(raw[s]) for s in SPLITS}
     summary["corrected_gap_stats"] = {s: _mean_std(corrected[s]) for s in SPLITS}
-    summary["gap_age_r"] = {
-        s: {"raw": _corr(a[s], raw[s]), "corrected": _corr(a[s], corrected[s])} for s in SPLITS
-    }
+    summary["gap_age_r"] = {s: {"raw": _corr(a[s], raw[s]), "corrected": _corr(a[s], corrected[s])} for s in SPLITS}
     return raw, corrected, summary

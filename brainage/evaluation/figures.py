@@ -101,11 +101,7 @@ def plot_per_site_mae(
     Args:
         per_site: ``{split: {site: {"n": count, "mae": years}}}``; None entries are skipped.
     """
-    rows = [
-        (split, site, v["mae"], v["n"])
-        for split, sites in per_site.items() if sites
-        for site, v in sites.items()
-    ]
+    rows = [(split, site, v["mae"], v["n"]) for split, sites in per_site.items() if sites for site, v in sites.items()]
     fig, (ax,) = _figure(6.0, max(2.5, 0.22 * len(rows) + 1.2))
     labels = [f"{site} (n={n})" for _, site, _, n in rows]
     colors = [SPLIT_STYLE.get(split, {}).get("color", "tab:gray") for split, *_ in rows]
@@ -117,7 +113,8 @@ def plot_per_site_mae(
 
     handles = [
         Patch(color=SPLIT_STYLE.get(split, {}).get("color", "tab:gray"), label=SPLIT_NAMES.get(split, split))
-        for split in per_site if per_site[split]
+        for split in per_site
+        if per_site[split]
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title(title or "MAE per site")
@@ -159,8 +156,16 @@ def plot_embedding(
     fig, (ax,) = _figure(7.5, height)
     cmap, norm = _site_colormap(seen, external_only)
     handles = _scatter_splits(ax, names, emb, split_of, site_of, sites, order, cmap, norm)
-    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=7,
-              frameon=False, handletextpad=0.2, columnspacing=1.0)
+    ax.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(handles),
+        fontsize=7,
+        frameon=False,
+        handletextpad=0.2,
+        columnspacing=1.0,
+    )
     if n_sites:
         _site_colorbar(fig, ax, cmap, norm, seen, external_only, height)
     ax.set_xlabel(axis[0])
@@ -172,7 +177,10 @@ def plot_embedding(
 
 
 def _embed(
-    features: Mapping[str, np.ndarray], sites: Mapping[str, np.ndarray | None], method: str, random_state: int,
+    features: Mapping[str, np.ndarray],
+    sites: Mapping[str, np.ndarray | None],
+    method: str,
+    random_state: int,
     max_points: int,
 ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """The 2-D embedding of at most ``max_points`` subjects of all splits.
@@ -226,8 +234,15 @@ def _site_colormap(seen: list[str], external_only: list[str]):
 
 
 def _scatter_splits(
-    ax, names: list[str], emb: np.ndarray, split_of: np.ndarray, site_of: np.ndarray,
-    sites: Mapping[str, np.ndarray | None], order: list[str], cmap, norm,
+    ax,
+    names: list[str],
+    emb: np.ndarray,
+    split_of: np.ndarray,
+    site_of: np.ndarray,
+    sites: Mapping[str, np.ndarray | None],
+    order: list[str],
+    cmap,
+    norm,
 ) -> list:
     """One scatter per split (site colours, or grey without site labels); returns the legend handles."""
     from matplotlib.lines import Line2D
@@ -243,16 +258,35 @@ def _scatter_splits(
         sel = split_of == name
         if sel.any() and sites.get(name) is not None:
             site_idx = np.array([index[v] for v in site_of[sel]])
-            ax.scatter(emb[sel, 0], emb[sel, 1], marker=marker, alpha=0.8, c=site_idx,
-                       cmap=cmap, norm=norm, zorder=3 if external else 2, **edge)
+            ax.scatter(
+                emb[sel, 0],
+                emb[sel, 1],
+                marker=marker,
+                alpha=0.8,
+                c=site_idx,
+                cmap=cmap,
+                norm=norm,
+                zorder=3 if external else 2,
+                **edge,
+            )
         elif sel.any():  # a split without site labels: grey
-            ax.scatter(emb[sel, 0], emb[sel, 1], marker=marker, alpha=0.8, color="0.55",
-                       zorder=3 if external else 2, **edge)
+            ax.scatter(
+                emb[sel, 0], emb[sel, 1], marker=marker, alpha=0.8, color="0.55", zorder=3 if external else 2, **edge
+            )
             unlabelled_shown = True
-        handles.append(Line2D([], [], ls="", marker=marker, markersize=6 if external else 5,
-                              markerfacecolor="0.75", markeredgecolor="k" if external else "0.75",
-                              markeredgewidth=0.8 if external else 0,
-                              label=SPLIT_NAMES.get(name, name) + (" (unseen sites)" if external else "")))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker=marker,
+                markersize=6 if external else 5,
+                markerfacecolor="0.75",
+                markeredgecolor="k" if external else "0.75",
+                markeredgewidth=0.8 if external else 0,
+                label=SPLIT_NAMES.get(name, name) + (" (unseen sites)" if external else ""),
+            )
+        )
     if unlabelled_shown:
         handles.append(Line2D([], [], ls="", marker="o", markersize=5, color="0.55", label="no site label"))
     return handles
@@ -264,8 +298,7 @@ def _site_colorbar(fig: Figure, ax, cmap, norm, seen: list[str], external_only: 
 
     order = seen + external_only
     n_sites = len(order)
-    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.05, pad=0.02,
-                        aspect=40)
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.05, pad=0.02, aspect=40)
     # one tick label per site where they fit (~8 pt each), else every k-th
     step = max(1, int(np.ceil(n_sites / max(1, int((height - 1.4) * 72 / 8)))))
     ticks = list(range(0, n_sites, step))
@@ -292,11 +325,20 @@ def plot_table_summary(table: pd.DataFrame, path: str | os.PathLike) -> Path:
             ``<metric>_mean`` / ``<metric>_std`` columns for int_mae, bacc_pct, ext_mae,
             challenge_score (and site_given_age_pct, sex_bacc_pct).
     """
-    panels = [("int_mae", "Int. MAE (years)"), ("bacc_pct", "BAcc (%)"),
-              ("ext_mae", "Ext. MAE (years)"), ("challenge_score", "L_c (lower is better)")]
-    panels += [(key, title) for key, title in (("site_given_age_pct", "site given age BAcc (%), analysis"),
-                                               ("sex_bacc_pct", "sex BAcc (%), analysis"))
-               if f"{key}_mean" in table and table[f"{key}_mean"].notna().any()]
+    panels = [
+        ("int_mae", "Int. MAE (years)"),
+        ("bacc_pct", "BAcc (%)"),
+        ("ext_mae", "Ext. MAE (years)"),
+        ("challenge_score", "L_c (lower is better)"),
+    ]
+    panels += [
+        (key, title)
+        for key, title in (
+            ("site_given_age_pct", "site given age BAcc (%), analysis"),
+            ("sex_bacc_pct", "sex BAcc (%), analysis"),
+        )
+        if f"{key}_mean" in table and table[f"{key}_mean"].notna().any()
+    ]
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
     fig, axes = _figure(4.0 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
@@ -330,8 +372,11 @@ def plot_tradeoff(table: pd.DataFrame, path: str | os.PathLike) -> Path:
 
     fig, (ax,) = _figure(7.5, 4.5)
     refs = table["reference"].to_numpy(dtype=bool) if "reference" in table else np.zeros(len(table), bool)
-    compliant = (table["challenge_compliant"].to_numpy(dtype=bool) if "challenge_compliant" in table
-                 else np.ones(len(table), bool))
+    compliant = (
+        table["challenge_compliant"].to_numpy(dtype=bool)
+        if "challenge_compliant" in table
+        else np.ones(len(table), bool)
+    )
     rows = table[~refs]
     b = rows["bacc_pct_mean"].to_numpy(dtype=float)
     e = rows["ext_mae_mean"].to_numpy(dtype=float)
@@ -344,19 +389,28 @@ def plot_tradeoff(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     palette = colormaps["tab10"]
     for i, (name, xi, yi, xs, ys, ok) in enumerate(zip(labels, b, e, bs, es, compliant[~refs])):
         color = palette(i % 10)
-        ax.errorbar([xi], [yi], xerr=[xs], yerr=[ys], fmt=METHOD_MARKERS[i % len(METHOD_MARKERS)], color=color,
-                    markersize=7, capsize=3, markerfacecolor=color if ok else "none",
-                    label=name if ok else f"{name} (not challenge-compliant)")
+        ax.errorbar(
+            [xi],
+            [yi],
+            xerr=[xs],
+            yerr=[ys],
+            fmt=METHOD_MARKERS[i % len(METHOD_MARKERS)],
+            color=color,
+            markersize=7,
+            capsize=3,
+            markerfacecolor=color if ok else "none",
+            label=name if ok else f"{name} (not challenge-compliant)",
+        )
     for k, (_, ref) in enumerate(table[refs].iterrows()):
-        ax.axvline(float(ref["bacc_pct_mean"]), color="0.35", ls=("--", "-.", ":")[k % 3], lw=1,
-                   label=f"{ref['method']}: BAcc")
+        ax.axvline(
+            float(ref["bacc_pct_mean"]), color="0.35", ls=("--", "-.", ":")[k % 3], lw=1, label=f"{ref['method']}: BAcc"
+        )
     bx = np.linspace(max(min(b.min() * 0.8, b.min() - 1), 0.1), max(b.max() * 1.2, b.max() + 1), 200)
     levels = np.quantile(rows["challenge_score_mean"].to_numpy(), [0.0, 0.5, 1.0])
     for lc in np.unique(np.round(levels, 3)):
         ax.plot(bx, lc / (bx / 100.0) ** 0.3, color="0.7", lw=0.8, ls=":", zorder=0)
         ax.annotate(f"L_c={lc:.2f}", (bx[-1], lc / (bx[-1] / 100.0) ** 0.3), fontsize=7, color="0.4")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, title="method",
-              title_fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, title="method", title_fontsize=8)
     ax.set_xlabel("BAcc of the site probe (%), internal test")
     ax.set_ylabel("Ext. MAE (years)")
     ax.set_title("Site leakage vs external error (lower left is better)", fontsize=10)

@@ -37,13 +37,22 @@ __all__ = ["load_folds", "evaluate_folds", "run_evaluation", "SCORE_KEYS"]
 
 log = logging.getLogger(__name__)
 
-SCORE_KEYS = ("int_mae", "bacc", "ext_mae", "challenge_score", "int_rmse", "ext_rmse", "int_r", "ext_r",
-              "bacc_chance", "site_given_age_bacc", "sex_bacc")
+SCORE_KEYS = (
+    "int_mae",
+    "bacc",
+    "ext_mae",
+    "challenge_score",
+    "int_rmse",
+    "ext_rmse",
+    "int_r",
+    "ext_r",
+    "bacc_chance",
+    "site_given_age_bacc",
+    "sex_bacc",
+)
 
 
-def load_folds(
-    path: str | os.PathLike, id_table: str | os.PathLike | None = None
-) -> dict[str, dict[str, list[str]]]:
+def load_folds(path: str | os.PathLike, id_table: str | os.PathLike | None = None) -> dict[str, dict[str, list[str]]]:
     """Read a fold file ``{fold: {"train": [...], "internal_test": [...], "external_test": [...]}}``.
 
     Entries are participant ids. Integer entries (the layout of the RAMP kit's
@@ -100,9 +109,9 @@ def _stack(splits: Mapping[str, FeatureSplit]) -> tuple[pd.Index, np.ndarray, np
         raise BrainAgeError(f"participant {dup!r} appears more than once across the feature files")
     x = np.concatenate([s.features for s in splits.values()])
     age = np.concatenate([s.age for s in splits.values()])
-    site = np.concatenate([
-        s.site if s.site is not None else np.full(len(s), "", dtype=str) for s in splits.values()
-    ]).astype(str)
+    site = np.concatenate(
+        [s.site if s.site is not None else np.full(len(s), "", dtype=str) for s in splits.values()]
+    ).astype(str)
     return index, x, age, site
 
 
@@ -115,8 +124,7 @@ def evaluate_folds(
 ) -> list[dict[str, Any]]:
     """Run the protocol once per fold; subjects are looked up by participant id in every split."""
     index, x, age, site = _stack(splits)
-    sex = (np.concatenate([s.sex for s in splits.values()])
-           if all(s.sex is not None for s in splits.values()) else None)
+    sex = np.concatenate([s.sex for s in splits.values()]) if all(s.sex is not None for s in splits.values()) else None
     results = []
     for name, sets in folds.items():
         triples = []
@@ -129,10 +137,19 @@ def evaluate_folds(
                 raise BrainAgeError(f"fold {name!r} {split}: some subjects have no site label")
             sites = site[rows] if split != "external_test" or (site[rows] != "").all() else None
             triples.append((x[rows], age[rows], sites))
-        fold_sex = None if sex is None else tuple(
-            sex[index.get_indexer(list(sets[split]))] for split in ("train", "internal_test"))
-        res = evaluate_features(*triples, settings=settings, allow_over_limit=allow_over_limit,
-                                names=[f"fold {name} {s}" for s in SPLITS], bias_cv=bias_cv, sex=fold_sex)
+        fold_sex = (
+            None
+            if sex is None
+            else tuple(sex[index.get_indexer(list(sets[split]))] for split in ("train", "internal_test"))
+        )
+        res = evaluate_features(
+            *triples,
+            settings=settings,
+            allow_over_limit=allow_over_limit,
+            names=[f"fold {name} {s}" for s in SPLITS],
+            bias_cv=bias_cv,
+            sex=fold_sex,
+        )
         res.pop("predictions")
         res["fold"] = name
         results.append(res)
@@ -183,8 +200,11 @@ def run_evaluation(
         sex=_sex(splits),
     )
     preds_raw = res.pop("predictions")
-    preds = {"train": preds_raw["train_oof"], "internal_test": preds_raw["internal"],
-             "external_test": preds_raw["external"]}
+    preds = {
+        "train": preds_raw["train_oof"],
+        "internal_test": preds_raw["internal"],
+        "external_test": preds_raw["external"],
+    }
 
     scores: dict[str, Any] = {
         "method": method,
@@ -211,9 +231,15 @@ def run_evaluation(
         _write_figures(splits, preds, res, out_dir / "figures", tag, tsne, rs)
     save_table(out_dir / "predictions.csv", table)
     save_json(out_dir / "scores.json", scores)
-    log.info("%s: Int. MAE %.2f, BAcc %.1f %% (chance %.1f %%), Ext. MAE %.2f, L_c %.3f",
-             tag or features_dir, scores["int_mae"], 100 * scores["bacc"], 100 * scores["bacc_chance"],
-             scores["ext_mae"], scores["challenge_score"])
+    log.info(
+        "%s: Int. MAE %.2f, BAcc %.1f %% (chance %.1f %%), Ext. MAE %.2f, L_c %.3f",
+        tag or features_dir,
+        scores["int_mae"],
+        100 * scores["bacc"],
+        100 * scores["bacc_chance"],
+        scores["ext_mae"],
+        scores["challenge_score"],
+    )
     return scores
 
 
@@ -230,60 +256,83 @@ def _head_scores(splits: Mapping[str, FeatureSplit]) -> dict[str, Any]:
     """``{"head": ...}``: the MAEs (years) of the network's own regression head when both test splits have it."""
     if not all(splits[s].prediction is not None for s in ("internal_test", "external_test")):
         return {}
-    return {"head": {
-        "note": "the network's own regression head, not the challenge's Ridge probe",
-        "int_mae": mae(splits["internal_test"].age, splits["internal_test"].prediction),
-        "ext_mae": mae(splits["external_test"].age, splits["external_test"].prediction),
-    }}
+    return {
+        "head": {
+            "note": "the network's own regression head, not the challenge's Ridge probe",
+            "int_mae": mae(splits["internal_test"].age, splits["internal_test"].prediction),
+            "ext_mae": mae(splits["external_test"].age, splits["external_test"].prediction),
+        }
+    }
 
 
 def _fold_scores(
-    splits: Mapping[str, FeatureSplit], folds: Mapping[str, Mapping[str, Sequence[str]]], settings: ProbeSettings,
-    allow_over_limit: bool, bias_cv: int,
+    splits: Mapping[str, FeatureSplit],
+    folds: Mapping[str, Mapping[str, Sequence[str]]],
+    settings: ProbeSettings,
+    allow_over_limit: bool,
+    bias_cv: int,
 ) -> dict[str, Any]:
     """``folds`` (one score set per fold) and ``folds_summary`` (mean and sample std of the four challenge scores)."""
-    fold_scores = evaluate_folds(splits, folds, settings=settings, allow_over_limit=allow_over_limit,
-                                 bias_cv=bias_cv)
+    fold_scores = evaluate_folds(splits, folds, settings=settings, allow_over_limit=allow_over_limit, bias_cv=bias_cv)
     summary = {
-        key: {"mean": float(np.mean([f[key] for f in fold_scores])),
-              "std": float(np.std([f[key] for f in fold_scores], ddof=1)) if len(fold_scores) > 1 else None}
+        key: {
+            "mean": float(np.mean([f[key] for f in fold_scores])),
+            "std": float(np.std([f[key] for f in fold_scores], ddof=1)) if len(fold_scores) > 1 else None,
+        }
         for key in ("int_mae", "bacc", "ext_mae", "challenge_score")
     }
     return {"folds": fold_scores, "folds_summary": summary}
 
 
-def _prediction_table(splits: Mapping[str, FeatureSplit], preds: Mapping[str, np.ndarray],
-                      gap: Mapping[str, np.ndarray], corrected: Mapping[str, np.ndarray]) -> pd.DataFrame:
+def _prediction_table(
+    splits: Mapping[str, FeatureSplit],
+    preds: Mapping[str, np.ndarray],
+    gap: Mapping[str, np.ndarray],
+    corrected: Mapping[str, np.ndarray],
+) -> pd.DataFrame:
     """One row per subject: ids, split, site, age, predicted age, gap, corrected gap (and head output)."""
     rows = []
     for split in SPLITS:
         sp = splits[split]
-        frame = pd.DataFrame({
-            "participant_id": sp.participant_id,
-            "split": split,
-            "site": sp.site if sp.site is not None else "",
-            "age": sp.age,
-            "predicted_age": preds[split],
-            "gap": gap[split],
-            "corrected_gap": corrected[split],
-        })
+        frame = pd.DataFrame(
+            {
+                "participant_id": sp.participant_id,
+                "split": split,
+                "site": sp.site if sp.site is not None else "",
+                "age": sp.age,
+                "predicted_age": preds[split],
+                "gap": gap[split],
+                "corrected_gap": corrected[split],
+            }
+        )
         if sp.prediction is not None:
             frame["head_predicted_age"] = sp.prediction
         rows.append(frame)
     return pd.concat(rows, ignore_index=True)
 
 
-def _write_figures(splits: Mapping[str, FeatureSplit], preds: Mapping[str, np.ndarray], res: Mapping[str, Any],
-                   fig_dir: Path, tag: str, tsne: bool, random_state: int) -> None:
+def _write_figures(
+    splits: Mapping[str, FeatureSplit],
+    preds: Mapping[str, np.ndarray],
+    res: Mapping[str, Any],
+    fig_dir: Path,
+    tag: str,
+    tsne: bool,
+    random_state: int,
+) -> None:
     """Predicted vs true age, MAE per site, and the embedding(s) coloured by site."""
     from brainage.evaluation import figures
 
     figures.plot_predicted_vs_true(
-        {s: (splits[s].age, preds[s]) for s in SPLITS}, fig_dir / "predicted_vs_true.png",
-        title=f"Predicted vs true age {tag}".strip())
+        {s: (splits[s].age, preds[s]) for s in SPLITS},
+        fig_dir / "predicted_vs_true.png",
+        title=f"Predicted vs true age {tag}".strip(),
+    )
     figures.plot_per_site_mae(
         {"internal_test": res["int_per_site_mae"], "external_test": res["ext_per_site_mae"]},
-        fig_dir / "per_site_mae.png", title=f"MAE per site {tag}".strip())
+        fig_dir / "per_site_mae.png",
+        title=f"MAE per site {tag}".strip(),
+    )
     feats = {s: splits[s].features for s in SPLITS}
     sites = {s: splits[s].site for s in SPLITS}
     figures.plot_embedding(feats, sites, fig_dir / "embedding_pca.png", method="pca", random_state=random_state)

@@ -128,8 +128,10 @@ class ProbeSettings:
         """True when grids, folds and iterations are the challenge's."""
         return (
             int(self.cv) == CHALLENGE_CV
-            and np.allclose(self.alphas, CHALLENGE_ALPHAS) and len(self.alphas) == len(CHALLENGE_ALPHAS)
-            and np.allclose(self.cs, CHALLENGE_CS) and len(self.cs) == len(CHALLENGE_CS)
+            and np.allclose(self.alphas, CHALLENGE_ALPHAS)
+            and len(self.alphas) == len(CHALLENGE_ALPHAS)
+            and np.allclose(self.cs, CHALLENGE_CS)
+            and len(self.cs) == len(CHALLENGE_CS)
             and int(self.max_iter) == CHALLENGE_MAX_ITER
         )
 
@@ -226,8 +228,12 @@ def _fit_classifier(settings: ProbeSettings, x: np.ndarray, labels: np.ndarray) 
         probe = clone(site_probe(settings)).fit(x, labels)
     n_conv = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
     if caught:
-        log.info("probe: %d warning(s) while fitting (%d saga convergence, max_iter=%d as in the challenge)",
-                 len(caught), n_conv, settings.max_iter)
+        log.info(
+            "probe: %d warning(s) while fitting (%d saga convergence, max_iter=%d as in the challenge)",
+            len(caught),
+            n_conv,
+            settings.max_iter,
+        )
     return probe, n_conv
 
 
@@ -276,8 +282,11 @@ def collateral_scores(
     (x_tr, y_tr, s_tr), (x_in, y_in, s_in) = train, internal
     r_tr, r_in = residualize_on_age(x_tr, y_tr, x_in, y_in)
     probe, _ = _fit_classifier(settings, r_tr, s_tr)
-    out: dict[str, Any] = {"site_given_age_bacc": _balanced_accuracy(s_in, probe.predict(r_in)),
-                           "sex_bacc": None, "sex_chance": None}
+    out: dict[str, Any] = {
+        "site_given_age_bacc": _balanced_accuracy(s_in, probe.predict(r_in)),
+        "sex_bacc": None,
+        "sex_chance": None,
+    }
     if sex is not None:
         sex_tr, sex_in = (np.asarray(v).astype(str) for v in sex)
         if np.unique(sex_tr).size < 2:
@@ -353,8 +362,11 @@ def evaluate_features(
         for labels, split in ((sex[0], tr), (sex[1], inn)):
             if len(labels) != len(split.ages):
                 raise BrainAgeError(f"{split.name}: {len(split.ages)} feature rows but {len(labels)} sex labels")
-    collateral = (collateral_scores(tr.triple(), inn.triple(), sex, s) if analysis
-                  else {"site_given_age_bacc": None, "sex_bacc": None, "sex_chance": None})
+    collateral = (
+        collateral_scores(tr.triple(), inn.triple(), sex, s)
+        if analysis
+        else {"site_given_age_bacc": None, "sex_bacc": None, "sex_chance": None}
+    )
 
     raw_gap, corrected_gap, gap_summary = held_out_gap_correction(
         {"train": tr.ages, "internal_test": inn.ages, "external_test": ex.ages},
@@ -394,8 +406,10 @@ class _Probes:
 def _checked_splits(triples: Sequence[Triple], names: Sequence[str]) -> tuple[_Split, _Split, _Split]:
     """The three validated splits; sites are required for train and internal test, and one feature width."""
     n_train, n_int, n_ext = names
-    tr, inn, ex = (_Split(name, *check_features(*_unpack(triple, name), name=name))
-                   for triple, name in zip(triples, (n_train, n_int, n_ext)))
+    tr, inn, ex = (
+        _Split(name, *check_features(*_unpack(triple, name), name=name))
+        for triple, name in zip(triples, (n_train, n_int, n_ext))
+    )
     if tr.sites is None:
         raise BrainAgeError(f"{n_train}: sites are required (the site probe is fitted on them)")
     if inn.sites is None:
@@ -426,8 +440,7 @@ def _check_protocol_limits(tr: _Split, s: ProbeSettings, allow_over_limit: bool)
         )
     if over:
         warnings.warn(
-            f"{p} feature columns exceed the challenge limit of {MAX_FEATURES}: scores are not "
-            "challenge-compliant",
+            f"{p} feature columns exceed the challenge limit of {MAX_FEATURES}: scores are not challenge-compliant",
             UserWarning,
             stacklevel=3,  # the caller of evaluate_features
         )
@@ -451,14 +464,24 @@ def _warn_about_internal_sites(inn: _Split, tr: _Split) -> list[str]:
         log.warning("%s: one site only; BAcc is then that site's recall, not a balanced accuracy", inn.name)
     unseen = sorted(set(np.unique(inn.sites)) - set(np.unique(tr.sites)))
     if unseen:
-        log.warning("%s: site(s) %s absent from %s; the probe cannot predict them (recall 0)",
-                    inn.name, unseen, tr.name)
+        log.warning(
+            "%s: site(s) %s absent from %s; the probe cannot predict them (recall 0)", inn.name, unseen, tr.name
+        )
     return unseen
 
 
 def _scores(
-    s: ProbeSettings, tr: _Split, inn: _Split, ex: _Split, probes: _Probes, bacc: float, unseen: list[str],
-    collateral: dict[str, Any], over: bool, gap_summary: dict[str, Any], raw_gap: dict[str, np.ndarray],
+    s: ProbeSettings,
+    tr: _Split,
+    inn: _Split,
+    ex: _Split,
+    probes: _Probes,
+    bacc: float,
+    unseen: list[str],
+    collateral: dict[str, Any],
+    over: bool,
+    gap_summary: dict[str, Any],
+    raw_gap: dict[str, np.ndarray],
     corrected_gap: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """The result of :func:`evaluate_features` (see its Returns), in its key order."""

@@ -55,18 +55,20 @@ DECIMALS = {"int_mae": 2, "bacc_pct": 1, "ext_mae": 2, "challenge_score": 2}
 #: Methods whose numbers need something the challenge server never gives a submission.
 NOT_COMPLIANT: dict[str, str] = {
     "combat_l1": "harmonised with the internal-test subjects' site labels at test time; the challenge "
-                 "server gives a submission the image only",
+    "server gives a submission the image only",
 }
 DAGGER = " †"
 #: The equation a contrastive row was trained with, by (method, formulation) (docs/losses.md).
 EQUATIONS: dict[tuple[str, str], str] = {
-    ("yaware", "paper"): "Eq. 9", ("yaware", "reference"): "Eq. 9",
-    ("thr", "paper"): "Eq. 10", ("thr", "reference"): "reference-code threshold form",
-    ("exp", "paper"): "Eq. 11", ("exp", "reference"): "reference-code form",
+    ("yaware", "paper"): "Eq. 9",
+    ("yaware", "reference"): "Eq. 9",
+    ("thr", "paper"): "Eq. 10",
+    ("thr", "reference"): "reference-code threshold form",
+    ("exp", "paper"): "Eq. 11",
+    ("exp", "reference"): "reference-code form",
 }
 
-PUBLISHED_SOURCE = ("published: Barbano et al., ISBI 2023, RAMP private test set, 3 folds "
-                    "(not computed here)")
+PUBLISHED_SOURCE = "published: Barbano et al., ISBI 2023, RAMP private test set, 3 folds (not computed here)"
 # (method, model, Int. MAE, std, BAcc %, std, Ext. MAE, std, L_c); None where not reported.
 PUBLISHED: tuple[tuple[Any, ...], ...] = (
     ("L1 baseline", "ResNet-18", 2.67, 0.05, 6.7, 0.1, 4.18, 0.01, 1.86),
@@ -100,9 +102,23 @@ def resolve_score_paths(items: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _replicate(rec: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    row = {k: rec.get(k) for k in ("int_mae", "bacc", "ext_mae", "challenge_score", "bacc_chance",
-                                   "int_rmse", "ext_rmse", "int_r", "ext_r", "challenge_protocol",
-                                   "site_given_age_bacc", "sex_bacc")}
+    row = {
+        k: rec.get(k)
+        for k in (
+            "int_mae",
+            "bacc",
+            "ext_mae",
+            "challenge_score",
+            "bacc_chance",
+            "int_rmse",
+            "ext_rmse",
+            "int_r",
+            "ext_r",
+            "challenge_protocol",
+            "site_given_age_bacc",
+            "sex_bacc",
+        )
+    }
     missing = [k for k in ("int_mae", "bacc", "ext_mae", "challenge_score") if row[k] is None]
     if missing:
         raise BrainAgeError(f"{extra.get('path')}: scores lack {missing}")
@@ -137,10 +153,19 @@ def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         label = _label(method, rec)
         probe = rec.get("probe_settings")
         # saga's seed: "0", ... ; "none" when unseeded (as the kit); "" when not recorded
-        saga = "" if not isinstance(probe, Mapping) or "random_state" not in probe else (
-            "none" if probe["random_state"] is None else str(probe["random_state"]))
-        base = dict(method_id=method, label=label, seed=seed, model=rec.get("model") or "", path=str(path),
-                    saga_random_state=saga)
+        saga = (
+            ""
+            if not isinstance(probe, Mapping) or "random_state" not in probe
+            else ("none" if probe["random_state"] is None else str(probe["random_state"]))
+        )
+        base = dict(
+            method_id=method,
+            label=label,
+            seed=seed,
+            model=rec.get("model") or "",
+            path=str(path),
+            saga_random_state=saga,
+        )
         if rec.get("folds"):
             rows.extend(_replicate(f, fold=f.get("fold"), **base) for f in rec["folds"])
         else:
@@ -210,14 +235,16 @@ def _cell(mean: float | None, std: float | None, decimals: int) -> str:
 
 def format_table(agg: pd.DataFrame) -> pd.DataFrame:
     """The six Table 3 columns and the analysis columns as display strings (``mean ± std``)."""
-    table = pd.DataFrame({
-        "method": agg["method"],
-        "model": agg["model"],
-        "Int. MAE": [_cell(m, s, 2) for m, s in zip(agg["int_mae_mean"], agg["int_mae_std"])],
-        "BAcc %": [_cell(m, s, 1) for m, s in zip(agg["bacc_pct_mean"], agg["bacc_pct_std"])],
-        "Ext. MAE": [_cell(m, s, 2) for m, s in zip(agg["ext_mae_mean"], agg["ext_mae_std"])],
-        "L_c": [_cell(m, s, 2) for m, s in zip(agg["challenge_score_mean"], agg["challenge_score_std"])],
-    })
+    table = pd.DataFrame(
+        {
+            "method": agg["method"],
+            "model": agg["model"],
+            "Int. MAE": [_cell(m, s, 2) for m, s in zip(agg["int_mae_mean"], agg["int_mae_std"])],
+            "BAcc %": [_cell(m, s, 1) for m, s in zip(agg["bacc_pct_mean"], agg["bacc_pct_std"])],
+            "Ext. MAE": [_cell(m, s, 2) for m, s in zip(agg["ext_mae_mean"], agg["ext_mae_std"])],
+            "L_c": [_cell(m, s, 2) for m, s in zip(agg["challenge_score_mean"], agg["challenge_score_std"])],
+        }
+    )
     for column, key in ANALYSIS_COLUMNS.items():
         if f"{key}_mean" in agg:
             table[column] = [_cell(m, s, 1) for m, s in zip(agg[f"{key}_mean"], agg[f"{key}_std"])]
@@ -228,19 +255,32 @@ def published_table() -> pd.DataFrame:
     """The published rows of openbhb.md, numeric columns named as in :func:`aggregate`."""
     rows = []
     for method, model, im, isd, b, bsd, em, esd, lc in PUBLISHED:
-        rows.append({
-            "method_id": "", "method": method, "model": model,
-            "int_mae_mean": im, "int_mae_std": isd, "bacc_pct_mean": b, "bacc_pct_std": bsd,
-            "ext_mae_mean": em, "ext_mae_std": esd, "challenge_score_mean": lc, "challenge_score_std": None,
-        })
+        rows.append(
+            {
+                "method_id": "",
+                "method": method,
+                "model": model,
+                "int_mae_mean": im,
+                "int_mae_std": isd,
+                "bacc_pct_mean": b,
+                "bacc_pct_std": bsd,
+                "ext_mae_mean": em,
+                "ext_mae_std": esd,
+                "challenge_score_mean": lc,
+                "challenge_score_std": None,
+            }
+        )
     df = pd.DataFrame(rows)
-    display = pd.DataFrame({
-        "method": df["method"], "model": df["model"],
-        "Int. MAE": [_cell(m, s, 2) for m, s in zip(df["int_mae_mean"], df["int_mae_std"])],
-        "BAcc %": [_cell(m, s, 2 if pd.isna(s) else 1) for m, s in zip(df["bacc_pct_mean"], df["bacc_pct_std"])],
-        "Ext. MAE": [_cell(m, s, 2) for m, s in zip(df["ext_mae_mean"], df["ext_mae_std"])],
-        "L_c": [_cell(m, None, 2) for m in df["challenge_score_mean"]],
-    })
+    display = pd.DataFrame(
+        {
+            "method": df["method"],
+            "model": df["model"],
+            "Int. MAE": [_cell(m, s, 2) for m, s in zip(df["int_mae_mean"], df["int_mae_std"])],
+            "BAcc %": [_cell(m, s, 2 if pd.isna(s) else 1) for m, s in zip(df["bacc_pct_mean"], df["bacc_pct_std"])],
+            "Ext. MAE": [_cell(m, s, 2) for m, s in zip(df["ext_mae_mean"], df["ext_mae_std"])],
+            "L_c": [_cell(m, None, 2) for m in df["challenge_score_mean"]],
+        }
+    )
     return pd.concat([display, df.drop(columns=["method", "model"])], axis=1)
 
 
@@ -292,7 +332,8 @@ def _notes(agg: pd.DataFrame, replicates: pd.DataFrame, reps: str, harmonization
         "L_c = BAcc^0.3 × Ext. MAE per replicate, then averaged. Lower is better for every column.",
         f"Replicates: {reps}.",
         f"BAcc chance level (1 / number of training sites): {chance.min():.1f} %"
-        + (f" to {chance.max():.1f} %" if chance.max() - chance.min() > 0.05 else "") + ".",
+        + (f" to {chance.max():.1f} %" if chance.max() - chance.min() > 0.05 else "")
+        + ".",
     ]
     refs = agg.loc[agg["reference"], "method"].tolist()
     if refs:
@@ -301,13 +342,15 @@ def _notes(agg: pd.DataFrame, replicates: pd.DataFrame, reps: str, harmonization
             "(the mean predictor's MAE, chance BAcc) and the age oracle (the true age, z-scored with the "
             "training mean and sd: its BAcc is what age alone tells the site probe where sites recruit "
             "different ages). A method's BAcc between the oracle's and its own is age; only BAcc above "
-            "the oracle's can be scanner information.")
+            "the oracle's can be scanner information."
+        )
     if any(f"{key}_mean" in agg for key in ANALYSIS_COLUMNS.values()):
         notes.append(
             "Analysis columns, not challenge scores: `site given age %` is the BAcc of the same site probe on "
             "the features minus a cubic spline of age fitted on the training split (the internal test "
             "split uses its true ages, which a submission never has): site information beyond age. "
-            "`sex BAcc %` is the same probe for sex (chance 50 %), a second collateral attribute.")
+            "`sex BAcc %` is the same probe for sex (chance 50 %), a second collateral attribute."
+        )
     flagged = agg.loc[~agg["challenge_compliant"], ["method", "method_id"]]
     for row in flagged.itertuples():
         notes.append(f"†{row.method.replace(DAGGER, '')}: not challenge-compliant: {NOT_COMPLIANT[row.method_id]}.")
@@ -347,7 +390,8 @@ def write_table(
 
     reps = "; ".join(
         f"{r.method}: {r.n_replicates} replicate(s)"
-        + (f" (seeds {r.seeds})" if r.seeds else "") + (f" (folds {r.folds})" if r.folds else "")
+        + (f" (seeds {r.seeds})" if r.seeds else "")
+        + (f" (folds {r.folds})" if r.folds else "")
         for r in agg.itertuples()
     )
     notes = _notes(agg, replicates, reps, harmonization)
@@ -358,9 +402,11 @@ def write_table(
         fh.write(shown.to_markdown(index=False) + "\n\n")
         fh.write("".join(f"- {n}\n" for n in notes))
         fh.write("\n## Published reference numbers (not computed here)\n\n")
-        fh.write("Barbano et al., ISBI 2023, Table 3: RAMP private test set of the OpenBHB "
-                 "challenge, 3 folds, full-resolution VBM, 300 epochs. Not comparable cell for "
-                 "cell with a run on other data, grids or training budgets.\n\n")
+        fh.write(
+            "Barbano et al., ISBI 2023, Table 3: RAMP private test set of the OpenBHB "
+            "challenge, 3 folds, full-resolution VBM, 300 epochs. Not comparable cell for "
+            "cell with a run on other data, grids or training budgets.\n\n"
+        )
         fh.write(pub[COLUMNS].to_markdown(index=False) + "\n")
     paths["md"] = out_dir / f"{name}.md"
     if figures:

@@ -53,8 +53,10 @@ EXTERNAL_STRATEGIES: dict[str, str] = {
 #: What each age-free transform does, as recorded in cache.json.
 ADJUST_TEXT: dict[str, str] = {
     "location": "x - sigma * gamma*_site (site location removed; covariate and age effects pass through)",
-    "location-scale": ("(x - m_site - sigma * gamma*_site) / sqrt(delta*_site) + m_site, m_site = the site's "
-                       "mean fitted covariate effect over its training subjects"),
+    "location-scale": (
+        "(x - m_site - sigma * gamma*_site) / sqrt(delta*_site) + m_site, m_site = the site's "
+        "mean fitted covariate effect over its training subjects"
+    ),
 }
 
 
@@ -142,12 +144,17 @@ def harmonize_cache(
     if out.resolve() == src.path.resolve():
         raise BrainAgeError(f"--out {out} is the source cache itself; write the harmonised cache elsewhere")
     plan = _plan_splits(src, external, covariates, age_degree)
-    model = ComBatHarmonizer(covariates=tuple(covariates), age_degree=age_degree, adjust=adjust, eb=eb,
-                             chunk_size=chunk_size)
+    model = ComBatHarmonizer(
+        covariates=tuple(covariates), age_degree=age_degree, adjust=adjust, eb=eb, chunk_size=chunk_size
+    )
     readers: dict[str, _NpyFile] = {}
     # Validates sites and covariates now, before anything is written; reads lazily.
-    chunks = model.fit_chunks(lambda a, b: _read_chunk(readers["train"], plan.flat, a, b),
-                              len(plan.tables["train"]), len(plan.flat), plan.fit_frame)
+    chunks = model.fit_chunks(
+        lambda a, b: _read_chunk(readers["train"], plan.flat, a, b),
+        len(plan.tables["train"]),
+        len(plan.flat),
+        plan.fit_frame,
+    )
     _check_test_sites(model, plan.sites, set(plan.fit_frame[SITE]))
 
     out.mkdir(parents=True, exist_ok=True)
@@ -157,15 +164,24 @@ def harmonize_cache(
 
     info = _harmonization_info(model, plan.tables["train"], external, eb, age_degree, adjust, chunk_size)
     meta = dict(src.meta)
-    params = {"source_signature": src.meta.get("signature"), "chunk_size": int(chunk_size), "external": external,
-              "eb": bool(eb), "covariates": list(model.covariates_), "adjust": adjust, "age_degree": int(age_degree)}
-    meta.update({
-        "source_cache": str(src.path.resolve()),
+    params = {
         "source_signature": src.meta.get("signature"),
-        "signature": _signature(params),
-        "brainage_version": __version__,
-        "harmonization": info,
-    })
+        "chunk_size": int(chunk_size),
+        "external": external,
+        "eb": bool(eb),
+        "covariates": list(model.covariates_),
+        "adjust": adjust,
+        "age_degree": int(age_degree),
+    }
+    meta.update(
+        {
+            "source_cache": str(src.path.resolve()),
+            "source_signature": src.meta.get("signature"),
+            "signature": _signature(params),
+            "brainage_version": __version__,
+            "harmonization": info,
+        }
+    )
     save_json(out / "cache.json", meta)
     return meta
 
@@ -201,7 +217,9 @@ def _check_test_sites(model: ComBatHarmonizer, sites: dict[str, np.ndarray], tra
     if "internal_test" in sites:
         unseen = sorted(set(sites["internal_test"]) - train_sites)
         if unseen:
-            raise BrainAgeError(f"internal_test has site(s) {unseen} that are not in train; ComBat cannot harmonise them")
+            raise BrainAgeError(
+                f"internal_test has site(s) {unseen} that are not in train; ComBat cannot harmonise them"
+            )
     if "external_test" in sites:  # only with the transductive strategy
         seen = sorted(set(sites["external_test"]) & train_sites)
         if seen:
@@ -210,8 +228,13 @@ def _check_test_sites(model: ComBatHarmonizer, sites: dict[str, np.ndarray], tra
 
 
 def _write_splits(
-    src: TrainingCache, out: Path, plan: _Plan, model: ComBatHarmonizer,
-    chunks: Iterator[tuple[int, int, np.ndarray]], readers: dict[str, _NpyFile], progress: bool,
+    src: TrainingCache,
+    out: Path,
+    plan: _Plan,
+    model: ComBatHarmonizer,
+    chunks: Iterator[tuple[int, int, np.ndarray]],
+    readers: dict[str, _NpyFile],
+    progress: bool,
 ) -> None:
     """Every file of ``out`` but ``cache.json``; the harmonised arrays via hidden partial files renamed last.
 
@@ -248,8 +271,12 @@ def _write_splits(
 
 
 def _harmonise_chunks(
-    plan: _Plan, model: ComBatHarmonizer, chunks: Iterator[tuple[int, int, np.ndarray]],
-    readers: dict[str, _NpyFile], writers: dict[str, _NpyFile], progress: bool,
+    plan: _Plan,
+    model: ComBatHarmonizer,
+    chunks: Iterator[tuple[int, int, np.ndarray]],
+    readers: dict[str, _NpyFile],
+    writers: dict[str, _NpyFile],
+    progress: bool,
 ) -> None:
     """Fit chunk by chunk; write each chunk's training block and the test splits' transform of it."""
     bar = tqdm(total=len(model.chunk_bounds_) - 1, desc="harmonize", unit="chunk", disable=not progress)
@@ -272,7 +299,12 @@ def _harmonise_chunks(
 
 
 def _harmonization_info(
-    model: ComBatHarmonizer, train: pd.DataFrame, external: str, eb: bool, age_degree: int, adjust: str,
+    model: ComBatHarmonizer,
+    train: pd.DataFrame,
+    external: str,
+    eb: bool,
+    age_degree: int,
+    adjust: str,
     chunk_size: int,
 ) -> dict:
     """The ``harmonization`` entry of ``cache.json``: what was fitted on what, and how each split was treated."""
@@ -288,7 +320,8 @@ def _harmonization_info(
         "age_used": (
             f"protected at fit time on the training split only (polynomial of degree {age_degree} in "
             f"(age - {model.age_mean_:.2f}) / {model.age_scale_:.2f}); never used by the transform"
-            if age_degree else False
+            if age_degree
+            else False
         ),
         "adjust": adjust,
         "transform": ADJUST_TEXT[adjust],

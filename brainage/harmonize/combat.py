@@ -133,7 +133,9 @@ def covariate_frame(table: pd.DataFrame, covariates: Sequence[str] = ("sex",), a
     wanted = [*names, AGE] if age else list(names)
     missing = [c for c in wanted if c not in table.columns]
     if missing:
-        raise BrainAgeError(f"covariate column(s) {missing} not in the participants table (columns: {list(table.columns)})")
+        raise BrainAgeError(
+            f"covariate column(s) {missing} not in the participants table (columns: {list(table.columns)})"
+        )
     frame = pd.DataFrame({SITE: site_labels(table)})
     for name in names:
         if name == "sex":
@@ -152,7 +154,9 @@ def chunk_bounds(n_features: int, chunk_size: int) -> np.ndarray:
     tiny remainder whose EB priors would rest on a handful of voxels.
     """
     if chunk_size < 2:
-        raise BrainAgeError(f"chunk_size must be >= 2 (EB priors are estimated across the voxels of a chunk), got {chunk_size}")
+        raise BrainAgeError(
+            f"chunk_size must be >= 2 (EB priors are estimated across the voxels of a chunk), got {chunk_size}"
+        )
     n_chunks = max(1, -(-int(n_features) // int(chunk_size)))
     return (np.arange(n_chunks + 1, dtype=np.int64) * int(n_features)) // n_chunks
 
@@ -188,7 +192,9 @@ def _site_column(sites: Sequence | pd.Series | pd.DataFrame, n_rows: int, what: 
     if isinstance(sites, pd.DataFrame):
         ages = [c for c in sites.columns if _is_age_name(c)]
         if ages:
-            raise BrainAgeError(f"{what}: the frame has age column(s) {ages}; the transform never uses age (pass site labels)")
+            raise BrainAgeError(
+                f"{what}: the frame has age column(s) {ages}; the transform never uses age (pass site labels)"
+            )
         if SITE not in sites.columns:
             raise BrainAgeError(f"{what}: the frame has no {SITE!r} column (columns: {list(sites.columns)})")
         sites = sites[SITE]
@@ -277,15 +283,19 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         if not isinstance(covars, pd.DataFrame):
             raise TypeError(f"covars must be a pandas DataFrame with columns {expected}, got {type(covars).__name__}")
         if sorted(map(str, covars.columns)) != sorted(expected):
-            raise BrainAgeError(f"fit: covars must have exactly the columns {expected} (build it with covariate_frame), "
-                             f"got {list(covars.columns)}")
+            raise BrainAgeError(
+                f"fit: covars must have exactly the columns {expected} (build it with covariate_frame), "
+                f"got {list(covars.columns)}"
+            )
         frame = pd.DataFrame({SITE: _site_column(covars[SITE], n_rows, "fit")})
         values = {}
         for name in expected[1:]:
             try:
                 values[name] = pd.to_numeric(covars[name], errors="raise").to_numpy(dtype=np.float64)
             except (TypeError, ValueError) as err:
-                raise BrainAgeError(f"fit: covariate {name!r} must be numeric (dummy-code sex with encode_sex): {err}") from err
+                raise BrainAgeError(
+                    f"fit: covariate {name!r} must be numeric (dummy-code sex with encode_sex): {err}"
+                ) from err
             bad = ~np.isfinite(values[name])
             if bad.any():
                 raise BrainAgeError(f"fit: covariate {name!r} has NaN/inf at row {int(np.flatnonzero(bad)[0])}")
@@ -319,7 +329,9 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         for name in names:
             values = frame[name].to_numpy()
             if np.ptp(values) == 0:
-                raise BrainAgeError(f"covariate {name!r} has no variance in the training set (all values {values[0]!r})")
+                raise BrainAgeError(
+                    f"covariate {name!r} has no variance in the training set (all values {values[0]!r})"
+                )
         design = np.column_stack([frame[SITE].to_numpy()[:, None] == sites[None, :], frame[names].to_numpy()])
         if np.linalg.matrix_rank(design.astype(np.float64)) < design.shape[1]:
             raise BrainAgeError(
@@ -414,13 +426,16 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         self.passthrough_ = np.zeros(p, dtype=bool)
         return self._fit_iter(read, frame, bounds, site_index)
 
-    def _fit_iter(self, read: Callable[[int, int], np.ndarray], frame: pd.DataFrame, bounds: np.ndarray,
-                  site_index: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    def _fit_iter(
+        self, read: Callable[[int, int], np.ndarray], frame: pd.DataFrame, bounds: np.ndarray, site_index: np.ndarray
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
         from tqdm.auto import tqdm
 
         learn = _learn()
         k = len(self.sites_)
-        for start, stop in tqdm(list(zip(bounds[:-1], bounds[1:])), desc="ComBat fit", unit="chunk", disable=not self.progress):
+        for start, stop in tqdm(
+            list(zip(bounds[:-1], bounds[1:])), desc="ComBat fit", unit="chunk", disable=not self.progress
+        ):
             block = np.asarray(read(int(start), int(stop)), dtype=np.float64)
             self._check_finite(block, int(start), "fit")
             const = np.ptp(block, axis=0) == 0
@@ -509,7 +524,9 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
             out[:, start:stop] = self.transform_unseen_columns(X[:, start:stop], sites, int(start), int(stop))
         return out
 
-    def transform_unseen_columns(self, block: np.ndarray, sites: Sequence | pd.DataFrame, start: int, stop: int) -> np.ndarray:
+    def transform_unseen_columns(
+        self, block: np.ndarray, sites: Sequence | pd.DataFrame, start: int, stop: int
+    ) -> np.ndarray:
         """TRANSDUCTIVE: features [start, stop) of subjects from sites absent at fit time.
 
         Each new site's location/scale (and, with ``eb``, its EB priors over this chunk's
@@ -527,7 +544,9 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         labels = _site_column(sites, block.shape[0], "transform_unseen_sites")
         known = np.isin(labels, self.sites_)
         if known.any():
-            raise BrainAgeError(f"transform_unseen_sites: site(s) {sorted(set(labels[known]))} were seen at fit time; use transform")
+            raise BrainAgeError(
+                f"transform_unseen_sites: site(s) {sorted(set(labels[known]))} were seen at fit time; use transform"
+            )
         self._check_finite(block, start, "transform_unseen_sites")
         self.check_unseen_site_sizes(labels, "transform_unseen_sites")
         cols = slice(start, stop)
@@ -558,8 +577,17 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ persistence
 
-    _ARRAYS = ("grand_mean", "coef", "var_pooled", "gamma_star", "delta_star", "site_design_mean",
-               "train_design_mean", "passthrough", "chunk_bounds")
+    _ARRAYS = (
+        "grand_mean",
+        "coef",
+        "var_pooled",
+        "gamma_star",
+        "delta_star",
+        "site_design_mean",
+        "train_design_mean",
+        "passthrough",
+        "chunk_bounds",
+    )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write what the transform needs to ``.npz`` (no pickle), atomically.
@@ -592,22 +620,48 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         if "format" in arrays and int(arrays["format"]) != _MODEL_FORMAT:
-            raise BrainAgeError(f"{path}: ComBat model format {int(arrays['format'])}, this version reads {_MODEL_FORMAT} "
-                             "(format 1 models used no age covariate: rerun `brainage harmonize`)")
-        needed = {"format", "sites", "covariates", "input_covariates", "age_degree", "adjust", "age_mean",
-                  "age_scale", "eb", "chunk_size", *cls._ARRAYS}
+            raise BrainAgeError(
+                f"{path}: ComBat model format {int(arrays['format'])}, this version reads {_MODEL_FORMAT} "
+                "(format 1 models used no age covariate: rerun `brainage harmonize`)"
+            )
+        needed = {
+            "format",
+            "sites",
+            "covariates",
+            "input_covariates",
+            "age_degree",
+            "adjust",
+            "age_mean",
+            "age_scale",
+            "eb",
+            "chunk_size",
+            *cls._ARRAYS,
+        }
         if needed - set(arrays):
             raise BrainAgeError(f"{path}: not a ComBat model (missing {sorted(needed - set(arrays))})")
         k, p = arrays["gamma_star"].shape
         q = len(arrays["covariates"])
-        shapes = {"sites": (k,), "grand_mean": (p,), "coef": (q, p), "var_pooled": (p,), "delta_star": (k, p),
-                  "site_design_mean": (k, q), "train_design_mean": (q,), "passthrough": (p,)}
+        shapes = {
+            "sites": (k,),
+            "grand_mean": (p,),
+            "coef": (q, p),
+            "var_pooled": (p,),
+            "delta_star": (k, p),
+            "site_design_mean": (k, q),
+            "train_design_mean": (q,),
+            "passthrough": (p,),
+        }
         for key, shape in shapes.items():
             if arrays[key].shape != shape:
                 raise BrainAgeError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape}")
-        model = cls(covariates=tuple(arrays["input_covariates"].tolist()), age_degree=int(arrays["age_degree"]),
-                    adjust=str(arrays["adjust"]), eb=bool(arrays["eb"]), chunk_size=int(arrays["chunk_size"]),
-                    unseen_sites=unseen_sites)
+        model = cls(
+            covariates=tuple(arrays["input_covariates"].tolist()),
+            age_degree=int(arrays["age_degree"]),
+            adjust=str(arrays["adjust"]),
+            eb=bool(arrays["eb"]),
+            chunk_size=int(arrays["chunk_size"]),
+            unseen_sites=unseen_sites,
+        )
         model._check_params()
         for key in cls._ARRAYS:
             setattr(model, f"{key}_", arrays[key])

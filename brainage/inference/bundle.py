@@ -54,7 +54,12 @@ BUNDLE_FORMAT = "brainage-model-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS_FORMAT = "brainage-bundle-weights"
 BUNDLE_FILES: tuple[str, ...] = (
-    "bundle.json", "weights.pt", "source_mask.nii.gz", "mask.nii.gz", "reference_mean.nii.gz", "MODEL_CARD.md",
+    "bundle.json",
+    "weights.pt",
+    "source_mask.nii.gz",
+    "mask.nii.gz",
+    "reference_mean.nii.gz",
+    "MODEL_CARD.md",
 )
 
 
@@ -123,7 +128,9 @@ class ModelBundle:
         try:
             network = BrainAgeNet(**kwargs)
         except (TypeError, ValueError) as err:
-            raise BundleError(f"{self.name}: the recorded network BrainAgeNet({kwargs}) cannot be built ({err})") from err
+            raise BundleError(
+                f"{self.name}: the recorded network BrainAgeNet({kwargs}) cannot be built ({err})"
+            ) from err
         try:
             load_state_strict(network, self.state, where)
         except CheckpointError as err:
@@ -194,16 +201,20 @@ class ModelBundle:
         if spec.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{index}: format {spec.get('format')!r}, expected {BUNDLE_FORMAT!r}")
         if spec.get("format_version") != BUNDLE_VERSION:
-            raise BundleError(f"{index}: format version {spec.get('format_version')!r}; this brainage reads "
-                              f"{BUNDLE_VERSION} (written by {spec.get('created_by')})")
+            raise BundleError(
+                f"{index}: format version {spec.get('format_version')!r}; this brainage reads "
+                f"{BUNDLE_VERSION} (written by {spec.get('created_by')})"
+            )
         files = spec.pop("files", {})
         for name in BUNDLE_FILES[1:]:
             file = path / name
             if not file.is_file():
                 raise BundleError(f"{path}: {name} is missing")
             if files.get(name) != _sha256(file):
-                raise BundleError(f"{file}: its SHA-256 differs from the one in bundle.json: the file was altered "
-                                  "or replaced after export")
+                raise BundleError(
+                    f"{file}: its SHA-256 differs from the one in bundle.json: the file was altered "
+                    "or replaced after export"
+                )
         payload = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT or "model" not in payload:
             raise BundleError(f"{path / 'weights.pt'}: not a bundle weights file")

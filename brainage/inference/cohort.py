@@ -53,10 +53,12 @@ def cohort_summary(table: pd.DataFrame) -> dict[str, Any]:
             "q05": float(np.percentile(ages, 5)),
             "q95": float(np.percentile(ages, 95)),
         },
-        "age_histogram": {"edges": edges.tolist(), "counts": counts.astype(int).tolist(),
-                          "bins": f"[a, a + {AGE_BIN_YEARS}) years"},
-        "sites": {"column": site_column, "n": int(table[site_column].nunique()),
-                  "counts": _counts(table[site_column])},
+        "age_histogram": {
+            "edges": edges.tolist(),
+            "counts": counts.astype(int).tolist(),
+            "bins": f"[a, a + {AGE_BIN_YEARS}) years",
+        },
+        "sites": {"column": site_column, "n": int(table[site_column].nunique()), "counts": _counts(table[site_column])},
     }
     if "sex" in table:
         summary["sex"] = _counts(table["sex"])

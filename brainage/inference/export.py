@@ -56,7 +56,7 @@ FEATURE_RTOL, FEATURE_ATOL = 0.02, 0.005
 #: Largest relative difference between the bundle's preprocessing of a source image and the
 #: cache's float16 volume: one float16 rounding step (2 ** -10), for values that fall on a
 #: rounding boundary after float32 arithmetic in another order.
-REPRODUCTION_RTOL = 2.0 ** -10
+REPRODUCTION_RTOL = 2.0**-10
 #: Folds of the internal test split's cross-fitted corrected gaps (as ``brainage evaluate --bias-cv``).
 CALIBRATION_FOLDS = 5
 #: Training rows whose network inputs are averaged at a time (bounded memory).
@@ -76,8 +76,10 @@ def _open_run(run: Path, cache: str | os.PathLike | None):
         raise InputNotFoundError(f"{model_path} not found: the training run has not finished")
     model, info = load_model(model_path, "cpu")
     if info["config"].method == "combat_l1":
-        raise ExportError(f"{model_path}: a combat_l1 model expects ComBat-harmonised images, which needs each new "
-                          "subject's site among the training sites; it cannot be applied to new scans")
+        raise ExportError(
+            f"{model_path}: a combat_l1 model expects ComBat-harmonised images, which needs each new "
+            "subject's site among the training sites; it cannot be applied to new scans"
+        )
     identity = info.get("cache") or {}
     why = "its grid, masks, normalisation and held-out splits define the bundle"
     cache_path, meta = locate_trained_cache(identity, cache, model_path, why)
@@ -99,8 +101,12 @@ def _source_preprocessing(cache: TrainingCache, meta: dict[str, Any], data: str 
         dataset = open_dataset(root, layout="auto" if data is not None else meta.get("layout", "auto"))
         source_mask, source_affine = dataset.mask(modality), np.asarray(dataset.affine(modality), dtype=float)
     elif factor == 1:
-        warnings.warn(f"the source data {root} is not available: the source mask is the cache's mask (downsample 1), "
-                      "and the bundle has no intensity QC ranges; pass --data to add them", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"the source data {root} is not available: the source mask is the cache's mask (downsample 1), "
+            "and the bundle has no intensity QC ranges; pass --data to add them",
+            UserWarning,
+            stacklevel=3,
+        )
         source_mask, source_affine = cache.mask, cache.affine
     else:
         raise InputNotFoundError(
@@ -108,18 +114,36 @@ def _source_preprocessing(cache: TrainingCache, meta: dict[str, Any], data: str 
             f"is needed to undo the block average by {factor}; pass --data"
         )
     try:
-        prep = Preprocessing(modality, tuple(int(s) for s in meta["source_shape"]), source_affine, source_mask,
-                             MODALITIES[modality].threshold, factor, cache.mask, meta["normalize"])
+        prep = Preprocessing(
+            modality,
+            tuple(int(s) for s in meta["source_shape"]),
+            source_affine,
+            source_mask,
+            MODALITIES[modality].threshold,
+            factor,
+            cache.mask,
+            meta["normalize"],
+        )
     except ValueError as err:
         raise ExportError(f"{root} does not hold the source of the cache {cache.path}: {err}") from err
     if not np.allclose(prep.affine, cache.affine, atol=AFFINE_ATOL_MM):
-        raise ExportError(f"{root}: the {modality} mask's affine, block-averaged by {factor}, is not the affine of the "
-                          f"cache {cache.path}")
+        raise ExportError(
+            f"{root}: the {modality} mask's affine, block-averaged by {factor}, is not the affine of the "
+            f"cache {cache.path}"
+        )
     return prep, dataset
 
 
-def _split_outputs(model, splits: dict[str, CacheSplit], kind: str, device: torch.device, batch_size: int,
-                   features: str | os.PathLike | None, age_mean: float, age_std: float):
+def _split_outputs(
+    model,
+    splits: dict[str, CacheSplit],
+    kind: str,
+    device: torch.device,
+    batch_size: int,
+    features: str | os.PathLike | None,
+    age_mean: float,
+    age_std: float,
+):
     """``{split: (features (n, p), raw head output (n,) or None)}``, computed or read from ``features``."""
     from brainage.training.extract import predict_split
 
@@ -142,7 +166,8 @@ def _split_outputs(model, splits: dict[str, CacheSplit], kind: str, device: torc
     rows = slice(0, min(2, len(train)))
     check, _ = compute(train, rows)
     if check.shape[1] != out["train"][0].shape[1] or not np.allclose(
-            check, out["train"][0][rows], rtol=FEATURE_RTOL, atol=FEATURE_ATOL):
+        check, out["train"][0][rows], rtol=FEATURE_RTOL, atol=FEATURE_ATOL
+    ):
         raise ExportError(
             f"{features}: the stored {kind} features differ from this run's on the first training subjects "
             f"(beyond rtol {FEATURE_RTOL}, atol {FEATURE_ATOL}): they were extracted from another model or kind"
@@ -151,22 +176,34 @@ def _split_outputs(model, splits: dict[str, CacheSplit], kind: str, device: torc
 
 
 def _calibration(split: CacheSplit, predicted: np.ndarray, readout: Readout) -> dict[str, Any]:
-    fitted_on = (f"internal_test split of the training cache: {len(split)} subjects from "
-                 f"{len(set(split.sites))} sites seen in training, held out from network training"
-                 + (" and from the Ridge readout" if readout.kind == "ridge" else ""))
-    spec: dict[str, Any] = {"fitted_on": fitted_on, "model": "predicted = slope * age + intercept (least squares)",
-                            "correction": "corrected = (predicted - intercept) / slope", "min_slope": 0.05}
+    fitted_on = (
+        f"internal_test split of the training cache: {len(split)} subjects from "
+        f"{len(set(split.sites))} sites seen in training, held out from network training"
+        + (" and from the Ridge readout" if readout.kind == "ridge" else "")
+    )
+    spec: dict[str, Any] = {
+        "fitted_on": fitted_on,
+        "model": "predicted = slope * age + intercept (least squares)",
+        "correction": "corrected = (predicted - intercept) / slope",
+        "min_slope": 0.05,
+    }
     try:
         fit = AgeBiasCorrection(min_slope=spec["min_slope"]).fit(split.ages, predicted)
     except ValueError as err:
         warnings.warn(f"no age-bias calibration: {err}", UserWarning, stacklevel=3)
         return {**spec, "slope": None, "intercept": None, "n": len(split), "error": str(err)}
-    return {**spec, "slope": fit.slope_, "intercept": fit.intercept_, "n": fit.n_calibration_,
-            "age_range": [float(split.ages.min()), float(split.ages.max())]}
+    return {
+        **spec,
+        "slope": fit.slope_,
+        "intercept": fit.intercept_,
+        "n": fit.n_calibration_,
+        "age_range": [float(split.ages.min()), float(split.ages.max())],
+    }
 
 
-def _split_errors(split: CacheSplit, predicted: np.ndarray, corrected: np.ndarray | None,
-                  age_range: tuple[float, float]) -> dict[str, Any] | None:
+def _split_errors(
+    split: CacheSplit, predicted: np.ndarray, corrected: np.ndarray | None, age_range: tuple[float, float]
+) -> dict[str, Any] | None:
     """Errors of the bundle's predictions on one cache split (None when it is empty).
 
     ``corrected``: the split's age-bias-corrected gaps, each from a line not fitted on that subject.
@@ -177,22 +214,31 @@ def _split_errors(split: CacheSplit, predicted: np.ndarray, corrected: np.ndarra
     gap = brain_age_gap(predicted, age)
     several = len(split) > 1
     out: dict[str, Any] = {
-        "n": len(split), "n_sites": len(set(split.sites)),
+        "n": len(split),
+        "n_sites": len(set(split.sites)),
         "n_outside_training_ages": int(((age < age_range[0]) | (age > age_range[1])).sum()),
-        "mae": mae(age, predicted), "rmse": rmse(age, predicted),
+        "mae": mae(age, predicted),
+        "rmse": rmse(age, predicted),
         "r": pearson_r(age, predicted) if several else None,
-        "gap_mean": float(gap.mean()), "gap_std": float(gap.std(ddof=1)) if several else None,
+        "gap_mean": float(gap.mean()),
+        "gap_std": float(gap.std(ddof=1)) if several else None,
         "gap_age_r": pearson_r(age, gap) if several else None,
     }
     if corrected is not None:
-        out.update(corrected_gap_mean=float(corrected.mean()),
-                   corrected_gap_std=float(corrected.std(ddof=1)) if several else None,
-                   corrected_gap_age_r=pearson_r(age, corrected) if several else None)
+        out.update(
+            corrected_gap_mean=float(corrected.mean()),
+            corrected_gap_std=float(corrected.std(ddof=1)) if several else None,
+            corrected_gap_age_r=pearson_r(age, corrected) if several else None,
+        )
     return out
 
 
-def _held_out_errors(splits: dict[str, CacheSplit], predicted: dict[str, np.ndarray], calibration: dict[str, Any],
-                     age_range: tuple[float, float]) -> dict[str, Any]:
+def _held_out_errors(
+    splits: dict[str, CacheSplit],
+    predicted: dict[str, np.ndarray],
+    calibration: dict[str, Any],
+    age_range: tuple[float, float],
+) -> dict[str, Any]:
     """:func:`_split_errors` of the test splits; the internal subjects' corrected gaps are cross-fitted.
 
     The calibration line is fitted on the whole internal test split, so its own corrected gaps
@@ -202,15 +248,19 @@ def _held_out_errors(splits: dict[str, CacheSplit], predicted: dict[str, np.ndar
     internal, external = splits["internal_test"], splits["external_test"]
     corrected: dict[str, np.ndarray | None] = {"internal_test": None, "external_test": None}
     if calibration.get("slope") is not None:
-        corrected["external_test"] = ((predicted["external_test"] - calibration["intercept"]) / calibration["slope"]
-                                      - external.ages.astype(float))
+        corrected["external_test"] = (predicted["external_test"] - calibration["intercept"]) / calibration[
+            "slope"
+        ] - external.ages.astype(float)
         try:
-            corrected["internal_test"] = cross_fitted_corrected_gap(internal.ages, predicted["internal_test"],
-                                                                    n_splits=CALIBRATION_FOLDS)
+            corrected["internal_test"] = cross_fitted_corrected_gap(
+                internal.ages, predicted["internal_test"], n_splits=CALIBRATION_FOLDS
+            )
         except ValueError as err:
             log.info("no cross-fitted corrected gap on the internal test split: %s", err)
-    return {name: _split_errors(splits[name], predicted[name], corrected[name], age_range)
-            for name in ("internal_test", "external_test")}
+    return {
+        name: _split_errors(splits[name], predicted[name], corrected[name], age_range)
+        for name in ("internal_test", "external_test")
+    }
 
 
 def _masked_rows(volumes: np.ndarray, mask: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -239,8 +289,9 @@ def _reference_mean(train: CacheSplit, mask: np.ndarray, progress: bool) -> tupl
     return mean, r_values
 
 
-def _source_measures(train: CacheSplit, prep: Preprocessing, dataset, max_subjects: int,
-                     progress: bool) -> tuple[dict[str, list[float]], dict[str, Any]]:
+def _source_measures(
+    train: CacheSplit, prep: Preprocessing, dataset, max_subjects: int, progress: bool
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """QC measures of up to ``max_subjects`` training images, and the check that the bundle reproduces the cache."""
     values: dict[str, list[float]] = {name: [] for name in ("signal_in_mask", "intensity_mean", "intensity_std")}
     if dataset is None or len(train) == 0 or max_subjects < 1:
@@ -266,8 +317,11 @@ def _source_measures(train: CacheSplit, prep: Preprocessing, dataset, max_subjec
                 "data changed since the cache was built, or the cache was made another way"
             )
         worst = max(worst, float(np.abs(ours - cached).max()))
-    return values, {"n": len(rows), "max_abs_difference": worst,
-                    "rule": f"bundle preprocessing of the source image == cache volume (rtol {REPRODUCTION_RTOL:g})"}
+    return values, {
+        "n": len(rows),
+        "max_abs_difference": worst,
+        "rule": f"bundle preprocessing of the source image == cache volume (rtol {REPRODUCTION_RTOL:g})",
+    }
 
 
 def _scores(path: str | os.PathLike, config, n_features: int) -> dict[str, Any]:
@@ -282,14 +336,33 @@ def _scores(path: str | os.PathLike, config, n_features: int) -> dict[str, Any]:
         if scores.get(key) is not None and scores[key] != value:
             raise ExportError(f"{path}: scores of {key} {scores[key]!r}, but the run has {key} {value!r}")
     if scores.get("n_features") not in (None, n_features):
-        warnings.warn(f"{path}: the scores were computed on {scores['n_features']} features, the bundle's readout "
-                      f"uses {n_features}", UserWarning, stacklevel=3)
-    keep = SCORE_KEYS + ("n_train", "n_internal", "n_external", "n_features", "n_sites_train", "alpha",
-                         "challenge_protocol", "head", "probe_settings", "ext_per_site_mae")
+        warnings.warn(
+            f"{path}: the scores were computed on {scores['n_features']} features, the bundle's readout "
+            f"uses {n_features}",
+            UserWarning,
+            stacklevel=3,
+        )
+    keep = SCORE_KEYS + (
+        "n_train",
+        "n_internal",
+        "n_external",
+        "n_features",
+        "n_sites_train",
+        "alpha",
+        "challenge_protocol",
+        "head",
+        "probe_settings",
+        "ext_per_site_mae",
+    )
     gap = scores.get("brain_age_gap") or {}
-    return {"file": path.name, **{k: scores.get(k) for k in keep},
-            "brain_age_gap": {k: gap.get(k) for k in ("slope", "intercept", "n_calibration", "corrected_gap_stats",
-                                                      "gap_age_r", "fitted_on")}}
+    return {
+        "file": path.name,
+        **{k: scores.get(k) for k in keep},
+        "brain_age_gap": {
+            k: gap.get(k)
+            for k in ("slope", "intercept", "n_calibration", "corrected_gap_stats", "gap_age_r", "fitted_on")
+        },
+    }
 
 
 def _run_name(run: Path) -> str:
@@ -363,8 +436,7 @@ def export_bundle(
     torch_device = resolve_device(device or config.device)
     model.to(torch_device)
     splits = {name: training_cache.split(name) for name in SPLITS}
-    readout, predicted, n_features = _fit_readout(model, info, splits, kind, torch_device, batch_size, features,
-                                                  scores)
+    readout, predicted, n_features = _fit_readout(model, info, splits, kind, torch_device, batch_size, features, scores)
     calibration = _calibration(splits["internal_test"], predicted["internal_test"], readout)
 
     reference_mean, measures, reproduction = _training_image_qc(splits["train"], prep, dataset, qc_subjects, progress)
@@ -375,10 +447,18 @@ def export_bundle(
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
         "created_by": f"brainage {__version__}",
-        "network": {"class": "brainage.models.BrainAgeNet", "kwargs": network_kwargs(config),
-                    "n_parameters": int(sum(p.numel() for p in model.parameters()))},
-        "model": {"method": config.method, "seed": int(config.seed), "epochs": int(info.get("epoch", config.epochs)),
-                  "run": _run_name(run), "training_config": config.to_dict()},
+        "network": {
+            "class": "brainage.models.BrainAgeNet",
+            "kwargs": network_kwargs(config),
+            "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        },
+        "model": {
+            "method": config.method,
+            "seed": int(config.seed),
+            "epochs": int(info.get("epoch", config.epochs)),
+            "run": _run_name(run),
+            "training_config": config.to_dict(),
+        },
         "readout": {**readout.to_spec(), "n_features": n_features},
         "preprocessing": prep.to_spec(),
         "calibration": calibration,
@@ -408,8 +488,14 @@ def _feature_kind(config, kind: str | None, model_path: Path) -> str:
 
 
 def _fit_readout(
-    model, info: dict[str, Any], splits: dict[str, CacheSplit], kind: str, device: torch.device,
-    batch_size: int | None, features: str | os.PathLike | None, scores: str | os.PathLike | None,
+    model,
+    info: dict[str, Any],
+    splits: dict[str, CacheSplit],
+    kind: str,
+    device: torch.device,
+    batch_size: int | None,
+    features: str | os.PathLike | None,
+    scores: str | os.PathLike | None,
 ) -> tuple[Readout, dict[str, np.ndarray], int]:
     """The readout (Ridge on the training features, or the regression head) and its ``(n,)`` ages (years) per split.
 
@@ -418,13 +504,18 @@ def _fit_readout(
     """
     config = info["config"]
     age_mean, age_std = float(info.get("age_mean", 0.0)), float(info.get("age_std", 1.0))
-    outputs = _split_outputs(model, splits, kind, device, batch_size or config.eval_batch_size, features,
-                             age_mean, age_std)
+    outputs = _split_outputs(
+        model, splits, kind, device, batch_size or config.eval_batch_size, features, age_mean, age_std
+    )
     if config.is_contrastive:
         train = splits["train"]
         readout = fit_ridge_readout(
-            outputs["train"][0], train.ages, kind, settings=_probe_settings(scores),
-            fitted_on=f"train split of the training cache ({len(train)} subjects, the network's training subjects)")
+            outputs["train"][0],
+            train.ages,
+            kind,
+            settings=_probe_settings(scores),
+            fitted_on=f"train split of the training cache ({len(train)} subjects, the network's training subjects)",
+        )
     else:
         readout = Readout("head", kind, age_mean=age_mean, age_std=age_std)
     predicted = {name: readout.predict(*outputs[name]) for name in SPLITS}
@@ -457,8 +548,13 @@ def _qc_spec(measures: dict[str, list[float]], reproduction: dict[str, Any], coh
 
 
 def _provenance(
-    command: str | Sequence[str] | None, model_path: Path, cache_path: Path, meta: dict[str, Any],
-    info: dict[str, Any], dataset, resources: dict[str, Any],
+    command: str | Sequence[str] | None,
+    model_path: Path,
+    cache_path: Path,
+    meta: dict[str, Any],
+    info: dict[str, Any],
+    dataset,
+    resources: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``provenance`` entry of ``bundle.json``: the command and the names (never local paths) of the inputs."""
     identity = info.get("cache") or {}

@@ -47,13 +47,23 @@ def plot_prediction_summary(
         ax.plot([lo, hi], [lo, hi], color="0.3", lw=1, ls="--", label="predicted = true")
         if calibration is not None:
             slope, intercept = calibration
-            ax.plot([lo, hi], [slope * lo + intercept, slope * hi + intercept], color="tab:orange", lw=1,
-                    label="age-bias line (bundle)")
-        ax.set(xlabel="true age (years)", ylabel="predicted age (years)",
-               title=f"{len(known)} subjects, MAE {np.mean(np.abs(predicted - age)):.2f} y")
+            ax.plot(
+                [lo, hi],
+                [slope * lo + intercept, slope * hi + intercept],
+                color="tab:orange",
+                lw=1,
+                label="age-bias line (bundle)",
+            )
+        ax.set(
+            xlabel="true age (years)",
+            ylabel="predicted age (years)",
+            title=f"{len(known)} subjects, MAE {np.mean(np.abs(predicted - age)):.2f} y",
+        )
         ax.legend(fontsize=8, loc="upper left")
-        bins = np.histogram_bin_edges(np.r_[known["brain_age_gap"].to_numpy(float),
-                                            known["corrected_brain_age_gap"].dropna().to_numpy(float)], bins=20)
+        bins = np.histogram_bin_edges(
+            np.r_[known["brain_age_gap"].to_numpy(float), known["corrected_brain_age_gap"].dropna().to_numpy(float)],
+            bins=20,
+        )
         hist_ax.hist(known["brain_age_gap"].to_numpy(float), bins=bins, alpha=0.6, label="gap (predicted - true)")
         corrected = known["corrected_brain_age_gap"].to_numpy(float)
         if np.isfinite(corrected).any():

@@ -126,8 +126,10 @@ def scans_from_table(path: str | os.PathLike) -> list[Scan]:
     path = Path(path)
     table = _read_table(path)
     if "path" not in table.columns:
-        raise BrainAgeError(f"{path}: no 'path' column; columns are {list(table.columns)} "
-                         f"(expected 'path' and optionally {list(TABLE_COLUMNS[1:])})")
+        raise BrainAgeError(
+            f"{path}: no 'path' column; columns are {list(table.columns)} "
+            f"(expected 'path' and optionally {list(TABLE_COLUMNS[1:])})"
+        )
     if len(table) == 0:
         raise BrainAgeError(f"{path}: the table lists no images")
     scans = []
@@ -138,13 +140,15 @@ def scans_from_table(path: str | os.PathLike) -> list[Scan]:
         image = Path(row["path"].strip())
         image = image if image.is_absolute() else path.parent / image
         default = scan_from_file(image)
-        scans.append(Scan(
-            image,
-            row.get("participant_id", "").strip() or default.participant_id,
-            row.get("session_id", "").strip() or default.session_id,
-            _age(row.get("age", ""), where),
-            _sex(row.get("sex", ""), where),
-        ))
+        scans.append(
+            Scan(
+                image,
+                row.get("participant_id", "").strip() or default.participant_id,
+                row.get("session_id", "").strip() or default.session_id,
+                _age(row.get("age", ""), where),
+                _sex(row.get("sex", ""), where),
+            )
+        )
     return scans
 
 
@@ -186,7 +190,9 @@ def scans_from_bids(root: str | os.PathLike, select: Sequence[str] = ()) -> list
         elif re.fullmatch(r"[A-Za-z0-9]+", item):
             suffix = item
         else:
-            raise BrainAgeError(f"BIDS selector {item!r}: expected an entity key-value (e.g. desc-gm) or a suffix (T1w)")
+            raise BrainAgeError(
+                f"BIDS selector {item!r}: expected an entity key-value (e.g. desc-gm) or a suffix (T1w)"
+            )
     subjects = sorted(p for p in root.glob("sub-*") if p.is_dir())
     if not subjects:
         raise BrainAgeError(f"{root}: no sub-* folder; not a BIDS (derivatives) folder")
@@ -216,8 +222,9 @@ def scans_from_bids(root: str | os.PathLike, select: Sequence[str] = ()) -> list
     if not scans:
         raise BrainAgeError(f"{root}: no image under sub-*/[ses-*/]anat/ matches {list(select) or 'no selector'}")
     if unmatched:
-        log.warning("%s: %d subject/session folder(s) without a matching image, e.g. %s", root, len(unmatched),
-                    unmatched[:3])
+        log.warning(
+            "%s: %d subject/session folder(s) without a matching image, e.g. %s", root, len(unmatched), unmatched[:3]
+        )
     return scans
 
 
@@ -243,6 +250,9 @@ def collect_scans(items: Sequence[str | os.PathLike], select: Sequence[str] = ()
         raise BrainAgeError("no images to predict")
     keys = pd.Series([(s.participant_id, s.session_id) for s in scans])
     if keys.duplicated().any():
-        log.warning("%d image(s) share a participant and session id with another (e.g. %s); the path column tells "
-                    "them apart", int(keys.duplicated().sum()), keys[keys.duplicated()].iloc[0])
+        log.warning(
+            "%d image(s) share a participant and session id with another (e.g. %s); the path column tells them apart",
+            int(keys.duplicated().sum()),
+            keys[keys.duplicated()].iloc[0],
+        )
     return scans

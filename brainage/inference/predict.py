@@ -38,10 +38,24 @@ __all__ = ["PREDICTION_COLUMNS", "predict_brain_age"]
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
-    "participant_id", "session_id", "path", "age", "sex",
-    "predicted_age", "brain_age_gap", "corrected_predicted_age", "corrected_brain_age_gap",
-    "resampled", "resampling", "mask_coverage", *qc.QC_MEASURES,
-    "age_outside_training_range", "predicted_age_outside_training_range", "flagged", "flag_reasons", "error",
+    "participant_id",
+    "session_id",
+    "path",
+    "age",
+    "sex",
+    "predicted_age",
+    "brain_age_gap",
+    "corrected_predicted_age",
+    "corrected_brain_age_gap",
+    "resampled",
+    "resampling",
+    "mask_coverage",
+    *qc.QC_MEASURES,
+    "age_outside_training_range",
+    "predicted_age_outside_training_range",
+    "flagged",
+    "flag_reasons",
+    "error",
 )
 
 
@@ -68,8 +82,14 @@ class _Images(Dataset):
         except ValueError as err:  # a value beyond float16 (normalize="none")
             return {"index": index, "error": f"{header.path}: {err}"}
         measures["template_r"] = qc.template_r(x, self.prep.mask, self.reference)
-        return {"index": index, "error": "", "input": x, "resampling": resampling,
-                "mask_coverage": header.mask_coverage, **measures}
+        return {
+            "index": index,
+            "error": "",
+            "input": x,
+            "resampling": resampling,
+            "mask_coverage": header.mask_coverage,
+            **measures,
+        }
 
 
 def _as_list(batch: list) -> list:
@@ -80,12 +100,18 @@ def _row(scan: Scan, item: dict[str, Any], predicted: float, bundle: ModelBundle
     """One output row: ids, ages, gaps, QC and flags."""
     age = scan.age
     row: dict[str, Any] = {
-        "participant_id": scan.participant_id, "session_id": scan.session_id, "path": str(scan.path),
-        "age": age, "sex": scan.sex, "predicted_age": predicted,
+        "participant_id": scan.participant_id,
+        "session_id": scan.session_id,
+        "path": str(scan.path),
+        "age": age,
+        "sex": scan.sex,
+        "predicted_age": predicted,
         "brain_age_gap": predicted - age if math.isfinite(age) else math.nan,
-        "corrected_predicted_age": math.nan, "corrected_brain_age_gap": math.nan,
+        "corrected_predicted_age": math.nan,
+        "corrected_brain_age_gap": math.nan,
         "resampled": bool(item.get("resampling")) if not item.get("error") else None,
-        "resampling": item.get("resampling", ""), "mask_coverage": item.get("mask_coverage", math.nan),
+        "resampling": item.get("resampling", ""),
+        "mask_coverage": item.get("mask_coverage", math.nan),
         **{name: item.get(name, math.nan) for name in qc.QC_MEASURES},
         "error": item.get("error", ""),
     }
@@ -110,20 +136,28 @@ def _summary(table: pd.DataFrame, bundle: ModelBundle, command: str | None, devi
     done = table[table["error"] == ""]
     known = done[np.isfinite(done["age"].astype(float))]
     summary: dict[str, Any] = {
-        "command": command, "brainage_version": __version__, "device": str(device),
-        "bundle": bundle.name, "bundle_created_by": bundle.spec.get("created_by"),
+        "command": command,
+        "brainage_version": __version__,
+        "device": str(device),
+        "bundle": bundle.name,
+        "bundle_created_by": bundle.spec.get("created_by"),
         "model": {k: bundle.spec["model"][k] for k in ("method", "seed", "run")},
-        "n_images": int(len(table)), "n_predicted": int(len(done)), "n_refused": int(len(table) - len(done)),
-        "n_flagged": int(done["flagged"].sum()), "n_resampled": int(done["resampled"].astype(bool).sum()),
+        "n_images": int(len(table)),
+        "n_predicted": int(len(done)),
+        "n_refused": int(len(table) - len(done)),
+        "n_flagged": int(done["flagged"].sum()),
+        "n_resampled": int(done["resampled"].astype(bool).sum()),
         "n_with_age": int(len(known)),
     }
     if len(known):
         gap = known["brain_age_gap"].to_numpy(float)
         corrected = known["corrected_brain_age_gap"].to_numpy(float)
-        summary.update(mae=float(np.mean(np.abs(gap))), gap_mean=float(gap.mean()),
-                       corrected_gap_mean=float(corrected.mean()) if np.isfinite(corrected).all() else None,
-                       corrected_gap_std=float(corrected.std(ddof=1)) if len(known) > 1 and np.isfinite(corrected).all()
-                       else None)
+        summary.update(
+            mae=float(np.mean(np.abs(gap))),
+            gap_mean=float(gap.mean()),
+            corrected_gap_mean=float(corrected.mean()) if np.isfinite(corrected).all() else None,
+            corrected_gap_std=float(corrected.std(ddof=1)) if len(known) > 1 and np.isfinite(corrected).all() else None,
+        )
     return summary
 
 
@@ -174,15 +208,18 @@ def predict_brain_age(
     scans = collect_scans(images, select)
     headers, errors = _inspect_headers(scans, prep)
     if errors and not skip_invalid:
-        raise ImageRefused(f"{len(errors)} of {len(scans)} image(s) cannot be used; nothing was written "
-                           f"(--skip-invalid predicts the others): " + " | ".join(list(errors.values())[:5]))
+        raise ImageRefused(
+            f"{len(errors)} of {len(scans)} image(s) cannot be used; nothing was written "
+            f"(--skip-invalid predicts the others): " + " | ".join(list(errors.values())[:5])
+        )
     torch_device = resolve_device(device)
     network = bundle.build_network(torch_device)
     correction = bundle.calibration()
     if correction is None:
         log.warning("%s has no age-bias calibration: the corrected columns stay empty", bundle.name)
-    loader = DataLoader(_Images(headers, prep, bundle.reference_mean), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_as_list)
+    loader = DataLoader(
+        _Images(headers, prep, bundle.reference_mean), batch_size=batch_size, num_workers=workers, collate_fn=_as_list
+    )
     rows = _predict_rows(loader, scans, errors, network, bundle, correction, torch_device, skip_invalid, progress)
     table = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
     save_table(out, table)
@@ -193,10 +230,20 @@ def predict_brain_age(
 
         if summary["n_predicted"]:
             line = (correction.slope_, correction.intercept_) if correction is not None else None
-            plot_prediction_summary(table, out.with_suffix(".png") if figure is True else figure, bundle.age_range,
-                                    line, title=f"{bundle.spec['model']['method']} seed {bundle.spec['model']['seed']}")
-    log.info("%s: %d image(s) predicted, %d flagged, %d refused", out, summary["n_predicted"], summary["n_flagged"],
-             summary["n_refused"])
+            plot_prediction_summary(
+                table,
+                out.with_suffix(".png") if figure is True else figure,
+                bundle.age_range,
+                line,
+                title=f"{bundle.spec['model']['method']} seed {bundle.spec['model']['seed']}",
+            )
+    log.info(
+        "%s: %d image(s) predicted, %d flagged, %d refused",
+        out,
+        summary["n_predicted"],
+        summary["n_flagged"],
+        summary["n_refused"],
+    )
     return table
 
 
@@ -214,8 +261,15 @@ def _inspect_headers(scans: Sequence[Scan], prep: Preprocessing) -> tuple[list[I
 
 
 def _predict_rows(
-    loader: DataLoader, scans: Sequence[Scan], errors: dict[int, str], network: torch.nn.Module, bundle: ModelBundle,
-    correction, device: torch.device, skip_invalid: bool, progress: bool,
+    loader: DataLoader,
+    scans: Sequence[Scan],
+    errors: dict[int, str],
+    network: torch.nn.Module,
+    bundle: ModelBundle,
+    correction,
+    device: torch.device,
+    skip_invalid: bool,
+    progress: bool,
 ) -> list[dict[str, Any] | None]:
     """One output row per scan, in scan order: the network and readout on each batch of usable images.
 
@@ -238,8 +292,14 @@ def _predict_rows(
                     ready.append(item)
             if ready:
                 volumes = np.stack([item.pop("input") for item in ready])
-                features, head = predict_split(network, volumes, bundle.readout.features, device,
-                                               batch_size=len(ready), name=str(scans[ready[0]["index"]].path))
+                features, head = predict_split(
+                    network,
+                    volumes,
+                    bundle.readout.features,
+                    device,
+                    batch_size=len(ready),
+                    name=str(scans[ready[0]["index"]].path),
+                )
                 for item, age in zip(ready, bundle.readout.predict(features, head)):
                     rows[item["index"]] = _row(scans[item["index"]], item, float(age), bundle, correction)
             bar.update(len(batch))

@@ -98,8 +98,9 @@ class Preprocessing:
 
     def on_source_grid(self, shape: tuple[int, ...], affine: np.ndarray) -> bool:
         """Whether an image of this shape and affine is already on the source grid."""
-        return tuple(shape) == tuple(self.source_shape) and np.allclose(affine, self.source_affine,
-                                                                       atol=AFFINE_ATOL_MM, rtol=0)
+        return tuple(shape) == tuple(self.source_shape) and np.allclose(
+            affine, self.source_affine, atol=AFFINE_ATOL_MM, rtol=0
+        )
 
     def apply(self, volume: np.ndarray) -> np.ndarray:
         """One source-grid volume (X, Y, Z) -> the network input (X', Y', Z') float16.
@@ -142,7 +143,7 @@ class Preprocessing:
             "downsample": {
                 "factor": int(self.factor),
                 "method": "mean of non-overlapping factor^3 blocks (edge blocks: mean of the voxels they hold); "
-                          "a model-grid voxel is in the mask when at least half of its block is",
+                "a model-grid voxel is in the mask when at least half of its block is",
             },
             "model_grid": {
                 "shape": list(self.shape),
@@ -153,11 +154,12 @@ class Preprocessing:
             "normalize": {
                 "method": self.normalize,
                 "rule": "per image within the model-grid mask: (v - mean) / std, zero outside"
-                        if self.normalize == "zscore" else "none (zero outside the model-grid mask)",
+                if self.normalize == "zscore"
+                else "none (zero outside the model-grid mask)",
             },
             "dtype": "float16",
             "resampling": "images on another grid of the same template space: linear interpolation "
-                          "(nilearn.image.resample_img) onto the source grid, then the steps above",
+            "(nilearn.image.resample_img) onto the source grid, then the steps above",
         }
 
     @classmethod

@@ -70,18 +70,35 @@ class Readout:
     def to_spec(self) -> dict[str, Any]:
         """JSON description (the coefficients go into the weights file)."""
         if self.kind == "head":
-            return {"kind": "head", "features": self.features, "age_mean": self.age_mean, "age_std": self.age_std,
-                    "rule": "age = head output * age_std + age_mean (the trainer's standardisation)"}
-        return {"kind": "ridge", "features": self.features, "alpha": self.alpha, "intercept": self.intercept,
-                "n_features": int(self.coef.shape[0]), "fitted_on": self.fitted_on,
-                "rule": "age = features @ coef + intercept (Ridge; coef in weights.pt under 'readout_coef')"}
+            return {
+                "kind": "head",
+                "features": self.features,
+                "age_mean": self.age_mean,
+                "age_std": self.age_std,
+                "rule": "age = head output * age_std + age_mean (the trainer's standardisation)",
+            }
+        return {
+            "kind": "ridge",
+            "features": self.features,
+            "alpha": self.alpha,
+            "intercept": self.intercept,
+            "n_features": int(self.coef.shape[0]),
+            "fitted_on": self.fitted_on,
+            "rule": "age = features @ coef + intercept (Ridge; coef in weights.pt under 'readout_coef')",
+        }
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], coef: np.ndarray | None) -> Readout:
         if spec.get("kind") == "head":
             return cls("head", str(spec["features"]), age_mean=float(spec["age_mean"]), age_std=float(spec["age_std"]))
-        return cls("ridge", str(spec["features"]), coef=None if coef is None else np.asarray(coef, dtype=np.float64),
-                   intercept=float(spec["intercept"]), alpha=spec.get("alpha"), fitted_on=str(spec.get("fitted_on", "")))
+        return cls(
+            "ridge",
+            str(spec["features"]),
+            coef=None if coef is None else np.asarray(coef, dtype=np.float64),
+            intercept=float(spec["intercept"]),
+            alpha=spec.get("alpha"),
+            fitted_on=str(spec.get("fitted_on", "")),
+        )
 
 
 def fit_ridge_readout(features: np.ndarray, ages: np.ndarray, kind: str, fitted_on: str, settings=None) -> Readout:
@@ -96,5 +113,11 @@ def fit_ridge_readout(features: np.ndarray, ages: np.ndarray, kind: str, fitted_
 
     probe = clone(age_probe(settings)).fit(np.asarray(features), np.asarray(ages, dtype=float))
     ridge = probe.best_estimator_
-    return Readout("ridge", kind, coef=np.asarray(ridge.coef_, dtype=np.float64).ravel(),
-                   intercept=float(ridge.intercept_), alpha=float(probe.best_params_["alpha"]), fitted_on=fitted_on)
+    return Readout(
+        "ridge",
+        kind,
+        coef=np.asarray(ridge.coef_, dtype=np.float64).ravel(),
+        intercept=float(ridge.intercept_),
+        alpha=float(probe.best_params_["alpha"]),
+        fitted_on=fitted_on,
+    )

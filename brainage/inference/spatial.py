@@ -80,8 +80,10 @@ class ImageHeader:
 
     def describe_grid(self) -> str:
         zooms = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return f"{'x'.join(f'{z:g}' for z in np.round(zooms, 3))} mm {'x'.join(map(str, self.shape))} " \
-               f"({''.join(nib.aff2axcodes(self.affine))})"
+        return (
+            f"{'x'.join(f'{z:g}' for z in np.round(zooms, 3))} mm {'x'.join(map(str, self.shape))} "
+            f"({''.join(nib.aff2axcodes(self.affine))})"
+        )
 
 
 def _kind(path: Path) -> str:
@@ -187,8 +189,9 @@ def _npy_header(path: Path, prep: Preprocessing) -> tuple[tuple[int, int, int], 
                 grid_factor(other, shape)
             except OpenBHBError:
                 continue
-            raise ImageRefused(f"{path}: shape {shape} is an OpenBHB {other} grid; the model expects "
-                               f"{prep.modality}") from None
+            raise ImageRefused(
+                f"{path}: shape {shape} is an OpenBHB {other} grid; the model expects {prep.modality}"
+            ) from None
         raise ImageRefused(
             f"{path}: shape {shape} is not the OpenBHB {prep.modality} grid {MODALITIES[prep.modality].shape} "
             "or an integer subsampling of it; a .npy array carries no affine, so give a NIfTI image instead"
@@ -247,13 +250,24 @@ def load_on_source_grid(header: ImageHeader, prep: Preprocessing) -> tuple[np.nd
         bad = ~finite & prep.source_mask
     else:
         image = nib.Nifti1Image(data, header.affine)
-        volume = resample_img(image, target_affine=prep.source_affine, target_shape=prep.source_shape,
-                              interpolation="linear", force_resample=True, copy_header=True).get_fdata()
+        volume = resample_img(
+            image,
+            target_affine=prep.source_affine,
+            target_shape=prep.source_shape,
+            interpolation="linear",
+            force_resample=True,
+            copy_header=True,
+        ).get_fdata()
         bad = np.zeros(prep.source_shape, dtype=bool)
         if not finite.all():
-            hits = resample_img(nib.Nifti1Image((~finite).astype(np.uint8), header.affine),
-                                target_affine=prep.source_affine, target_shape=prep.source_shape,
-                                interpolation="nearest", force_resample=True, copy_header=True)
+            hits = resample_img(
+                nib.Nifti1Image((~finite).astype(np.uint8), header.affine),
+                target_affine=prep.source_affine,
+                target_shape=prep.source_shape,
+                interpolation="nearest",
+                force_resample=True,
+                copy_header=True,
+            )
             bad = (np.asarray(hits.dataobj) > 0) & prep.source_mask
         target = ImageHeader(path, header.kind, prep.source_shape, prep.source_affine, True, 1.0)
         resampling = f"{header.describe_grid()} -> {target.describe_grid()}, linear"
@@ -267,4 +281,3 @@ def load_on_source_grid(header: ImageHeader, prep: Preprocessing) -> tuple[np.nd
         value = float(inside[0]) if inside.size else math.nan
         raise ImageRefused(f"{path}: empty image: every voxel inside the model's mask has the value {value:g}")
     return volume.astype(np.float32, copy=False), resampling
-

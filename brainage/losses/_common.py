@@ -57,8 +57,10 @@ def check_features(features: Tensor, expected: str = "(B, V, D)") -> None:
         ValueError: if it is not 3-D or has an empty dimension; the message prints the shape.
     """
     if not isinstance(features, Tensor) or not features.is_floating_point():
-        raise TypeError(f"features must be a floating-point torch.Tensor of shape {expected}, got {type(features)!r}"
-                        + (f" with dtype {features.dtype}" if isinstance(features, Tensor) else ""))
+        raise TypeError(
+            f"features must be a floating-point torch.Tensor of shape {expected}, got {type(features)!r}"
+            + (f" with dtype {features.dtype}" if isinstance(features, Tensor) else "")
+        )
     if features.ndim != 3:
         raise BrainAgeError(f"features must have shape {expected} (batch, views, dim), got {tuple(features.shape)}")
     if min(features.shape) < 1:
@@ -222,8 +224,10 @@ def check_class_labels(labels: Tensor, batch_size: int, name: str, features_shap
     """
     check_per_sample(labels, batch_size, name, features_shape)
     if labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"{name} must be integer class labels (got dtype {labels.dtype}); "
-                        "bin continuous values first, e.g. labels.round().long()")
+        raise TypeError(
+            f"{name} must be integer class labels (got dtype {labels.dtype}); "
+            "bin continuous values first, e.g. labels.round().long()"
+        )
     return labels
 
 

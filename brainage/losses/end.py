@@ -92,8 +92,9 @@ class EnDRegularizer(nn.Module):
             per_bias = torch.zeros(int(group.max()) + 1, dtype=gram.dtype, device=gram.device)
             per_bias = per_bias.index_add(0, group, row_sums)
             n_perp = perp_pairs.sum()
-            r_perp = torch.where(n_perp > 0, per_bias.abs().sum() / n_perp.clamp_min(1).to(gram.dtype),
-                                 per_bias.sum() * 0.0)
+            r_perp = torch.where(
+                n_perp > 0, per_bias.abs().sum() / n_perp.clamp_min(1).to(gram.dtype), per_bias.sum() * 0.0
+            )
 
             par_pairs = lower & same_class & ~same_bias
             n_par = par_pairs.sum()

@@ -43,8 +43,9 @@ class EpsilonSupInfoNCE(TemperatureScaledLoss):
 
     def __init__(self, epsilon: float = 0.25, temperature: float = 0.1, base_temperature: float | None = None) -> None:
         super().__init__(temperature, base_temperature)
-        if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon)
-                                             and epsilon >= 0):
+        if isinstance(epsilon, bool) or not (
+            isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon >= 0
+        ):
             raise BrainAgeError(f"epsilon must be a finite number >= 0 (logit units), got {epsilon!r}")
         self.epsilon = float(epsilon)
 

@@ -129,8 +129,9 @@ class FairKL(nn.Module):
     def _paper(self, s: Tensor, off: Tensor, same: Tensor, aligned: Tensor) -> Tensor:
         pos_al, pos_conf = _row_moments(s, off & same & aligned), _row_moments(s, off & same & ~aligned)
         neg_al, neg_conf = _row_moments(s, off & ~same & aligned), _row_moments(s, off & ~same & ~aligned)
-        per_anchor = (_gaussian_kl(pos_al, pos_conf, self.variance_eps)
-                      + _gaussian_kl(neg_al, neg_conf, self.variance_eps))
+        per_anchor = _gaussian_kl(pos_al, pos_conf, self.variance_eps) + _gaussian_kl(
+            neg_al, neg_conf, self.variance_eps
+        )
         return per_anchor.mean()
 
     def _reference(self, s: Tensor, same: Tensor, aligned: Tensor) -> Tensor:
@@ -158,8 +159,9 @@ def _row_moments(s: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return count, mean, var
 
 
-def _gaussian_kl(aligned: tuple[Tensor, Tensor, Tensor], conflicting: tuple[Tensor, Tensor, Tensor],
-                 eps: float) -> Tensor:
+def _gaussian_kl(
+    aligned: tuple[Tensor, Tensor, Tensor], conflicting: tuple[Tensor, Tensor, Tensor], eps: float
+) -> Tensor:
     """Per-row ``KL(N_aligned || N_conflicting)``; 0 where either group is empty."""
     n_a, mu_a, var_a = aligned
     n_c, mu_c, var_c = conflicting

@@ -26,8 +26,7 @@ from .kernels import AgeKernel, age_kernel
 from .names import FORMULATIONS, KERNELS
 from .names import KERNELIZED_METHODS as METHODS
 
-__all__ = ["FORMULATIONS", "METHODS", "REFERENCE_BASE_TEMPERATURE", "THRESHOLD_REDUCTIONS",
-           "KernelizedContrastiveLoss"]
+__all__ = ["FORMULATIONS", "METHODS", "REFERENCE_BASE_TEMPERATURE", "THRESHOLD_REDUCTIONS", "KernelizedContrastiveLoss"]
 
 THRESHOLD_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
 REFERENCE_BASE_TEMPERATURE = 0.07
@@ -150,8 +149,10 @@ class KernelizedContrastiveLoss(nn.Module):
 
     def extra_repr(self) -> str:
         kernel = self.kernel if isinstance(self.kernel, str) else getattr(self.kernel, "__name__", "callable")
-        return (f"method={self.method!r}, kernel={kernel!r}, sigma={self.sigma}, temperature={self.temperature}, "
-                f"formulation={self.formulation!r}, scale={self.scale:.4g}")
+        return (
+            f"method={self.method!r}, kernel={kernel!r}, sigma={self.sigma}, temperature={self.temperature}, "
+            f"formulation={self.formulation!r}, scale={self.scale:.4g}"
+        )
 
     def kernel_weights(self, ages: Tensor) -> Tensor:
         """Kernel weights ``(B, B)`` between the ages ``(B,)`` (years), checked for a custom kernel.

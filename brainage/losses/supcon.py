@@ -56,4 +56,3 @@ class SupConLoss(TemperatureScaledLoss):
             total = torch.where(positive, logprob, torch.zeros_like(logprob)).sum(dim=1)
             per_anchor = -total / n_pos.clamp_min(1).to(s.dtype)
             return per_anchor.mean() * self.scale
-

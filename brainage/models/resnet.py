@@ -163,7 +163,9 @@ class BrainAgeNet(nn.Module):
             ValueError: unknown kind, or a projection asked of a regression model.
         """
         if kind not in FEATURE_KINDS:
-            raise BrainAgeError(f"unknown feature kind {kind!r}; valid choices are: {', '.join(map(repr, FEATURE_KINDS))}")
+            raise BrainAgeError(
+                f"unknown feature kind {kind!r}; valid choices are: {', '.join(map(repr, FEATURE_KINDS))}"
+            )
         if kind == "projection":
             if self.head_name != "projection":
                 raise BrainAgeError("a regression (L1) model has no projection head; use kind='embedding'")

@@ -42,8 +42,9 @@ def _cache_of(info: dict[str, Any], cache: str | os.PathLike | None, model_path:
 
     identity = info.get("cache") or {}
     try:
-        path, meta = locate_trained_cache(identity, cache, model_path,
-                                          "its grid, mask and normalisation go into the submission")
+        path, meta = locate_trained_cache(
+            identity, cache, model_path, "its grid, mask and normalisation go into the submission"
+        )
     except FileNotFoundError as err:
         raise SubmissionBuildError(str(err)) from err
     if "harmonization" in meta:
@@ -58,8 +59,9 @@ def _cache_of(info: dict[str, Any], cache: str | os.PathLike | None, model_path:
     return path, meta
 
 
-def submission_metadata(run: str | os.PathLike, cache: str | os.PathLike | None = None,
-                        kind: str | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def submission_metadata(
+    run: str | os.PathLike, cache: str | os.PathLike | None = None, kind: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The metadata and the state dict of the submission of a finished run.
 
     Args:
@@ -92,12 +94,16 @@ def submission_metadata(run: str | os.PathLike, cache: str | os.PathLike | None 
     cache_path, cache_meta = _cache_of(info, cache, model_path)
     for key in ("modality", "downsample", "normalize", "shape", "source_shape"):
         if key not in cache_meta:
-            raise SubmissionBuildError(f"{cache_path}/cache.json has no {key!r}: not a cache written by brainage preprocess")
+            raise SubmissionBuildError(
+                f"{cache_path}/cache.json has no {key!r}: not a cache written by brainage preprocess"
+            )
     kind = _feature_kind(config, kind, model_path)
     n_features = _n_features(model, kind, model_path)
     mask = np.asarray(nib.load(cache_path / "mask.nii.gz").dataobj) > 0
     if list(mask.shape) != list(cache_meta["shape"]):
-        raise SubmissionBuildError(f"{cache_path}/mask.nii.gz has shape {mask.shape}, cache.json says {cache_meta['shape']}")
+        raise SubmissionBuildError(
+            f"{cache_path}/mask.nii.gz has shape {mask.shape}, cache.json says {cache_meta['shape']}"
+        )
 
     network = {
         "width": float(config.width),
@@ -116,7 +122,9 @@ def _feature_kind(config, kind: str | None, model_path: Path) -> str:
     """The submission's feature kind: always the embedding for L1 runs, else ``kind`` or the run's ``features``."""
     if not config.is_contrastive:
         if kind == "projection":
-            raise SubmissionBuildError(f"{model_path}: an L1 model has no projection head; its features are the embedding")
+            raise SubmissionBuildError(
+                f"{model_path}: an L1 model has no projection head; its features are the embedding"
+            )
         kind = "embedding"
     kind = kind or config.features
     if kind not in ("projection", "embedding"):
@@ -135,8 +143,16 @@ def _n_features(model: torch.nn.Module, kind: str, model_path: Path) -> int:
     return n_features
 
 
-def _metadata(run: Path, config, info: dict[str, Any], cache_meta: dict[str, Any], mask: np.ndarray,
-              network: dict[str, Any], kind: str, n_features: int) -> dict[str, Any]:
+def _metadata(
+    run: Path,
+    config,
+    info: dict[str, Any],
+    cache_meta: dict[str, Any],
+    mask: np.ndarray,
+    network: dict[str, Any],
+    kind: str,
+    n_features: int,
+) -> dict[str, Any]:
     """``metadata.pkl``'s plain data: preprocessing, network, features and where the run came from.
 
     ``mask`` is the cache-grid mask, ``(X, Y, Z)`` bool, stored as ``numpy.packbits`` bytes.
@@ -168,8 +184,9 @@ def _metadata(run: Path, config, info: dict[str, Any], cache_meta: dict[str, Any
     }
 
 
-def _check_network_copy(model: torch.nn.Module, state: dict[str, torch.Tensor], network: dict[str, Any],
-                        kind: str, shape: list[int]) -> None:
+def _check_network_copy(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], network: dict[str, Any], kind: str, shape: list[int]
+) -> None:
     """Load ``state`` into the estimator's network and compare its output with the project's on one input."""
     copy = ramp_estimator.BrainAgeNetwork(**network)
     try:
@@ -213,13 +230,23 @@ def build_submission(
             raise OutputExistsError(f"{out} exists and is not a folder")
         content = {p.name for p in out.iterdir()}
         if content and not content <= set(SUBMISSION_FILES) | {"__pycache__"}:
-            raise OutputExistsError(f"{out} holds other files ({sorted(content - set(SUBMISSION_FILES))[:5]}); "
-                                  "choose an empty or new folder")
+            raise OutputExistsError(
+                f"{out} holds other files ({sorted(content - set(SUBMISSION_FILES))[:5]}); "
+                "choose an empty or new folder"
+            )
     meta, state = submission_metadata(run, cache, kind)
     with atomic_dir(out) as tmp:
         (tmp / "estimator.py").write_text(Path(ramp_estimator.__file__).read_text())
         torch.save({"model": state}, tmp / "weights.pth")
         (tmp / "metadata.pkl").write_bytes(pickle.dumps(meta, protocol=4))
-    log.info("submission %s: %s %s features (%d) from %s, %s grid /%d", out, meta["method"], meta["feature_kind"],
-             meta["n_features"], run, meta["modality"], meta["factor"])
+    log.info(
+        "submission %s: %s %s features (%d) from %s, %s grid /%d",
+        out,
+        meta["method"],
+        meta["feature_kind"],
+        meta["n_features"],
+        run,
+        meta["modality"],
+        meta["factor"],
+    )
     return out

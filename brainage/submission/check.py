@@ -72,13 +72,23 @@ def run_like_server(
         SubmissionCheckError: the estimator failed (its stderr is included).
     """
     workdir = Path(workdir)
-    spec = {"submission": str(Path(submission).resolve()), "env": env, "requests": requests,
-            "out": str(workdir / "server_features.npz"), "block": list(block)}
+    spec = {
+        "submission": str(Path(submission).resolve()),
+        "env": env,
+        "requests": requests,
+        "out": str(workdir / "server_features.npz"),
+        "block": list(block),
+    }
     spec_path = workdir / "server_spec.json"
     spec_path.write_text(json.dumps(spec))
     child_env = {k: v for k, v in os.environ.items() if k not in ("VBM_MASK", "QUASIRAW_MASK")}
-    proc = subprocess.run([python, "-I", "-B", str(SERVER_RUN), str(spec_path)], capture_output=True, text=True,
-                          env=child_env, timeout=timeout)
+    proc = subprocess.run(
+        [python, "-I", "-B", str(SERVER_RUN), str(spec_path)],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise SubmissionCheckError(
             f"the submission's estimator failed when run as on the server (exit {proc.returncode}):\n"
@@ -173,8 +183,13 @@ def check_submission(
     save_json(out / "check.json", report)
     with atomic_open(out / "check.md") as fh:
         fh.write(_markdown(report))
-    log.info("submission check passed: L_c %.3f (Int. MAE %.2f, BAcc %.1f %%, Ext. MAE %.2f)",
-             scores["challenge_score"], scores["int_mae"], 100 * scores["bacc"], scores["ext_mae"])
+    log.info(
+        "submission check passed: L_c %.3f (Int. MAE %.2f, BAcc %.1f %%, Ext. MAE %.2f)",
+        scores["challenge_score"],
+        scores["int_mae"],
+        100 * scores["bacc"],
+        scores["ext_mae"],
+    )
     return report
 
 
@@ -214,8 +229,10 @@ def _run_on_ramp_rows(
             {"name": "test", "array": str(tmp / "ramp" / "test.npy"), "indices": "range"},
         ]
         feats, server = run_like_server(submission, requests, env, tmp)
-        tables = {part: pd.read_csv(tmp / "ramp" / f"{part}.tsv", sep="\t", dtype={"participant_id": str})
-                  for part in ("train", "test")}
+        tables = {
+            part: pd.read_csv(tmp / "ramp" / f"{part}.tsv", sep="\t", dtype={"participant_id": str})
+            for part in ("train", "test")
+        }
     ids = {part: tables[part]["participant_id"].astype(str).to_numpy() for part in tables}
     return _ServerRun(rows, rows_seconds, feats, ids, server)
 
@@ -238,12 +255,15 @@ def _match_project_features(
         wanted = project[split].participant_id.astype(str)
         absent = [pid for pid in wanted if pid not in position[part]]
         if absent:
-            raise SubmissionCheckError(f"{split}: {len(absent)} subject(s) of the feature files are not in {data}, "
-                                       f"e.g. {absent[:3]}")
+            raise SubmissionCheckError(
+                f"{split}: {len(absent)} subject(s) of the feature files are not in {data}, e.g. {absent[:3]}"
+            )
         sub = run.features[part][[position[part][pid] for pid in wanted]]
         if sub.shape != project[split].features.shape:
-            raise SubmissionCheckError(f"{split}: the submission gives features of shape {sub.shape}, the project "
-                                       f"{project[split].features.shape}")
+            raise SubmissionCheckError(
+                f"{split}: the submission gives features of shape {sub.shape}, the project "
+                f"{project[split].features.shape}"
+            )
         comparison[split] = _compare(sub, project[split].features, rtol, atol)
         triples[split] = (sub, project[split].age, project[split].site)
     bad = {s: c for s, c in comparison.items() if c["n_values_outside_tolerance"]}
@@ -251,8 +271,10 @@ def _match_project_features(
         raise SubmissionCheckError(
             "the submission's features differ from the project's beyond tolerance "
             f"(rtol {rtol:g}, atol {atol:g}): "
-            + "; ".join(f"{s}: {c['n_subjects_outside_tolerance']} subject(s), max |diff| {c['max_abs_diff']:.3g}"
-                        for s, c in bad.items())
+            + "; ".join(
+                f"{s}: {c['n_subjects_outside_tolerance']} subject(s), max |diff| {c['max_abs_diff']:.3g}"
+                for s, c in bad.items()
+            )
         )
     return comparison, triples
 
@@ -289,8 +311,10 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     p = report.get("project_scores")
     if p and all(p.get(k) is not None for k in ("int_mae", "bacc", "ext_mae", "challenge_score")):
-        lines.append(f"| project evaluation | {p['int_mae']:.3f} | {100 * p['bacc']:.2f} | {p['ext_mae']:.3f} | "
-                     f"{p['challenge_score']:.3f} |")
+        lines.append(
+            f"| project evaluation | {p['int_mae']:.3f} | {100 * p['bacc']:.2f} | {p['ext_mae']:.3f} | "
+            f"{p['challenge_score']:.3f} |"
+        )
     lines += [
         "",
         f"BAcc chance level: {100 * s['bacc_chance']:.2f} % ({s['n_sites_train']} training sites). "

@@ -47,9 +47,13 @@ def write_ramp_kit(
         ``kit``.
     """
     kit, rows, submission = Path(kit), Path(rows).resolve(), Path(submission)
-    missing = [p for p in [rows / f"{part}.{ext}" for part in ("train", "test") for ext in ("npy", "tsv")]
-               + [rows / "resource" / m.mask_file for m in MODALITIES.values()]
-               + [submission / f for f in SUBMISSION_FILES] if not p.is_file()]
+    missing = [
+        p
+        for p in [rows / f"{part}.{ext}" for part in ("train", "test") for ext in ("npy", "tsv")]
+        + [rows / "resource" / m.mask_file for m in MODALITIES.values()]
+        + [submission / f for f in SUBMISSION_FILES]
+        if not p.is_file()
+    ]
     if missing:
         raise InputNotFoundError(f"cannot write the RAMP kit: missing {[str(p) for p in missing]}")
     kit.mkdir(parents=True, exist_ok=True)
@@ -71,7 +75,9 @@ def write_ramp_kit(
     if folds is None:
         folds_file.unlink(missing_ok=True)
     else:
-        spec = {str(k): {"train": [int(i) for i in v["train"]], "valid": [int(i) for i in v["valid"]]}
-                for k, v in folds.items()}
+        spec = {
+            str(k): {"train": [int(i) for i in v["train"]], "valid": [int(i) for i in v["valid"]]}
+            for k, v in folds.items()
+        }
         folds_file.write_text(json.dumps(spec, indent=1))
     return kit

@@ -176,13 +176,26 @@ def load_metadata(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a submission folder holds estimator.py, weights.pth, metadata.pkl")
     meta = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
-    required = ("format_version", "modality", "source_shape", "mask_threshold", "factor", "normalize",
-                "cache_shape", "cache_mask_bits", "network", "feature_kind", "n_features")
+    required = (
+        "format_version",
+        "modality",
+        "source_shape",
+        "mask_threshold",
+        "factor",
+        "normalize",
+        "cache_shape",
+        "cache_mask_bits",
+        "network",
+        "feature_kind",
+        "n_features",
+    )
     missing = [k for k in required if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise SubmissionError(f"{path}: missing metadata key(s) {missing}")
     if meta["format_version"] != FORMAT_VERSION:
-        raise SubmissionError(f"{path}: metadata format {meta['format_version']}, this estimator reads {FORMAT_VERSION}")
+        raise SubmissionError(
+            f"{path}: metadata format {meta['format_version']}, this estimator reads {FORMAT_VERSION}"
+        )
     if meta["modality"] not in MASK_ENV:
         raise SubmissionError(f"{path}: modality {meta['modality']!r} is not one of {sorted(MASK_ENV)}")
     if meta["normalize"] not in ("zscore", "none"):
@@ -199,7 +212,9 @@ def unpack_mask(bits: bytes, shape: Sequence[int]) -> np.ndarray:
     n = int(np.prod(shape))
     flat = np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=n)
     if flat.size != n:
-        raise SubmissionError(f"metadata: the packed cache mask holds {flat.size} voxels, the grid {tuple(shape)} has {n}")
+        raise SubmissionError(
+            f"metadata: the packed cache mask holds {flat.size} voxels, the grid {tuple(shape)} has {n}"
+        )
     return flat.astype(bool).reshape(tuple(int(s) for s in shape))
 
 
@@ -218,8 +233,9 @@ def read_mask(modality: str) -> np.ndarray:
     try:
         data = nibabel.load(path).get_fdata()
     except (nibabel.filebasedimages.ImageFileError, OSError, EOFError, zlib.error) as err:
-        raise SubmissionError(f"{variable}={path}: the mask image cannot be read, truncated or not NIfTI "
-                              f"({type(err).__name__}: {err})") from err
+        raise SubmissionError(
+            f"{variable}={path}: the mask image cannot be read, truncated or not NIfTI ({type(err).__name__}: {err})"
+        ) from err
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -252,8 +268,11 @@ def _state_mismatch(network: nn.Module, state: dict) -> list[str]:
     own = network.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the network"
-              for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the network"
+        for k in own
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)
+    ]
     problems = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("size mismatch", shapes)):
         if items:
@@ -346,7 +365,9 @@ class BrainAgeFeatures(BaseEstimator, TransformerMixin):
                 + "; ".join(problems)
             )
         network.load_state_dict(payload["model"], strict=True)
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
+        device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        )
         self.network_ = network.to(device).eval()
         self.device_ = device
         self.metadata_ = meta
@@ -375,7 +396,9 @@ class BrainAgeFeatures(BaseEstimator, TransformerMixin):
         block = block[np.argsort(order, kind="stable")]
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
-            raise SubmissionError(f"X row {int(rows[~finite][0])} holds NaN or inf in its {self.metadata_['modality']} voxels")
+            raise SubmissionError(
+                f"X row {int(rows[~finite][0])} holds NaN or inf in its {self.metadata_['modality']} voxels"
+            )
         full = np.zeros((len(rows),) + self.source_mask_.shape, dtype=np.float32)
         full[:, self.source_mask_] = block
         pooled = block_mean(full, int(self.metadata_["factor"]))
@@ -393,14 +416,14 @@ class BrainAgeFeatures(BaseEstimator, TransformerMixin):
         features = np.empty((len(rows), self.n_features_out_), dtype=np.float32)
         with torch.inference_mode():
             for first in range(0, len(rows), int(self.batch_size)):
-                batch = rows[first:first + int(self.batch_size)]
+                batch = rows[first : first + int(self.batch_size)]
                 x = torch.from_numpy(self.volumes(X, batch))[:, None].to(self.device_)
                 out = self.network_.features(x, kind)
                 if out.shape[1] != self.n_features_out_:
                     raise SubmissionError(
                         f"the network gives {out.shape[1]} features, metadata.pkl announces {self.n_features_out_}"
                     )
-                features[first:first + len(batch)] = out.cpu().numpy()
+                features[first : first + len(batch)] = out.cpu().numpy()
         if not np.isfinite(features).all():
             raise SubmissionError("the network produced NaN or inf features")
         return features

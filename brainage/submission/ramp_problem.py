@@ -177,11 +177,12 @@ def split_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     if internal.any():
         error = y_pred[internal, 0] - y_true[internal, 0]
         scores["int_mae"] = float(np.mean(np.abs(error)))
-        scores["int_rmse"] = float(np.sqrt(np.mean(error ** 2)))
+        scores["int_rmse"] = float(np.sqrt(np.mean(error**2)))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-            scores["bacc"] = float(balanced_accuracy_score(
-                y_true[internal, 1].astype(int), y_pred[internal, 1].astype(int)))
+            scores["bacc"] = float(
+                balanced_accuracy_score(y_true[internal, 1].astype(int), y_pred[internal, 1].astype(int))
+            )
     if external.any():
         scores["ext_mae"] = float(np.mean(np.abs(y_pred[external, 0] - y_true[external, 0])))
         scores["challenge_score"] = scores["bacc"] ** 0.3 * scores["ext_mae"]
@@ -264,7 +265,10 @@ class FrozenFeatures:
         age_probe.fit(features, ages)
         site_probe = GridSearchCV(
             LogisticRegression(solver="saga", max_iter=150, random_state=_probe_seed()),
-            {"C": list(GRID)}, cv=5, scoring="balanced_accuracy", n_jobs=1,
+            {"C": list(GRID)},
+            cv=5,
+            scoring="balanced_accuracy",
+            n_jobs=1,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -71,8 +71,9 @@ def write_ramp_rows(
         for m in MODALITIES:
             shutil.copyfile(dataset.mask_paths[m], tmp / "resource" / MODALITIES[m].mask_file)
         for part, indices in parts.items():
-            array = np.lib.format.open_memmap(tmp / f"{part}.npy", mode="w+", dtype=np.float32,
-                                              shape=(len(indices), length))
+            array = np.lib.format.open_memmap(
+                tmp / f"{part}.npy", mode="w+", dtype=np.float32, shape=(len(indices), length)
+            )
             for row, index in enumerate(indices):
                 for m in modalities:
                     array[row, slices[m]] = mask_volumes(dataset.volume(int(index), m), masks[m])

@@ -83,7 +83,9 @@ def main(spec_path: str) -> int:
                 step.indices = None
         results[request["name"]] = features
         report["requests"][request["name"]] = {
-            "seconds": time.perf_counter() - start, "shape": list(features.shape), "dtype": str(features.dtype),
+            "seconds": time.perf_counter() - start,
+            "shape": list(features.shape),
+            "dtype": str(features.dtype),
         }
     out = Path(spec["out"])
     np.savez(out, **results)

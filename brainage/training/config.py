@@ -57,13 +57,30 @@ CHOICES: dict[str, tuple[str, ...]] = {
 """The valid values of every option that takes a name."""
 
 SPATIAL_AUGMENTATIONS: tuple[str, ...] = (
-    "RandFlip", "RandAxisFlip", "RandRotate", "RandZoom", "RandAffine", "Rand3DElastic", "RandGridDistortion",
+    "RandFlip",
+    "RandAxisFlip",
+    "RandRotate",
+    "RandZoom",
+    "RandAffine",
+    "Rand3DElastic",
+    "RandGridDistortion",
     "RandSimulateLowResolution",
 )
 INTENSITY_AUGMENTATIONS: tuple[str, ...] = (
-    "RandGaussianNoise", "RandRicianNoise", "RandShiftIntensity", "RandStdShiftIntensity", "RandScaleIntensity",
-    "RandScaleIntensityFixedMean", "RandBiasField", "RandAdjustContrast", "RandGaussianSmooth",
-    "RandGaussianSharpen", "RandHistogramShift", "RandGibbsNoise", "RandKSpaceSpikeNoise", "RandCoarseDropout",
+    "RandGaussianNoise",
+    "RandRicianNoise",
+    "RandShiftIntensity",
+    "RandStdShiftIntensity",
+    "RandScaleIntensity",
+    "RandScaleIntensityFixedMean",
+    "RandBiasField",
+    "RandAdjustContrast",
+    "RandGaussianSmooth",
+    "RandGaussianSharpen",
+    "RandHistogramShift",
+    "RandGibbsNoise",
+    "RandKSpaceSpikeNoise",
+    "RandCoarseDropout",
     "RandCoarseShuffle",
 )
 AUGMENTATIONS: tuple[str, ...] = SPATIAL_AUGMENTATIONS + INTENSITY_AUGMENTATIONS
@@ -89,12 +106,14 @@ def check_augmentations(specs: Any) -> None:
     values (:func:`_plain_value`); the message names the entry and the refused transform.
     """
     if not isinstance(specs, list):
-        raise ConfigError(f"augmentations must be a list of {{'name': <transform>, **arguments}} mappings, "
-                          f"got {specs!r}")
+        raise ConfigError(
+            f"augmentations must be a list of {{'name': <transform>, **arguments}} mappings, got {specs!r}"
+        )
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise ConfigError(f"augmentations[{i}]: expected a mapping {{'name': <transform>, **arguments}}, "
-                              f"got {spec!r}")
+            raise ConfigError(
+                f"augmentations[{i}]: expected a mapping {{'name': <transform>, **arguments}}, got {spec!r}"
+            )
         name = spec["name"]
         if name not in AUGMENTATIONS:
             hint = difflib.get_close_matches(name, AUGMENTATIONS, n=1)
@@ -105,8 +124,10 @@ def check_augmentations(specs: Any) -> None:
             )
         for key, value in spec.items():
             if key != "name" and not _plain_value(value):
-                raise ConfigError(f"augmentations[{i}] ({name}): argument {key!r} must be a finite number, a "
-                                  f"string, a boolean, null or a list of them, got {value!r}")
+                raise ConfigError(
+                    f"augmentations[{i}] ({name}): argument {key!r} must be a finite number, a "
+                    f"string, a boolean, null or a list of them, got {value!r}"
+                )
 
 
 def _choice(value: Any, valid: tuple[str, ...], name: str) -> None:
@@ -228,7 +249,9 @@ class TrainConfig:
             raise BrainAgeError(f"projection_hidden must be a positive integer or null, got {self.projection_hidden!r}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise BrainAgeError(f"num_threads must be a positive integer or null, got {self.num_threads!r}")
-        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        if not (
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
             raise BrainAgeError(f"unknown device {self.device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
         check_augmentations(self.augmentations)
 
@@ -271,8 +294,10 @@ class TrainConfig:
         if unknown:
             hints = {k: difflib.get_close_matches(str(k), names, n=1) for k in unknown}
             described = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
-            raise BrainAgeError(f"{source + ': ' if source else ''}unknown training option(s) {described}; "
-                             f"valid options are: {', '.join(names)}")
+            raise BrainAgeError(
+                f"{source + ': ' if source else ''}unknown training option(s) {described}; "
+                f"valid options are: {', '.join(names)}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -298,8 +323,7 @@ class TrainConfig:
 
 # Fields that change how a run executes but not the weights it ends with on a given device:
 # a run may be resumed with different values.
-RUNTIME_FIELDS: tuple[str, ...] = ("device", "data_on_device", "num_threads", "eval_batch_size", "progress",
-                                   "features")
+RUNTIME_FIELDS: tuple[str, ...] = ("device", "data_on_device", "num_threads", "eval_batch_size", "progress", "features")
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
@@ -361,8 +385,10 @@ def _safe_load_yaml(text: str, path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.constructor.ConstructorError as err:
-        raise ConfigError(f"{path}: a YAML tag that is not plain data ({err}); a config holds numbers, strings, "
-                          "booleans, lists and mappings only") from err
+        raise ConfigError(
+            f"{path}: a YAML tag that is not plain data ({err}); a config holds numbers, strings, "
+            "booleans, lists and mappings only"
+        ) from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
 

@@ -23,6 +23,7 @@ __all__ = [
     "make_views",
 ]
 
+
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -73,9 +74,9 @@ class VolumeStore:
         if self.resident:
             self.data = torch.empty(tuple(volumes.shape), dtype=torch.float16, device=self.device)
             for start in range(0, len(volumes), chunk):
-                block = torch.from_numpy(np.array(volumes[start:start + chunk], dtype=np.float16))
+                block = torch.from_numpy(np.array(volumes[start : start + chunk], dtype=np.float16))
                 self._check_finite(block, np.arange(start, start + len(block)))
-                self.data[start:start + len(block)].copy_(block)
+                self.data[start : start + len(block)].copy_(block)
 
     def __len__(self) -> int:
         return int(self.source.shape[0])

@@ -24,7 +24,14 @@ from brainage.device import resolve_device  # re-exported: its home before brain
 from brainage.errors import BrainAgeError
 
 __all__ = [
-    "DistContext", "any_process", "barrier", "cleanup", "gather", "gather_with_grad", "init_from_env", "resolve_device",
+    "DistContext",
+    "any_process",
+    "barrier",
+    "cleanup",
+    "gather",
+    "gather_with_grad",
+    "init_from_env",
+    "resolve_device",
     "wrap_model",
 ]
 

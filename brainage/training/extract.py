@@ -107,7 +107,9 @@ def extract_features(
     grid = read_cache_meta(cache)["shape"]
     trained = list(info.get("cache", {}).get("shape", []))
     if trained and trained != list(grid):
-        raise CheckpointError(f"{model_path}: trained on a {tuple(trained)} grid, but the cache {cache} has {tuple(grid)}")
+        raise CheckpointError(
+            f"{model_path}: trained on a {tuple(trained)} grid, but the cache {cache} has {tuple(grid)}"
+        )
     channels_last = use_channels_last(config, torch_device)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
@@ -116,8 +118,18 @@ def extract_features(
     amp = torch.autocast(torch_device.type, dtype=torch.bfloat16) if precision == "bf16" else None
 
     results = {
-        split: _split_arrays(model, info, model_path, cache, split, kind, torch_device,
-                             batch_size or config.eval_batch_size, amp, channels_last)
+        split: _split_arrays(
+            model,
+            info,
+            model_path,
+            cache,
+            split,
+            kind,
+            torch_device,
+            batch_size or config.eval_batch_size,
+            amp,
+            channels_last,
+        )
         for split in splits
     }
     out = Path(out)
@@ -139,13 +151,22 @@ def _feature_kind(config, kind: str | None, model_path: Path) -> str:
 
 
 def _split_arrays(
-    model: torch.nn.Module, info: dict, model_path: Path, cache: str | os.PathLike, split: str, kind: str,
-    device: torch.device, batch_size: int, amp, channels_last: bool,
+    model: torch.nn.Module,
+    info: dict,
+    model_path: Path,
+    cache: str | os.PathLike,
+    split: str,
+    kind: str,
+    device: torch.device,
+    batch_size: int,
+    amp,
+    channels_last: bool,
 ) -> dict[str, np.ndarray]:
     """The arrays of ``<split>.npz`` (see :func:`extract_features`); raises on NaN/inf features."""
     arrays = open_split(cache, split)
-    features, raw = predict_split(model, arrays.volumes, kind, device, batch_size, amp, channels_last,
-                                  name=f"{cache}/{split}")
+    features, raw = predict_split(
+        model, arrays.volumes, kind, device, batch_size, amp, channels_last, name=f"{cache}/{split}"
+    )
     bad = ~np.isfinite(features).all(axis=1)
     if bad.any():
         raise BrainAgeError(

@@ -104,11 +104,14 @@ class _EpochLosses:
 
     def check(self, end: int, epoch: int, ckpt_path: Path, ctx: DistContext, device: torch.device) -> float:
         """Mean loss of steps ``[checked, end)`` on this process; raises if any process's was not finite."""
-        values = self.loss[self.checked:end].tolist()
+        values = self.loss[self.checked : end].tolist()
         bad = [self.checked + i for i, value in enumerate(values) if not math.isfinite(value)]
         if any_process(bool(bad), ctx, device):
-            where = (f"loss is {values[bad[0] - self.checked]} at epoch {epoch + 1} step {bad[0] + 1}" if bad else
-                     f"another process's loss is not finite at epoch {epoch + 1} (steps {self.checked + 1}-{end})")
+            where = (
+                f"loss is {values[bad[0] - self.checked]} at epoch {epoch + 1} step {bad[0] + 1}"
+                if bad
+                else f"another process's loss is not finite at epoch {epoch + 1} (steps {self.checked + 1}-{end})"
+            )
             saved = f"the last checkpoint {ckpt_path} is intact" if ckpt_path.exists() else "nothing was saved"
             raise TrainingDivergedError(f"{where}; {saved} (try a lower lr)")
         self.checked = end
@@ -277,8 +280,14 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
     except ImportError:
         return None
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=0.5 if interactive else 10.0,
-                dynamic_ncols=interactive)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        mininterval=0.5 if interactive else 10.0,
+        dynamic_ncols=interactive,
+    )
 
 
 def _augment_seed(seed: int, epoch: int, rank: int) -> int:
@@ -330,8 +339,12 @@ def train(
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             writer = _tensorboard(out)
-        bar = _progress(loop.steps * config.epochs, loop.steps * run.start_epoch, config.progress and ctx.is_main,
-                        f"train {config.method} seed {config.seed}")
+        bar = _progress(
+            loop.steps * config.epochs,
+            loop.steps * run.start_epoch,
+            config.progress and ctx.is_main,
+            f"train {config.method} seed {config.seed}",
+        )
         end_epoch = config.epochs if stop_after is None else min(config.epochs, run.start_epoch + stop_after)
 
         for epoch in range(run.start_epoch, end_epoch):
@@ -404,8 +417,9 @@ def _open_training_split(config: TrainConfig, cache: str | os.PathLike, ctx: Dis
     split = open_split(cache, "train")
     n_train = len(split)
     if n_train < config.batch_size:
-        raise BrainAgeError(f"batch_size {config.batch_size} is larger than the training split of {cache} "
-                         f"({n_train} subjects)")
+        raise BrainAgeError(
+            f"batch_size {config.batch_size} is larger than the training split of {cache} ({n_train} subjects)"
+        )
     identity = cache_identity(cache)
     if config.standardize_ages:
         age_mean, age_std = float(split.ages.mean()), float(split.ages.std()) or 1.0
@@ -415,8 +429,13 @@ def _open_training_split(config: TrainConfig, cache: str | os.PathLike, ctx: Dis
 
 
 def _start_run(
-    config: TrainConfig, target: _Target, out: Path, ckpt_path: Path, device: torch.device,
-    restart_on_mismatch: bool, ctx: DistContext,
+    config: TrainConfig,
+    target: _Target,
+    out: Path,
+    ckpt_path: Path,
+    device: torch.device,
+    restart_on_mismatch: bool,
+    ctx: DistContext,
 ) -> _Run:
     """Model, optimiser and scheduler seeded from ``config.seed``, then restored from ``ckpt_path`` if resumable."""
     torch.manual_seed(config.seed)
@@ -453,8 +472,14 @@ def _resume(
 
 
 def _make_loop(
-    config: TrainConfig, split: CacheSplit, name: str, model: nn.Module, device: torch.device,
-    amp: contextlib.AbstractContextManager, target: _Target, ctx: DistContext,
+    config: TrainConfig,
+    split: CacheSplit,
+    name: str,
+    model: nn.Module,
+    device: torch.device,
+    amp: contextlib.AbstractContextManager,
+    target: _Target,
+    ctx: DistContext,
 ) -> _Loop:
     """The training split on ``device``, the loss and augmentation, the wrapped model and the sampler."""
     store = VolumeStore(split.volumes, device, resident=_resident(config.data_on_device), name=name)
@@ -462,11 +487,26 @@ def _make_loop(
     criterion = make_criterion(config)
     augment = build_augmentation(config.augmentations) if config.is_contrastive else None
     ddp_model = wrap_model(model, ctx, device, config.sync_batchnorm)
-    sampler = DistributedSampler(range(len(split)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=config.seed, drop_last=True)
+    sampler = DistributedSampler(
+        range(len(split)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=True
+    )
     local_batch = config.batch_size // ctx.world_size
-    return _Loop(config, ctx, device, amp, target, store, ages_all, criterion, augment, ddp_model, sampler,
-                 local_batch, steps=len(sampler) // local_batch, channels_last=use_channels_last(config, device))
+    return _Loop(
+        config,
+        ctx,
+        device,
+        amp,
+        target,
+        store,
+        ages_all,
+        criterion,
+        augment,
+        ddp_model,
+        sampler,
+        local_batch,
+        steps=len(sampler) // local_batch,
+        channels_last=use_channels_last(config, device),
+    )
 
 
 def _train_epoch(loop: _Loop, run: _Run, epoch: int, ckpt_path: Path, bar) -> tuple[dict[str, Any], float]:
@@ -526,8 +566,9 @@ def _batch_loss(loop: _Loop, x: Tensor, ages: Tensor) -> tuple[Tensor, Tensor | 
     target = loop.target
     with loop.amp, trusted_inputs():
         if loop.criterion is not None:
-            loss = contrastive_loss(loop.ddp_model, x, ages, loop.criterion, loop.config.n_views, loop.augment,
-                                    loop.ctx)
+            loss = contrastive_loss(
+                loop.ddp_model, x, ages, loop.criterion, loop.config.n_views, loop.augment, loop.ctx
+            )
         else:
             loss, prediction = regression_loss(loop.ddp_model, x, (ages - target.age_mean) / target.age_std)
     abs_err = None if loop.criterion is not None else (prediction * target.age_std + target.age_mean - ages).abs().sum()
@@ -556,7 +597,11 @@ def _checkpoint_payload(
 ) -> dict[str, Any]:
     """``checkpoint.pt`` after ``epoch`` epochs: the model payload plus what resuming needs."""
     return _model_payload(
-        CHECKPOINT_FORMAT, epoch, run, config, target,
+        CHECKPOINT_FORMAT,
+        epoch,
+        run,
+        config,
+        target,
         optimizer=run.optimizer.state_dict(),
         scheduler=run.scheduler.state_dict(),
         rng=_rng_state(device),
@@ -573,8 +618,14 @@ def _log_epoch(writer, row: dict[str, Any], epochs: int, seconds: float) -> None
             if row[key] is not None:
                 writer.add_scalar(key, row[key], row["epoch"])
         writer.flush()
-    log.info("epoch %d/%d loss %.4f%s (%.1f s)", row["epoch"], epochs, row["loss"],
-             f" train MAE {row['train_mae']:.2f} y" if row["train_mae"] is not None else "", seconds)
+    log.info(
+        "epoch %d/%d loss %.4f%s (%.1f s)",
+        row["epoch"],
+        epochs,
+        row["loss"],
+        f" train MAE {row['train_mae']:.2f} y" if row["train_mae"] is not None else "",
+        seconds,
+    )
 
 
 def _write_finished_run(
@@ -584,11 +635,21 @@ def _write_finished_run(
     # again here: a rerun that resumes a finished checkpoint (a workflow manager removed the
     # incomplete outputs of a killed job, metrics.csv among them) runs no epoch
     _write_metrics(out / "metrics.csv", run.metrics)
-    save_file(out / "model.pt", _model_payload(MODEL_FORMAT, config.epochs, run, config, target,
-                                               num_threads_used=run.threads_used))
-    save_json(out / "config.json", {"config": config.to_dict(), "cache": target.identity,
-                                     "epochs_done": len(run.metrics), "world_size": ctx.world_size,
-                                     "device": str(device), "num_threads_used": run.threads_used})
+    save_file(
+        out / "model.pt",
+        _model_payload(MODEL_FORMAT, config.epochs, run, config, target, num_threads_used=run.threads_used),
+    )
+    save_json(
+        out / "config.json",
+        {
+            "config": config.to_dict(),
+            "cache": target.identity,
+            "epochs_done": len(run.metrics),
+            "world_size": ctx.world_size,
+            "device": str(device),
+            "num_threads_used": run.threads_used,
+        },
+    )
 
 
 def _threads_on_resume(payload: dict[str, Any], path: Path, ctx: DistContext) -> list[int]:
@@ -607,7 +668,11 @@ def _threads_on_resume(payload: dict[str, Any], path: Path, ctx: DistContext) ->
         log.warning(
             "%s was written with %d CPU thread(s) and this process uses %d: on the CPU the resumed run is not "
             "bitwise equal to an uninterrupted run with either count (floating-point sums are split by thread); "
-            "resume with --num-threads %d for bitwise reproducibility", path, before, now, before,
+            "resume with --num-threads %d for bitwise reproducibility",
+            path,
+            before,
+            now,
+            before,
         )
     return used + [now] if not used or used[-1] != now else used
 

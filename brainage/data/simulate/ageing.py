@@ -97,7 +97,11 @@ class AgeingModel:
         """Cortical thinning rate (mm/year, positive = thinning) of an average region."""
         a = np.asarray(age, dtype=np.float64)
         late = 1.0 / (1.0 + np.exp(-(a - self.pial_late_age) / self.pial_late_width))
-        return self.pial_rate_adult + self.pial_rate_dev * np.exp(-(a - 6.0) / self.pial_dev_tau) + self.pial_rate_late * late
+        return (
+            self.pial_rate_adult
+            + self.pial_rate_dev * np.exp(-(a - 6.0) / self.pial_dev_tau)
+            + self.pial_rate_late * late
+        )
 
     def _wm_raw(self, age: np.ndarray | float) -> np.ndarray:
         a = np.asarray(age, dtype=np.float64)
@@ -115,7 +119,9 @@ class AgeingModel:
     def deep_gm_density(self, age: np.ndarray | float) -> np.ndarray:
         """Fraction of subcortical grey matter left (relative to the reference age)."""
         a = np.asarray(age, dtype=np.float64)
-        loss = self.deep_gm_rate * (np.clip(a - self.deep_gm_onset, 0, None) - max(self.reference_age - self.deep_gm_onset, 0))
+        loss = self.deep_gm_rate * (
+            np.clip(a - self.deep_gm_onset, 0, None) - max(self.reference_age - self.deep_gm_onset, 0)
+        )
         return np.clip(1.0 - loss, 0.5, 1.2)
 
     def ventricle_shift(self, age: np.ndarray | float) -> np.ndarray:

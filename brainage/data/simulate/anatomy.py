@@ -92,7 +92,12 @@ class Template:
 
 #: Labels of :attr:`Template.lobe` (rough MNI boxes, for reporting only).
 REGIONS: dict[int, str] = {
-    1: "frontal", 2: "parietal", 3: "temporal", 4: "occipital", 5: "subcortical", 6: "cerebellum",
+    1: "frontal",
+    2: "parietal",
+    3: "temporal",
+    4: "occipital",
+    5: "subcortical",
+    6: "cerebellum",
 }
 
 
@@ -222,9 +227,19 @@ def template() -> Template:
     ventricle_wall = np.clip(ndi.gaussian_filter(wall, 2.0), 0.0, 1.0)
     lobe = _lobes(brain, cortex, cerebellum, x, y, z)
     return Template(
-        t1=t1, gm=gm, wm=wm, tissue=tissue, icv=icv, brain=brain, tissue_edge=tissue_edge,
-        wm_edge=wm_edge, deep_gm=np.clip(deep_gm, 0, 1).astype(np.float32),
-        regional=regional, ventricle_wall=ventricle_wall, ventricles=ventricles, lobe=lobe,
+        t1=t1,
+        gm=gm,
+        wm=wm,
+        tissue=tissue,
+        icv=icv,
+        brain=brain,
+        tissue_edge=tissue_edge,
+        wm_edge=wm_edge,
+        deep_gm=np.clip(deep_gm, 0, 1).astype(np.float32),
+        regional=regional,
+        ventricle_wall=ventricle_wall,
+        ventricles=ventricles,
+        lobe=lobe,
     )
 
 
@@ -288,7 +303,9 @@ def full_masks() -> dict[str, np.ndarray]:
 
     shape, affine = grid("vbm", 1)
     scale, offset = world_to_template(affine)
-    tpm = resample_axes(ndi.gaussian_filter(tpl.gm, 2.5), tuple(scale[a] * np.arange(shape[a]) + offset[a] for a in range(3)))
+    tpm = resample_axes(
+        ndi.gaussian_filter(tpl.gm, 2.5), tuple(scale[a] * np.arange(shape[a]) + offset[a] for a in range(3))
+    )
     sel = _top_n(tpm, MODALITIES["vbm"].n_voxels)
     cut = float(tpm[sel].min())
     above = 0.06 + (tpm - cut) * (0.94 / max(1.0 - cut, 1e-6))
@@ -311,9 +328,9 @@ def _support_region() -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class _VentricleField:
-    gradient: np.ndarray   # (3, X2, Y2, Z2): grad of the smoothed ventricle indicator, max norm 1
-    hessian: np.ndarray    # (6, X2, Y2, Z2): xx, yy, zz, xy, xz, yz (1/mm)
-    max_growth_mm: float   # largest outward shift keeping the map invertible (det >= 0.1)
+    gradient: np.ndarray  # (3, X2, Y2, Z2): grad of the smoothed ventricle indicator, max norm 1
+    hessian: np.ndarray  # (6, X2, Y2, Z2): xx, yy, zz, xy, xz, yz (1/mm)
+    max_growth_mm: float  # largest outward shift keeping the map invertible (det >= 0.1)
     max_shrink_mm: float
 
 
@@ -338,22 +355,27 @@ def _ventricle_field() -> _VentricleField:
         return ndi.gaussian_filter(v2, sigma, order=order) / (2.0 ** len(orders))
 
     grad = np.stack([deriv(a) for a in range(3)])
-    norm = float(np.sqrt((grad ** 2).sum(axis=0)).max())
+    norm = float(np.sqrt((grad**2).sum(axis=0)).max())
     hess = np.stack([deriv(0, 0), deriv(1, 1), deriv(2, 2), deriv(0, 1), deriv(0, 2), deriv(1, 2)]) / norm
     grad = grad / norm
     sig = np.abs(hess).max(axis=0) > 1e-4
     h = hess[:, sig].T
-    mats = np.stack([
-        np.stack([h[:, 0], h[:, 3], h[:, 4]], -1),
-        np.stack([h[:, 3], h[:, 1], h[:, 5]], -1),
-        np.stack([h[:, 4], h[:, 5], h[:, 2]], -1),
-    ], 1).astype(np.float64)
+    mats = np.stack(
+        [
+            np.stack([h[:, 0], h[:, 3], h[:, 4]], -1),
+            np.stack([h[:, 3], h[:, 1], h[:, 5]], -1),
+            np.stack([h[:, 4], h[:, 5], h[:, 2]], -1),
+        ],
+        1,
+    ).astype(np.float64)
     eig = np.linalg.eigvalsh(mats)
     # det(I + d H) >= 0.1 for d in [-max_shrink, max_growth] (each factor >= 0.1^(1/3) ~ 0.46)
     lim = 1.0 - 0.1 ** (1.0 / 3.0)
     return _VentricleField(
-        gradient=grad.astype(np.float32), hessian=hess.astype(np.float32),
-        max_growth_mm=float(lim / max(-eig.min(), 1e-6)), max_shrink_mm=float(lim / max(eig.max(), 1e-6)),
+        gradient=grad.astype(np.float32),
+        hessian=hess.astype(np.float32),
+        max_growth_mm=float(lim / max(-eig.min(), 1e-6)),
+        max_shrink_mm=float(lim / max(eig.max(), 1e-6)),
     )
 
 
@@ -446,7 +468,7 @@ class GridFields:
 
     @property
     def voxel_cm3(self) -> float:
-        return self.spacing ** 3 / 1000.0
+        return self.spacing**3 / 1000.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -488,10 +510,29 @@ def grid_fields(modality: str, factor: int) -> GridFields:
 
     bases, dbases = zip(*(dct_bases(q_axes[a], TEMPLATE_SHAPE[a]) for a in range(3)))
     return GridFields(
-        modality=modality, factor=int(factor), shape=tuple(shape), affine=affine, spacing=spacing,
-        q_axes=q_axes, work=work_arr, work_spacing=work_spacing, presmooth_mm=presmooth,
-        mask_image=mask_image, mask=mask, support=support, support_q=support_q, regional=regional, deep_gm=deep_gm, ventricle_wall=ventricle_wall, vent_gradient=vent_gradient, vent_hessian=vent_hessian,
-        vent_roi=vent_roi, parcels=parcels, lobe=lobe, bases=tuple(bases), dbases=tuple(dbases),
+        modality=modality,
+        factor=int(factor),
+        shape=tuple(shape),
+        affine=affine,
+        spacing=spacing,
+        q_axes=q_axes,
+        work=work_arr,
+        work_spacing=work_spacing,
+        presmooth_mm=presmooth,
+        mask_image=mask_image,
+        mask=mask,
+        support=support,
+        support_q=support_q,
+        regional=regional,
+        deep_gm=deep_gm,
+        ventricle_wall=ventricle_wall,
+        vent_gradient=vent_gradient,
+        vent_hessian=vent_hessian,
+        vent_roi=vent_roi,
+        parcels=parcels,
+        lobe=lobe,
+        bases=tuple(bases),
+        dbases=tuple(dbases),
     )
 
 

@@ -54,13 +54,19 @@ NOT_SIMULATED: tuple[str, ...] = (
 
 def parse_modalities(modalities: str | Sequence[str]) -> tuple[str, ...]:
     """``"vbm,quasiraw"`` or a sequence -> a tuple of known modality names (no duplicates)."""
-    items = [m.strip() for m in modalities.split(",")] if isinstance(modalities, str) else [str(m).strip() for m in modalities]
+    items = (
+        [m.strip() for m in modalities.split(",")]
+        if isinstance(modalities, str)
+        else [str(m).strip() for m in modalities]
+    )
     items = [m for m in items if m]
     if not items:
         raise BrainAgeError(f"no modality given; choose from {sorted(MODALITIES)}")
     unknown = [m for m in items if m not in MODALITIES]
     if unknown:
-        raise BrainAgeError(f"unknown modality {unknown[0]!r}; expected a comma-separated subset of {sorted(MODALITIES)}")
+        raise BrainAgeError(
+            f"unknown modality {unknown[0]!r}; expected a comma-separated subset of {sorted(MODALITIES)}"
+        )
     return tuple(dict.fromkeys(items))
 
 
@@ -156,8 +162,11 @@ def _write_masks(root: Path, factor: int, ramp: bool) -> dict:
             with atomic_path(folder / mod.mask_file) as tmp:
                 nib.save(img, tmp)
         info[name] = {
-            "mask": mod.mask_file, "threshold": mod.threshold, "n_voxels": int((data > mod.threshold).sum()),
-            "shape": list(shape), "affine": np.asarray(affine).tolist(),
+            "mask": mod.mask_file,
+            "threshold": mod.threshold,
+            "n_voxels": int((data > mod.threshold).sum()),
+            "shape": list(shape),
+            "affine": np.asarray(affine).tolist(),
         }
     for folder in folders:
         save_json(folder / "resources.json", info)
@@ -229,7 +238,8 @@ def simulate_openbhb(
     """
     out = Path(out)
     n_subjects, downsample, seed, mods, n_jobs = _checked_arguments(
-        n_subjects, downsample, seed, modalities, ramp, external_fraction, internal_fraction, n_jobs)
+        n_subjects, downsample, seed, modalities, ramp, external_fraction, internal_fraction, n_jobs
+    )
     n_sites = default_n_sites(n_subjects) if n_sites is None else int(n_sites)
     _check_out(out, overwrite)
     model = model or AgeingModel()
@@ -249,8 +259,18 @@ def simulate_openbhb(
     try:
         info = _write_masks(stage, downsample, ramp)
         ramp_paths, ramp_rows, slices = _create_ramp_arrays(stage, table, info) if ramp else (None, None, None)
-        ctx = _Context(root=stage, seed=seed, factor=downsample, modalities=mods, table=table, cohort=cohort,
-                       model=model, ramp=ramp_paths, ramp_rows=ramp_rows, row_slices=slices)
+        ctx = _Context(
+            root=stage,
+            seed=seed,
+            factor=downsample,
+            modalities=mods,
+            table=table,
+            cohort=cohort,
+            model=model,
+            ramp=ramp_paths,
+            ramp_rows=ramp_rows,
+            row_slices=slices,
+        )
         records = _run(ctx, n_jobs, progress)
         _write_tables(stage, ctx, records, info, n_sites, max_acquisitions, external_fraction, internal_fraction)
         if ramp_paths is not None:
@@ -264,20 +284,30 @@ def simulate_openbhb(
 
 
 def _checked_arguments(
-    n_subjects: int, downsample: int, seed: int, modalities: str | Sequence[str], ramp: bool,
-    external_fraction: float, internal_fraction: float, n_jobs: int,
+    n_subjects: int,
+    downsample: int,
+    seed: int,
+    modalities: str | Sequence[str],
+    ramp: bool,
+    external_fraction: float,
+    internal_fraction: float,
+    n_jobs: int,
 ) -> tuple[int, int, int, tuple[str, ...], int]:
     """``(n_subjects, downsample, seed, modalities, n_jobs)`` as integers and a modality tuple; raises on a bad one."""
     if isinstance(n_subjects, bool) or int(n_subjects) != n_subjects or n_subjects < 1:
         raise BrainAgeError(f"n_subjects must be a positive integer, got {n_subjects!r}")
     if isinstance(downsample, bool) or int(downsample) != downsample or not 1 <= downsample <= 16:
-        raise BrainAgeError(f"downsample must be an integer in [1, 16] (1 = the full OpenBHB grids), got {downsample!r}")
+        raise BrainAgeError(
+            f"downsample must be an integer in [1, 16] (1 = the full OpenBHB grids), got {downsample!r}"
+        )
     if int(seed) != seed or seed < 0:
         raise BrainAgeError(f"seed must be a non-negative integer, got {seed!r}")
     n_subjects, downsample, seed = int(n_subjects), int(downsample), int(seed)
     mods = parse_modalities(modalities)
     if ramp and set(mods) != set(MODALITIES):
-        raise BrainAgeError(f"the RAMP layout holds both modalities: ramp=True needs modalities vbm,quasiraw, got {','.join(mods)}")
+        raise BrainAgeError(
+            f"the RAMP layout holds both modalities: ramp=True needs modalities vbm,quasiraw, got {','.join(mods)}"
+        )
     if not 0.0 < external_fraction < 1.0 or not 0.0 < internal_fraction < 1.0:
         raise BrainAgeError("external_fraction and internal_fraction must lie in (0, 1)")
     n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
@@ -331,16 +361,25 @@ def _run(ctx: _Context, n_jobs: int, progress: bool) -> list[dict]:
         pool_ctx = mp.get_context(method)
         init_arg = None if method == "fork" else ctx
         chunk = max(1, min(16, n // (4 * n_jobs)))
-        with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=pool_ctx, initializer=_init_worker,
-                                    initargs=(init_arg,)) as pool:
+        with cf.ProcessPoolExecutor(
+            max_workers=n_jobs, mp_context=pool_ctx, initializer=_init_worker, initargs=(init_arg,)
+        ) as pool:
             return list(_progress(pool.map(_simulate_one, range(n), chunksize=chunk), n, progress))
     finally:
         _CTX = None
         _MEMMAPS.clear()
 
 
-def _write_tables(root: Path, ctx: _Context, records: list[dict], info: dict, n_sites: int,
-                  max_acquisitions: int, external_fraction: float, internal_fraction: float) -> None:
+def _write_tables(
+    root: Path,
+    ctx: _Context,
+    records: list[dict],
+    info: dict,
+    n_sites: int,
+    max_acquisitions: int,
+    external_fraction: float,
+    internal_fraction: float,
+) -> None:
     table, cohort = ctx.table, ctx.cohort
     res = pd.DataFrame(records)
     if not (res["participant_id"].to_numpy() == table["participant_id"].to_numpy()).all():
@@ -349,8 +388,13 @@ def _write_tables(root: Path, ctx: _Context, records: list[dict], info: dict, n_
     save_table(root / "participants.tsv", participants)
 
     gt_cols = [c for c in res.columns if c not in ("participant_id", "tiv", "csfv", "gmv", "wmv", "age")]
-    truth = pd.concat([table[["participant_id", "split", "study", "site", "siteXacq", "sex", "age"]].reset_index(drop=True),
-                       res[gt_cols].reset_index(drop=True)], axis=1)
+    truth = pd.concat(
+        [
+            table[["participant_id", "split", "study", "site", "siteXacq", "sex", "age"]].reset_index(drop=True),
+            res[gt_cols].reset_index(drop=True),
+        ],
+        axis=1,
+    )
     save_table(root / "simulation" / "ground_truth.tsv", truth)
     sites = pd.DataFrame([a.row() for a in cohort.acquisitions])
     first = ["study", "site", "acquisition_setting", "siteXacq", "profile", "external", "n_subjects"]
@@ -366,16 +410,29 @@ def _write_tables(root: Path, ctx: _Context, records: list[dict], info: dict, n_
 
     shrink, growth = ventricle_limits()
     config = {
-        "generator": {"package": "brainage", "version": __version__, "function": "brainage.data.simulate.simulate_openbhb",
-                      "numpy": np.__version__, "scipy": scipy.__version__, "nilearn": nilearn.__version__,
-                      "template": "MNI152 2009 T1/GM/WM and brain mask bundled with nilearn (resolution=1)"},
-        "seed": ctx.seed, "n_subjects": len(table), "downsample": ctx.factor, "n_sites": n_sites,
-        "n_acquisitions": len(cohort.acquisitions), "modalities": list(ctx.modalities), "ramp": ctx.ramp is not None,
-        "max_acquisitions": max_acquisitions, "external_fraction": external_fraction,
+        "generator": {
+            "package": "brainage",
+            "version": __version__,
+            "function": "brainage.data.simulate.simulate_openbhb",
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "nilearn": nilearn.__version__,
+            "template": "MNI152 2009 T1/GM/WM and brain mask bundled with nilearn (resolution=1)",
+        },
+        "seed": ctx.seed,
+        "n_subjects": len(table),
+        "downsample": ctx.factor,
+        "n_sites": n_sites,
+        "n_acquisitions": len(cohort.acquisitions),
+        "modalities": list(ctx.modalities),
+        "ramp": ctx.ramp is not None,
+        "max_acquisitions": max_acquisitions,
+        "external_fraction": external_fraction,
         "internal_fraction": internal_fraction,
         "split_counts": {k: int(v) for k, v in table["split"].value_counts().items()},
         "ageing_model": ctx.model.to_dict(),
-        "deformation_rms_mm": DEFORMATION_RMS_MM, "residual_registration_fraction": RESIDUAL_REGISTRATION,
+        "deformation_rms_mm": DEFORMATION_RMS_MM,
+        "residual_registration_fraction": RESIDUAL_REGISTRATION,
         "ventricle_deformation_limits_mm": [-shrink, growth],
         "grids": {m: {k: info[m][k] for k in ("shape", "affine", "n_voxels")} for m in MODALITIES},
         "ramp_row_length": ramp_row_slices(info["vbm"]["n_voxels"], info["quasiraw"]["n_voxels"])["destrieux_roi"].stop,

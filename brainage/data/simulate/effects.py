@@ -44,7 +44,9 @@ def trajectories(ages: tuple[float, ...] = AGES, downsample: int = 3, model: Age
     return pd.DataFrame(rows)
 
 
-def regional_change(table: pd.DataFrame, spans: tuple[tuple[float, float], ...] = ((6, 18), (20, 40), (40, 60), (60, 80))) -> pd.DataFrame:
+def regional_change(
+    table: pd.DataFrame, spans: tuple[tuple[float, float], ...] = ((6, 18), (20, 40), (40, 60), (60, 80))
+) -> pd.DataFrame:
     """Percent change per decade of GM (whole brain and per region), WM, CSF and ventricles over age spans."""
     cols = ["gmv"] + [f"gm_{n}" for n in REGIONS.values()] + ["wmv", "csfv", "ventricle_cm3"]
     t = table.set_index("age")
@@ -74,9 +76,14 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
 def _row(profile: str, g: pd.DataFrame) -> dict:
     """One row of :func:`cohort_summary`: the sites, subjects and ages of the participants ``g``."""
     return {
-        "profile": profile, "sites": g["site"].nunique(), "siteXacq": g["siteXacq"].nunique(),
-        "subjects": len(g), "external subjects": int((g["split"] == "external_test").sum()),
-        "age mean": g["age"].mean(), "age min": g["age"].min(), "age max": g["age"].max(),
+        "profile": profile,
+        "sites": g["site"].nunique(),
+        "siteXacq": g["siteXacq"].nunique(),
+        "subjects": len(g),
+        "external subjects": int((g["split"] == "external_test").sum()),
+        "age mean": g["age"].mean(),
+        "age min": g["age"].min(),
+        "age max": g["age"].max(),
         "1.5 T share": (g["magnetic_field_strength"] < 2).mean(),
     }
 

@@ -138,12 +138,28 @@ class Acquisition:
     def ideal(cls) -> Acquisition:
         """A noise-free, unbiased, perfectly registered 3 T acquisition (for effect sizes)."""
         return cls(
-            study="ideal", site="ideal", acquisition_setting=1, profile="none", external=False,
-            magnetic_field_strength=3.0, intensity_scale=1.0, intensity_offset=0.0,
-            csf_wm_ratio=0.25, gm_wm_ratio=0.66, noise_sd=0.0, fwhm_mm=0.0, bias_sd=0.0,
-            shift_mm=(0.0, 0.0, 0.0), rotation_deg=(0.0, 0.0, 0.0), vbm_boundary_shift_mm=0.0,
-            vbm_gm_scale=1.0, vbm_noise_sd=0.0, vbm_fwhm_mm=0.0, vbm_bias_sd=0.0,
-            vbm_shift_mm=(0.0, 0.0, 0.0), vbm_rotation_deg=(0.0, 0.0, 0.0),
+            study="ideal",
+            site="ideal",
+            acquisition_setting=1,
+            profile="none",
+            external=False,
+            magnetic_field_strength=3.0,
+            intensity_scale=1.0,
+            intensity_offset=0.0,
+            csf_wm_ratio=0.25,
+            gm_wm_ratio=0.66,
+            noise_sd=0.0,
+            fwhm_mm=0.0,
+            bias_sd=0.0,
+            shift_mm=(0.0, 0.0, 0.0),
+            rotation_deg=(0.0, 0.0, 0.0),
+            vbm_boundary_shift_mm=0.0,
+            vbm_gm_scale=1.0,
+            vbm_noise_sd=0.0,
+            vbm_fwhm_mm=0.0,
+            vbm_bias_sd=0.0,
+            vbm_shift_mm=(0.0, 0.0, 0.0),
+            vbm_rotation_deg=(0.0, 0.0, 0.0),
             bias_coef=np.zeros((BIAS_ORDER,) * 3, dtype=np.float32),
         )
 
@@ -151,7 +167,7 @@ class Acquisition:
 def bias_spectrum(order: int = BIAS_ORDER) -> np.ndarray:
     """Relative SD of each DCT coefficient of a bias field (no constant term), unit RMS."""
     k = np.indices((order,) * 3).astype(np.float64)
-    var = 1.0 / (1.0 + (k ** 2).sum(0)) ** 2
+    var = 1.0 / (1.0 + (k**2).sum(0)) ** 2
     var[0, 0, 0] = 0.0
     msq = np.where(k == 0, 1.0, 0.5).prod(0)
     return np.sqrt(var / (var * msq).sum())
@@ -164,8 +180,9 @@ def _draw_contrast(rng: np.random.Generator, field_t: float) -> tuple[float, flo
     return rng.uniform(0.25, 0.40), rng.uniform(0.68, 0.80), rng.uniform(0.025, 0.055)
 
 
-def _site_acquisitions(seed: int, index: int, site: str, study: str, profile: AgeProfile, external: bool,
-                       n_acq: int) -> list[Acquisition]:
+def _site_acquisitions(
+    seed: int, index: int, site: str, study: str, profile: AgeProfile, external: bool, n_acq: int
+) -> list[Acquisition]:
     rng = np.random.default_rng([seed, _STREAM_SITE, index])
     field_t = 1.5 if rng.random() < profile.p_15t else 3.0
     scale = float(np.exp(rng.normal(np.log(600.0), 0.35)))
@@ -183,27 +200,33 @@ def _site_acquisitions(seed: int, index: int, site: str, study: str, profile: Ag
         f = field_t if acq == 1 or r.random() > 0.15 else (3.0 if field_t < 2 else 1.5)
         c, g, nz = (csf_r, gm_r, noise) if f == field_t else _draw_contrast(r, f)
         sd = bias_sd * float(np.exp(r.normal(0.0, 0.15)))
-        out.append(Acquisition(
-            study=study, site=site, acquisition_setting=acq, profile=profile.name, external=external,
-            magnetic_field_strength=f,
-            intensity_scale=scale * float(np.exp(r.normal(0.0, 0.15))),
-            intensity_offset=float(r.normal(0.0, 0.02)),
-            csf_wm_ratio=float(np.clip(c + r.normal(0.0, 0.02), 0.08, 0.5)),
-            gm_wm_ratio=float(np.clip(g + r.normal(0.0, 0.015), 0.5, 0.9)),
-            noise_sd=float(nz * np.exp(r.normal(0.0, 0.15))),
-            fwhm_mm=float(max(0.6, fwhm + (0.3 if f < 2 else 0.0) + r.normal(0.0, 0.15))),
-            bias_sd=float(sd),
-            shift_mm=tuple(float(v) for v in shift + r.normal(0.0, 0.3, 3)),
-            rotation_deg=tuple(float(v) for v in rot + r.normal(0.0, 0.3, 3)),
-            vbm_boundary_shift_mm=float(seg + (0.08 if f < 2 else 0.0) + r.normal(0.0, 0.04)),
-            vbm_gm_scale=float(gm_scale * r.normal(1.0, 0.01)),
-            vbm_noise_sd=float(0.5 * nz),
-            vbm_fwhm_mm=float(0.6 * max(0.6, fwhm + r.normal(0.0, 0.15))),
-            vbm_bias_sd=float(0.3 * sd),
-            vbm_shift_mm=tuple(float(v) for v in 0.3 * (shift + r.normal(0.0, 0.3, 3))),
-            vbm_rotation_deg=tuple(float(v) for v in 0.3 * (rot + r.normal(0.0, 0.3, 3))),
-            bias_coef=(bias + 0.3 * r.standard_normal(bias.shape) * bias_spectrum()).astype(np.float32),
-        ))
+        out.append(
+            Acquisition(
+                study=study,
+                site=site,
+                acquisition_setting=acq,
+                profile=profile.name,
+                external=external,
+                magnetic_field_strength=f,
+                intensity_scale=scale * float(np.exp(r.normal(0.0, 0.15))),
+                intensity_offset=float(r.normal(0.0, 0.02)),
+                csf_wm_ratio=float(np.clip(c + r.normal(0.0, 0.02), 0.08, 0.5)),
+                gm_wm_ratio=float(np.clip(g + r.normal(0.0, 0.015), 0.5, 0.9)),
+                noise_sd=float(nz * np.exp(r.normal(0.0, 0.15))),
+                fwhm_mm=float(max(0.6, fwhm + (0.3 if f < 2 else 0.0) + r.normal(0.0, 0.15))),
+                bias_sd=float(sd),
+                shift_mm=tuple(float(v) for v in shift + r.normal(0.0, 0.3, 3)),
+                rotation_deg=tuple(float(v) for v in rot + r.normal(0.0, 0.3, 3)),
+                vbm_boundary_shift_mm=float(seg + (0.08 if f < 2 else 0.0) + r.normal(0.0, 0.04)),
+                vbm_gm_scale=float(gm_scale * r.normal(1.0, 0.01)),
+                vbm_noise_sd=float(0.5 * nz),
+                vbm_fwhm_mm=float(0.6 * max(0.6, fwhm + r.normal(0.0, 0.15))),
+                vbm_bias_sd=float(0.3 * sd),
+                vbm_shift_mm=tuple(float(v) for v in 0.3 * (shift + r.normal(0.0, 0.3, 3))),
+                vbm_rotation_deg=tuple(float(v) for v in 0.3 * (rot + r.normal(0.0, 0.3, 3))),
+                bias_coef=(bias + 0.3 * r.standard_normal(bias.shape) * bias_spectrum()).astype(np.float32),
+            )
+        )
     return out
 
 
@@ -285,9 +308,9 @@ def _site_profiles(n_sites: int, rng: np.random.Generator) -> tuple[list[str], n
         counts[int(np.argmax(np.where(np.arange(len(names)) == life, -1, counts)))] -= 1
         counts[life] += 1
     profiles = [p for p, c in zip(names, counts) for _ in range(c)]
-    site_weight = np.array([
-        PROFILES[p].subject_share / counts[names.index(p)] * np.exp(rng.normal(0.0, 0.4)) for p in profiles
-    ])
+    site_weight = np.array(
+        [PROFILES[p].subject_share / counts[names.index(p)] * np.exp(rng.normal(0.0, 0.4)) for p in profiles]
+    )
     return profiles, site_weight
 
 
@@ -315,7 +338,11 @@ def _external_sites(profiles: list[str], site_weight: np.ndarray, n_sites: int, 
 
 
 def _draw_acquisitions(
-    seed: int, profiles: list[str], external: list[int], numbers: np.ndarray, max_acquisitions: int,
+    seed: int,
+    profiles: list[str],
+    external: list[int],
+    numbers: np.ndarray,
+    max_acquisitions: int,
     rng: np.random.Generator,
 ) -> list[Acquisition]:
     """1 to ``max_acquisitions`` acquisition settings per site, site by site; site ``i`` is named ``numbers[i]``."""
@@ -332,8 +359,13 @@ def _draw_acquisitions(
 
 
 def _subjects_per_acquisition(
-    acqs: list[Acquisition], site_weight: np.ndarray, site_index: dict[str, int], n_subjects: int, n_sites: int,
-    external_fraction: float, rng: np.random.Generator,
+    acqs: list[Acquisition],
+    site_weight: np.ndarray,
+    site_index: dict[str, int],
+    n_subjects: int,
+    n_sites: int,
+    external_fraction: float,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """``(n_acquisitions,)`` subject counts: at least 2 per training acquisition, 1 per external one.
 
@@ -341,7 +373,9 @@ def _subjects_per_acquisition(
         ValueError: fewer subjects than those minima.
     """
     is_ext = np.array([a.external for a in acqs])
-    acq_weight = np.array([site_weight[site_index[a.site]] for a in acqs]) * rng.dirichlet(np.full(len(acqs), 4.0)) * len(acqs)
+    acq_weight = (
+        np.array([site_weight[site_index[a.site]] for a in acqs]) * rng.dirichlet(np.full(len(acqs), 4.0)) * len(acqs)
+    )
     need_min = minimum_subjects(int((~is_ext).sum()), int(is_ext.sum()))
     if n_subjects < need_min:
         raise BrainAgeError(
@@ -358,8 +392,13 @@ def _subjects_per_acquisition(
 
 
 def _draw_participants(
-    seed: int, acqs: list[Acquisition], per_acq: np.ndarray, site_index: dict[str, int], n_subjects: int,
-    internal_fraction: float, rng: np.random.Generator,
+    seed: int,
+    acqs: list[Acquisition],
+    per_acq: np.ndarray,
+    site_index: dict[str, int],
+    n_subjects: int,
+    internal_fraction: float,
+    rng: np.random.Generator,
 ) -> pd.DataFrame:
     """The participants (ids, age in years, sex, split) of every acquisition, sorted by split then id.
 
@@ -383,12 +422,21 @@ def _draw_participants(
             split = np.full(int(n), "train", dtype=object)
             split[rng.choice(int(n), n_int, replace=False)] = "internal_test"
         for a, m, s in zip(ages, male, split):
-            rows.append({
-                "participant_id": str(int(ids[pos])), "study": acq.study, "sex": "male" if m else "female",
-                "age": float(a), "site": acq.site, "diagnosis": "control",
-                "magnetic_field_strength": acq.magnetic_field_strength,
-                "acquisition_setting": acq.acquisition_setting, "siteXacq": acq.site_x_acq, "split": s, "acq": j,
-            })
+            rows.append(
+                {
+                    "participant_id": str(int(ids[pos])),
+                    "study": acq.study,
+                    "sex": "male" if m else "female",
+                    "age": float(a),
+                    "site": acq.site,
+                    "diagnosis": "control",
+                    "magnetic_field_strength": acq.magnetic_field_strength,
+                    "acquisition_setting": acq.acquisition_setting,
+                    "siteXacq": acq.site_x_acq,
+                    "split": s,
+                    "acq": j,
+                }
+            )
             pos += 1
     table = pd.DataFrame(rows)
     table["_split_order"] = table["split"].map({s: i for i, s in enumerate(SPLITS)})

@@ -50,7 +50,7 @@ DENSITY_RMS = 0.03
 def _spectrum(order: int, k0: float, power: float, exclude_below: int) -> np.ndarray:
     """Per-coefficient SD of a DCT random field with unit RMS over the box."""
     k = np.indices((order,) * 3).astype(np.float64)
-    var = (1.0 + (k ** 2).sum(0) / k0 ** 2) ** (-power)
+    var = (1.0 + (k**2).sum(0) / k0**2) ** (-power)
     var[k.sum(0) < exclude_below] = 0.0
     msq = np.where(k == 0, 1.0, 0.5).prod(0)
     return np.sqrt(var / (var * msq).sum()).astype(np.float32)
@@ -103,11 +103,17 @@ class SubjectDraw:
         vent = float(model.ventricle_shift(age))
         deform = _ventricle_deformation(vent, model)
         return cls(
-            age=age, sex=sex, gap=0.0, bio_age=age, tiv=tiv, tiv_scale=tiv / template().icv_cm3,
+            age=age,
+            sex=sex,
+            gap=0.0,
+            bio_age=age,
+            tiv=tiv,
+            tiv_scale=tiv / template().icv_cm3,
             deform=np.zeros((3,) + (DCT_ORDER,) * 3, dtype=np.float32),
             rate_coef=np.zeros((RATE_ORDER,) * 3, dtype=np.float32),
             density_coef=np.zeros((DENSITY_ORDER,) * 3, dtype=np.float32),
-            ventricle_shift=vent, ventricle_deformation=deform,
+            ventricle_shift=vent,
+            ventricle_deformation=deform,
             bias_coef=np.zeros((BIAS_ORDER,) * 3, dtype=np.float32),
         )
 
@@ -119,8 +125,11 @@ class SubjectDraw:
     def row(self) -> dict:
         """Scalar ground truth for ``simulation/ground_truth.tsv``."""
         return {
-            "age": self.age, "biological_age": round(self.bio_age, 4), "brain_age_gap": round(self.gap, 4),
-            "tiv_target_cm3": round(self.tiv, 3), "tiv_scale": round(self.tiv_scale, 6),
+            "age": self.age,
+            "biological_age": round(self.bio_age, 4),
+            "brain_age_gap": round(self.gap, 4),
+            "tiv_target_cm3": round(self.tiv, 3),
+            "tiv_scale": round(self.tiv_scale, 6),
             "ageing_rate_multiplier": round(float(np.exp(self.rate_log)), 6),
             "ventricle_shift_mm": round(self.ventricle_shift, 6),
             "ventricle_deformation_mm": round(self.ventricle_deformation, 6),
@@ -152,18 +161,27 @@ def draw_subject(seed: int, index: int, age: float, sex: str, model: AgeingModel
     gap = float(rng.normal(0.0, model.gap_sd(age)))
     bio = max(age + gap, 3.0)
     tiv = float(model.tiv_mean(age, male) + model.tiv_sd(male) * rng.standard_normal())
-    deform = (rng.standard_normal(_DEFORM_SD.shape + (3,)).transpose(3, 0, 1, 2) * _DEFORM_SD * DEFORMATION_RMS_MM)
+    deform = rng.standard_normal(_DEFORM_SD.shape + (3,)).transpose(3, 0, 1, 2) * _DEFORM_SD * DEFORMATION_RMS_MM
     rate_log = float(rng.normal(0.0, model.rate_sd_global))
     rate_coef = rng.standard_normal(_RATE_SD.shape) * _RATE_SD * model.rate_sd_regional
     density_coef = rng.standard_normal(_DENSITY_SD.shape) * _DENSITY_SD * DENSITY_RMS
     vent = float(model.ventricle_shift(bio) + rng.normal(0.0, model.vent_individual_sd))
     deform_v = _ventricle_deformation(vent, model)
     return SubjectDraw(
-        age=float(age), sex=sex, gap=float(bio - age), bio_age=float(bio), tiv=tiv,
-        tiv_scale=tiv / template().icv_cm3, deform=deform.astype(np.float32), rate_log=rate_log,
-        rate_coef=rate_coef.astype(np.float32), density_coef=density_coef.astype(np.float32),
-        ventricle_shift=vent, ventricle_deformation=deform_v,
-        jitter_shift_mm=rng.normal(0.0, 0.5, 3), jitter_rotation_deg=rng.normal(0.0, 0.5, 3),
+        age=float(age),
+        sex=sex,
+        gap=float(bio - age),
+        bio_age=float(bio),
+        tiv=tiv,
+        tiv_scale=tiv / template().icv_cm3,
+        deform=deform.astype(np.float32),
+        rate_log=rate_log,
+        rate_coef=rate_coef.astype(np.float32),
+        density_coef=density_coef.astype(np.float32),
+        ventricle_shift=vent,
+        ventricle_deformation=deform_v,
+        jitter_shift_mm=rng.normal(0.0, 0.5, 3),
+        jitter_rotation_deg=rng.normal(0.0, 0.5, 3),
         bias_coef=(rng.standard_normal((BIAS_ORDER,) * 3) * bias_spectrum()).astype(np.float32),
         noise_seeds=(vbm_noise, qr_noise),
     )
@@ -175,9 +193,9 @@ def draw_subject(seed: int, index: int, age: float, sex: str, model: AgeingModel
 def dct_eval(coef: np.ndarray, bases: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     """Field (X, Y, Z) = sum_abc coef[a, b, c] Bx[:, a] By[:, b] Bz[:, c] (separable)."""
     k = coef.shape
-    t = np.tensordot(bases[0][:, : k[0]], coef, axes=(1, 0))      # X, Kb, Kc
-    t = np.tensordot(t, bases[1][:, : k[1]], axes=(1, 1))         # X, Kc, Y
-    t = np.tensordot(t, bases[2][:, : k[2]], axes=(1, 1))         # X, Y, Z
+    t = np.tensordot(bases[0][:, : k[0]], coef, axes=(1, 0))  # X, Kb, Kc
+    t = np.tensordot(t, bases[1][:, : k[1]], axes=(1, 1))  # X, Kc, Y
+    t = np.tensordot(t, bases[2][:, : k[2]], axes=(1, 1))  # X, Y, Z
     return np.ascontiguousarray(t, dtype=np.float32)
 
 
@@ -189,8 +207,9 @@ def _rotation(deg: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _sample_positions(gf: GridFields, rot_deg: np.ndarray, shift_mm: np.ndarray,
-                      displacement: np.ndarray) -> np.ndarray:
+def _sample_positions(
+    gf: GridFields, rot_deg: np.ndarray, shift_mm: np.ndarray, displacement: np.ndarray
+) -> np.ndarray:
     """Template-mm positions (3, n_support) sampled by the support voxels, in work-grid units.
 
     ``displacement`` (3, n_support) is added after the rigid transform (rotation about the
@@ -226,7 +245,7 @@ def _scatter(values: np.ndarray, gf: GridFields) -> np.ndarray:
 
 def _smooth(volume: np.ndarray, fwhm_mm: float, gf: GridFields) -> np.ndarray:
     """Blur to a total point spread of ``fwhm_mm`` given the fields' pre-smoothing."""
-    sigma_mm = np.sqrt(max((fwhm_mm / _FWHM) ** 2 - gf.presmooth_mm ** 2, 0.0))
+    sigma_mm = np.sqrt(max((fwhm_mm / _FWHM) ** 2 - gf.presmooth_mm**2, 0.0))
     sigma = sigma_mm / gf.spacing
     if sigma < 0.05:
         return volume
@@ -248,8 +267,14 @@ class Tissue:
     icv: np.ndarray
 
 
-def tissue(fields: np.ndarray, draw: SubjectDraw, model: AgeingModel, rate: np.ndarray, gf: GridFields,
-           boundary_bias_mm: float = 0.0) -> Tissue:
+def tissue(
+    fields: np.ndarray,
+    draw: SubjectDraw,
+    model: AgeingModel,
+    rate: np.ndarray,
+    gf: GridFields,
+    boundary_bias_mm: float = 0.0,
+) -> Tissue:
     """Aged tissue composition from sampled template fields (see :data:`anatomy.FIELD_NAMES`).
 
     ``rate`` (individual) and the grid's ``regional`` weight scale the cortical thinning
@@ -298,7 +323,10 @@ def jacobian(draw: SubjectDraw, gf: GridFields) -> np.ndarray:
     s = np.float32(draw.ventricle_deformation)
     h = gf.vent_hessian
     hidx = {(0, 0): 0, (1, 1): 1, (2, 2): 2, (0, 1): 3, (1, 0): 3, (0, 2): 4, (2, 0): 4, (1, 2): 5, (2, 1): 5}
-    m = [[du[a][b] + s * h[hidx[a, b]] + (np.float32(1.0) if a == b else np.float32(0.0)) for b in range(3)] for a in range(3)]
+    m = [
+        [du[a][b] + s * h[hidx[a, b]] + (np.float32(1.0) if a == b else np.float32(0.0)) for b in range(3)]
+        for a in range(3)
+    ]
     det = (
         m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
         - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])

@@ -41,7 +41,9 @@ class ArraySet:
     def validate(self, source: str = "array set") -> None:
         """Raise ``ValueError`` (naming ``source``) unless shapes and dtypes are consistent."""
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise BrainAgeError(f"{source}: images must be uint8 (n, C, H, W), got {self.images.dtype} {self.images.shape}")
+            raise BrainAgeError(
+                f"{source}: images must be uint8 (n, C, H, W), got {self.images.dtype} {self.images.shape}"
+            )
         n = self.images.shape[0]
         for name in ("labels", "bias"):
             arr = getattr(self, name)

@@ -175,9 +175,7 @@ def colour_counts(labels: np.ndarray, bias: np.ndarray, n_classes: int = 10) -> 
     return table
 
 
-def split_per_class(
-    labels: np.ndarray, sizes: dict[str, int], seed: int = 0
-) -> dict[str, np.ndarray]:
+def split_per_class(labels: np.ndarray, sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
     """Split sample indices into named parts with a fixed number of samples per class.
 
     Args:

@@ -74,7 +74,9 @@ def read_cifar_batch(path: str | os.PathLike, label_key: bytes) -> tuple[np.ndar
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise BrainAgeError(f"{path}: b'data' must be uint8 (n, 3072), got {data.dtype} {data.shape}")
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise BrainAgeError(f"{path}: {label_key!r} must hold {data.shape[0]} integers, got {labels.dtype} {labels.shape}")
+        raise BrainAgeError(
+            f"{path}: {label_key!r} must hold {data.shape[0]} integers, got {labels.dtype} {labels.shape}"
+        )
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 

@@ -40,12 +40,28 @@ __all__ = [
 #: LfF corruption sets; index i is the bias of class i. ``None`` = the original image.
 PROTOCOLS: dict[str, tuple[str | None, ...]] = {
     "type0": (
-        "snow", "frost", "fog", "brightness", "contrast",
-        "spatter", "elastic_transform", "jpeg_compression", "pixelate", "saturate",
+        "snow",
+        "frost",
+        "fog",
+        "brightness",
+        "contrast",
+        "spatter",
+        "elastic_transform",
+        "jpeg_compression",
+        "pixelate",
+        "saturate",
     ),
     "type1": (
-        "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur",
-        "defocus_blur", "glass_blur", "motion_blur", "zoom_blur", None,
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "speckle_noise",
+        "gaussian_blur",
+        "defocus_blur",
+        "glass_blur",
+        "motion_blur",
+        "zoom_blur",
+        None,
     ),
 }
 
@@ -78,7 +94,9 @@ def _imagecorruptions():
             import imagecorruptions
             import imagecorruptions.corruptions as corruptions
     except ImportError as err:  # an optional dependency of the package
-        raise ImportError(f"the corruptions come from imagecorruptions ({err}): pip install 'brainage[debias]'") from err
+        raise ImportError(
+            f"the corruptions come from imagecorruptions ({err}): pip install 'brainage[debias]'"
+        ) from err
     finally:
         if shim_installed:
             sys.modules.pop("pkg_resources", None)
@@ -120,9 +138,7 @@ def corruption_function(name: str | None, severity: int) -> Callable[[np.ndarray
     return apply
 
 
-def assign_corruptions(
-    labels: np.ndarray, aligned_ratio: float, n_bias: int = 10, seed: int = 0
-) -> np.ndarray:
+def assign_corruptions(labels: np.ndarray, aligned_ratio: float, n_bias: int = 10, seed: int = 0) -> np.ndarray:
     """Bias label (corruption index) of each sample under the LfF ratio rule.
 
     Within class ``y`` the shares are ``aligned_ratio`` for corruption ``y`` and
@@ -189,7 +205,9 @@ def corrupt_images(
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
         raise BrainAgeError(f"images must be uint8 (n, 3, H, W), got {images.dtype} {images.shape}")
     if min(images.shape[2:]) < 32:
-        raise BrainAgeError(f"the corruption functions need images of at least 32x32, got {images.shape[2:]}; see to_rgb32")
+        raise BrainAgeError(
+            f"the corruption functions need images of at least 32x32, got {images.shape[2:]}; see to_rgb32"
+        )
     functions = [corruption_function(name, severity) for name in PROTOCOLS[protocol]]
     out = np.empty_like(images)
     iterator = range(images.shape[0])

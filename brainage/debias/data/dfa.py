@@ -73,9 +73,7 @@ class ImageList:
         """A ``pandas.DataFrame`` with columns path, label, bias (the manifest format)."""
         import pandas as pd
 
-        return pd.DataFrame(
-            {"path": [str(p) for p in self.paths], "label": self.labels, "bias": self.bias}
-        )
+        return pd.DataFrame({"path": [str(p) for p in self.paths], "label": self.labels, "bias": self.bias})
 
 
 def parse_dfa_name(path: str | os.PathLike) -> tuple[int, int]:
@@ -98,9 +96,7 @@ def parse_dfa_name(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _records(folder: Path, n_classes: int | None) -> list[ImageRecord]:
@@ -170,9 +166,7 @@ def read_bffhq(root: str | os.PathLike, split: str = "train", percent: str = "0.
     return read_dfa(root, split, percent, n_classes=2, conflicting_only=(split == "test"))
 
 
-def load_images(
-    paths: Sequence[str | os.PathLike], size: int | tuple[int, int] | None = None
-) -> np.ndarray:
+def load_images(paths: Sequence[str | os.PathLike], size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Load RGB images with Pillow into ``uint8 (n, 3, H, W)``.
 
     Args:

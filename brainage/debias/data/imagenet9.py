@@ -53,7 +53,17 @@ __all__ = [
 
 IMAGENET9_CLASSES = ("dog", "cat", "frog", "turtle", "bird", "monkey", "fish", "crab", "insect")
 #: Inclusive ranges of ImageNet class indices per super-class, in the order above.
-IMAGENET9_RANGES = ((151, 254), (281, 285), (30, 32), (33, 37), (89, 97), (372, 378), (393, 397), (118, 121), (306, 310))
+IMAGENET9_RANGES = (
+    (151, 254),
+    (281, 285),
+    (30, 32),
+    (33, 37),
+    (89, 97),
+    (372, 378),
+    (393, 397),
+    (118, 121),
+    (306, 310),
+)
 #: The indices ReBias keeps of the ranges that overlap ImageNet-A (super-class -> indices);
 #: every index of the other ranges is kept.
 IMAGENET9_SUBSETS = {
@@ -268,9 +278,7 @@ def texture_clusters_from_csv(csv_path: str | os.PathLike, listing: ImageList) -
     position = index.get_indexer(wanted)
     missing = [w for w, i in zip(wanted, position) if i < 0]
     if missing:
-        raise BrainAgeError(
-            f"{csv_path}: {len(missing)} of the {len(wanted)} images have no row, e.g. {missing[:3]}"
-        )
+        raise BrainAgeError(f"{csv_path}: {len(missing)} of the {len(wanted)} images have no row, e.g. {missing[:3]}")
     rows = []
     for column in columns:
         values = pd.to_numeric(table[column].str.strip(), errors="coerce").to_numpy()
