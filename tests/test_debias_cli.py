@@ -24,6 +24,18 @@ def _run(argv, capsys):
     return code, capsys.readouterr().err
 
 
+def _tiny_biased_mnist(data: Path, capsys) -> None:
+    """Biased-MNIST at rho 0.99 with 2/1/1 digits per class in train/val/test, under ``data``."""
+    argv = f"debias-data biased-mnist --out {data} --rho 0.99 --train 2 --val 1 --test 1".split()
+    assert _run(argv, capsys)[0] == 0
+
+
+def _train_ce(data: Path, out: Path, *options: str) -> list[str]:
+    """``debias-train`` argv: CE on the tiny set of :func:`_tiny_biased_mnist`, with ``options``."""
+    inputs = ["--train", str(data / "train_rho0.99.npz"), "--val", str(data / "val.npz")]
+    return ["debias-train", *inputs, "--method", "ce", *options, "--out", str(out)]
+
+
 def test_biased_mnist_train_eval_table(tmp_path, capsys):
     data = tmp_path / "data"
     code, _ = _run(
@@ -175,42 +187,8 @@ def test_idx_and_fashion_sources(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, capsys):
     data = tmp_path / "data"
-    assert (
-        _run(
-            [
-                "debias-data",
-                "biased-mnist",
-                "--out",
-                str(data),
-                "--rho",
-                "0.99",
-                "--train",
-                "2",
-                "--val",
-                "1",
-                "--test",
-                "1",
-            ],
-            capsys,
-        )[0]
-        == 0
-    )
-    code, err = _run(
-        [
-            "debias-train",
-            "--train",
-            str(data / "train_rho0.99.npz"),
-            "--val",
-            str(data / "val.npz"),
-            "--method",
-            "ce",
-            "--device",
-            "cuda",
-            "--out",
-            str(tmp_path / "m.pt"),
-        ],
-        capsys,
-    )
+    _tiny_biased_mnist(data, capsys)
+    code, err = _run(_train_ce(data, tmp_path / "m.pt", "--device", "cuda"), capsys)
     assert code == 2 and "device 'cuda' requested but CUDA is not available" in err
     assert not (tmp_path / "m.pt").exists()
 
@@ -475,40 +453,7 @@ def test_workflow_rules_on_a_tiny_config(tmp_path):
 )
 def test_debias_train_refuses_non_finite_or_out_of_range_numbers(tmp_path, capsys, option, value, expected):
     data = tmp_path / "data"
-    assert (
-        _run(
-            [
-                "debias-data",
-                "biased-mnist",
-                "--out",
-                str(data),
-                "--rho",
-                "0.99",
-                "--train",
-                "2",
-                "--val",
-                "1",
-                "--test",
-                "1",
-            ],
-            capsys,
-        )[0]
-        == 0
-    )
-    code, err = _run(
-        [
-            "debias-train",
-            "--train",
-            str(data / "train_rho0.99.npz"),
-            "--val",
-            str(data / "val.npz"),
-            "--method",
-            "ce",
-            f"{option}={value}",
-            "--out",
-            str(tmp_path / "m.pt"),
-        ],
-        capsys,
-    )
+    _tiny_biased_mnist(data, capsys)
+    code, err = _run(_train_ce(data, tmp_path / "m.pt", f"{option}={value}"), capsys)
     assert code == 2 and expected in err
     assert not (tmp_path / "m.pt").exists()
