@@ -6,6 +6,7 @@ device here without reaching into the DistributedDataParallel helpers.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import torch
@@ -13,6 +14,8 @@ import torch
 from brainage.errors import BrainAgeError
 
 __all__ = ["resolve_device"]
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class _Process(Protocol):
@@ -27,8 +30,10 @@ def resolve_device(spec: str, ctx: _Process | None = None) -> torch.device:
     ``auto`` picks CUDA when available (the process's ``local_rank`` GPU under torchrun).
 
     Raises:
-        ValueError: CUDA requested but not available, or a GPU index out of range.
+        BrainAgeError: an unknown device, CUDA requested but not available, or a GPU index out of range.
     """
+    if not _DEVICE.fullmatch(spec):
+        raise BrainAgeError(f"unknown device {spec!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
     local_rank = 0 if ctx is None else ctx.local_rank
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")

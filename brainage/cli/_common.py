@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["command_line", "float_list", "int_list"]
+__all__ = ["command_line", "float_list", "int_list", "nonnegative_int", "positive_int"]
 
 
 def _comma_list(cast: Callable[[str], float], what: str) -> Callable[[str], list]:
@@ -22,6 +22,25 @@ def _comma_list(cast: Callable[[str], float], what: str) -> Callable[[str], list
 
 float_list = _comma_list(float, "numbers")
 int_list = _comma_list(int, "integers")
+
+
+def _bounded_int(low: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer >= ``low`` (argparse names the option in its message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _bounded_int(1, "a positive integer")
+nonnegative_int = _bounded_int(0, "an integer >= 0")
 
 
 _NARGS = ("scores", "images", "bids_select")  # options taking several space-separated values

@@ -7,7 +7,7 @@ import logging
 import math
 from pathlib import Path
 
-from brainage.cli._common import float_list, int_list
+from brainage.cli._common import float_list, int_list, nonnegative_int, positive_int
 from brainage.errors import ConfigError, InputNotFoundError
 
 
@@ -38,9 +38,9 @@ def _register_debias_data(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--out", required=True, type=Path, help="output folder")
     b.add_argument("--rho", nargs="+", type=_unit_interval, required=True, help="training correlations")
-    b.add_argument("--train", type=int, help="training digits per class (bundled: required; IDX: default all)")
-    b.add_argument("--val", type=int, required=True, help="validation digits per class, held out of training")
-    b.add_argument("--test", type=int, help="test digits per class (bundled: required; IDX: default all)")
+    b.add_argument("--train", type=positive_int, help="training digits per class (bundled: required; IDX: default all)")
+    b.add_argument("--val", type=positive_int, required=True, help="validation digits per class, held out of training")
+    b.add_argument("--test", type=positive_int, help="test digits per class (bundled: required; IDX: default all)")
     b.add_argument("--seed", type=int, default=0, help="split and colouring seed")
     b.add_argument("--palette", default="rebias", choices=["rebias", "iclr"])
     b.add_argument("--figure", type=Path, help="PNG of example images")
@@ -69,7 +69,7 @@ def _register_debias_data(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, type=Path, help=".npz file to write")
     f.add_argument("--split", default="train", choices=["train", "valid", "test"], help="DFA split")
     f.add_argument("--percent", default="0.5pct", help="DFA bias-conflicting folder (default 0.5pct)")
-    f.add_argument("--size", type=int, help="resize images to SIZE x SIZE")
+    f.add_argument("--size", type=positive_int, help="resize images to SIZE x SIZE")
     f.add_argument(
         "--class-order", type=Path, help="imagenet9: ImageNet training folder or synset list (omit for ImageNet-A)"
     )
@@ -184,7 +184,7 @@ def _register_debias_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mean", type=float_list, default=[0.5, 0.5, 0.5])
     t.add_argument("--std", type=float_list, default=[0.5, 0.5, 0.5])
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    t.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (0 = torch default)")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument(
         "--tag",
@@ -306,7 +306,7 @@ def _register_debias_eval(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also fit a linear classifier on the frozen features of each model's training split",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--out", required=True, type=Path, help="JSON file, one record per model")
     p.set_defaults(func=_run_debias_eval)
 

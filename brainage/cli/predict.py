@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from brainage.cli._common import command_line
+from brainage.cli._common import command_line, positive_int
 
 
 def _register_export(sub: argparse._SubParsersAction) -> None:
@@ -38,10 +38,10 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", help="default: the run's device option")
     p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
-    p.add_argument("--num-threads", type=int, help="CPU threads of torch")
+    p.add_argument("--num-threads", type=positive_int, help="CPU threads of torch")
     p.add_argument(
         "--qc-subjects",
-        type=int,
+        type=positive_int,
         default=256,
         help="training images read for the QC intensity ranges and the preprocessing check (default 256)",
     )
@@ -112,7 +112,7 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass; bounds memory (default 4)")
     p.add_argument("--workers", type=int, default=0, help="processes reading/resampling images ahead (default 0)")
-    p.add_argument("--num-threads", type=int, help="CPU threads of torch")
+    p.add_argument("--num-threads", type=positive_int, help="CPU threads of torch")
     p.add_argument(
         "--skip-invalid",
         action="store_true",

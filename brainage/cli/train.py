@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from brainage.cli._common import positive_int
+
 
 def _config_flag_type(name: str, annotation):
     """argparse keywords of the flag of the TrainConfig field ``name``, from its type annotation."""
@@ -100,7 +102,7 @@ def _register_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=list(FEATURE_KINDS), help="contrastive models only; default: the run's")
     p.add_argument("--device", help="default: the run's device option")
     p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
-    p.add_argument("--num-threads", type=int, help="CPU threads of torch")
+    p.add_argument("--num-threads", type=positive_int, help="CPU threads of torch")
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16"],

@@ -16,12 +16,14 @@ import hashlib
 import json
 import locale
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from brainage.data.npfiles import load_npy
 from brainage.errors import BrainAgeError, InputNotFoundError
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ __all__ = [
     "CacheSplit",
     "TrainingCache",
     "cache_identity",
+    "load_cache_mask",
     "check_trained_cache",
     "locate_trained_cache",
     "open_split",
@@ -41,6 +44,7 @@ __all__ = [
 
 #: The OpenBHB splits: their one home (the readers, evaluation and the workflow import them; this module needs numpy only).
 SPLITS: tuple[str, ...] = ("train", "internal_test", "external_test")
+_VOLUMES = "the split's float16 volumes (n, X, Y, Z) written by brainage preprocess"
 
 
 def _site_column(columns) -> str:
@@ -127,7 +131,7 @@ def cache_identity(cache: str | os.PathLike, split: str = "train", sample_rows: 
         digest.update(table.read_bytes())
     array = cache / f"{split}.npy"
     if array.is_file():
-        volumes = np.load(array, mmap_mode="r", allow_pickle=False)
+        volumes = load_npy(array, _VOLUMES)
         n = int(volumes.shape[0])
         for row in sorted({int(i) for i in np.linspace(0, n - 1, min(n, sample_rows))} if n else set()):
             digest.update(np.ascontiguousarray(volumes[row]).tobytes())
@@ -164,7 +168,10 @@ def locate_trained_cache(
             f"the cache the run was trained on ({why})"
         )
     path = Path(recorded)
-    return path, json.loads((path / "cache.json").read_text())
+    try:
+        return path, json.loads((path / "cache.json").read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise BrainAgeError(f"{path / 'cache.json'}: not a valid cache description ({err})") from err
 
 
 def check_trained_cache(
@@ -192,8 +199,11 @@ def check_trained_cache(
 
 
 def _read_table(path: Path) -> dict[str, list[str]]:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except UnicodeDecodeError as err:
+        raise BrainAgeError(f"{path}: not a text table in the locale's encoding ({err}); rebuild the cache") from err
     if not rows:
         return {}
     return {key: [row[key] for row in rows] for key in rows[0]}
@@ -252,10 +262,7 @@ def open_split(cache: str | os.PathLike, split: str, *, meta: dict[str, Any] | N
         if not path.is_file():
             raise InputNotFoundError(f"{path} not found: the cache {cache} has no {split!r} split")
     _check_split_signature(cache, split, meta)
-    try:
-        volumes = np.load(array_path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:
-        raise BrainAgeError(f"{array_path}: not a readable numeric .npy array ({err})") from err
+    volumes = load_npy(array_path, _VOLUMES)
     table = _read_table(table_path)
     n = len(next(iter(table.values()))) if table else 0
     if volumes.ndim != 4 or volumes.shape != (n, *meta["shape"]):
@@ -292,9 +299,7 @@ class TrainingCache:
     @property
     def mask(self) -> np.ndarray:
         """Boolean (X, Y, Z) mask on the cache grid."""
-        import nibabel as nib
-
-        return np.asarray(nib.load(self.path / "mask.nii.gz").dataobj) > 0
+        return load_cache_mask(self.path)
 
     @property
     def affine(self) -> np.ndarray:
@@ -306,6 +311,27 @@ class TrainingCache:
         if name not in self._splits:
             self._splits[name] = open_split(self.path, name, meta=self.meta)
         return self._splits[name]
+
+
+def load_cache_mask(cache: str | os.PathLike) -> np.ndarray:
+    """Boolean (X, Y, Z) mask of a cache folder (``mask.nii.gz``); needs nibabel.
+
+    Raises:
+        InputNotFoundError: no ``mask.nii.gz``.
+        BrainAgeError: not a readable NIfTI image.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    path = Path(cache) / "mask.nii.gz"
+    if not path.is_file():
+        raise InputNotFoundError(f"{path} not found: the cache {cache} is incomplete (rerun `brainage preprocess`)")
+    try:
+        return np.asarray(nib.load(path).dataobj) > 0
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as err:
+        raise BrainAgeError(
+            f"{path}: not a readable NIfTI mask ({type(err).__name__}: {err}); rerun `brainage preprocess`"
+        ) from err
 
 
 def site_labels(table: pd.DataFrame) -> np.ndarray:

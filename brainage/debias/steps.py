@@ -316,6 +316,9 @@ def train_step(
     train_cfg = TrainConfig(**config)
     train_set, val_set = load_array_set(train), load_array_set(val)
     monitor_set = load_array_set(monitor) if monitor else None
+    for role, data in (("--train", train_set), ("--val", val_set)):
+        if not len(data):
+            raise BrainAgeError(f"{data.source} ({role}): the split holds no images; expected at least one")
     n_classes = int(max(train_set.labels.max(), val_set.labels.max())) + 1
     result = train_model(method_cfg, train_cfg, train_set, val_set, n_classes, monitor_set, progress)
     record = {

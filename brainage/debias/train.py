@@ -104,6 +104,14 @@ class Normalizer:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
+    def check(self, data: ArraySet) -> None:
+        """Refuse images whose channel count differs from the normalisation's; names ``data.source``."""
+        if len(data) and data.images.shape[1] != self.mean.shape[1]:
+            raise BrainAgeError(
+                f"{data.source or 'images'}: images have {data.images.shape[1]} channel(s), but the normalisation "
+                f"(mean/std) has {self.mean.shape[1]}; the model takes {self.mean.shape[1]}-channel images"
+            )
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] != self.mean.shape[1]:
             raise BrainAgeError(f"images have {images.shape[1]} channels, the normalisation {self.mean.shape[1]}")
@@ -149,6 +157,7 @@ def predict(
     model: nn.Module, data: ArraySet, normalizer: Normalizer, batch_size: int = 512, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``(n, C)`` and features ``(n, D)`` of ``data`` in eval mode."""
+    normalizer.check(data)
     was_training = model.training
     model.eval()
     logits, feats = [], []
@@ -258,6 +267,7 @@ def _make_loop(method: MethodConfig, config: TrainConfig, train_set: ArraySet, n
     model = build_from_config(method, config, n_classes).to(device)
     objective = build_objective(method)
     normalizer = Normalizer(config.mean, config.std, device)
+    normalizer.check(train_set)
     if method.contrastive:
         optimizer = torch.optim.Adam(model.encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         probe_optimizer = torch.optim.Adam(model.fc.parameters(), lr=config.probe_lr)

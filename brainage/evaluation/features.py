@@ -8,13 +8,13 @@ with a regression head, ``prediction`` (n,) years.
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from brainage.data.cache import SPLITS
+from brainage.data.npfiles import read_npz
 from brainage.errors import BrainAgeError, InputNotFoundError
 from brainage.evaluation.protocol import check_features
 
@@ -62,11 +62,7 @@ def load_split(path: str | os.PathLike, name: str | None = None) -> FeatureSplit
     name = name or path.stem
     if not path.is_file():
         raise InputNotFoundError(f"feature file {path} not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise BrainAgeError(f"{path}: not a readable .npz feature file ({err})") from err
+    arrays = read_npz(path, "features (n, p), age (n,) and optionally site, participant_id, sex, prediction")
     missing = [k for k in ("features", "age") if k not in arrays]
     if missing:
         raise BrainAgeError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")

@@ -27,6 +27,7 @@ import pandas as pd
 from brainage.data.participants import AGE_RANGE, SEX_VALUES
 from brainage.errors import BrainAgeError, InputNotFoundError
 from brainage.inference.spatial import NIFTI_SUFFIXES
+from brainage.io import read_table
 
 __all__ = ["Scan", "collect_scans", "scans_from_bids", "scans_from_table"]
 
@@ -107,13 +108,8 @@ def _sex(value: object, where: str) -> str:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise BrainAgeError(f"{path}: not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({err})") from err
-    table.columns = [c.strip() for c in table.columns]
-    return table
+    """A user's CSV (``.csv``) or TSV table (index: line numbers), refused with the line at fault."""
+    return read_table(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
 
 
 def scans_from_table(path: str | os.PathLike) -> list[Scan]:
@@ -134,7 +130,7 @@ def scans_from_table(path: str | os.PathLike) -> list[Scan]:
         raise BrainAgeError(f"{path}: the table lists no images")
     scans = []
     for i, row in table.iterrows():
-        where = f"{path}, line {int(i) + 2}"
+        where = f"{path}, line {i}"
         if not row["path"].strip():
             raise BrainAgeError(f"{where}: empty path")
         image = Path(row["path"].strip())
@@ -161,7 +157,7 @@ def _bids_participants(root: Path) -> dict[str, tuple[float, str]]:
         raise BrainAgeError(f"{table_path}: no 'participant_id' column")
     out = {}
     for i, row in table.iterrows():
-        where = f"{table_path}, line {int(i) + 2}"
+        where = f"{table_path}, line {i}"
         pid = row["participant_id"].strip()
         pid = pid if pid.startswith("sub-") else f"sub-{pid}"
         out[pid] = (_age(row.get("age", ""), where), _sex(row.get("sex", ""), where))

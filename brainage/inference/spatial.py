@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,7 +220,10 @@ def _read(header: ImageHeader) -> np.ndarray:
     """The voxels (a writable copy): float32 for OpenBHB arrays, float64 for NIfTI (scaled, resampled in float64)."""
     if header.kind == "npy":
         return np.array(open_npy(header.path), dtype=np.float32).reshape(header.shape)
-    return nib.load(header.path).get_fdata(dtype=np.float64).reshape(header.shape)
+    try:
+        return nib.load(header.path).get_fdata(dtype=np.float64).reshape(header.shape)
+    except (OSError, EOFError, ValueError, zlib.error) as err:  # a truncated or damaged file (header intact)
+        raise ImageRefused(f"{header.path}: the voxel data cannot be read ({type(err).__name__}: {err})") from err
 
 
 def _first_voxel(bad: np.ndarray) -> str:
@@ -236,7 +240,7 @@ def load_on_source_grid(header: ImageHeader, prep: Preprocessing) -> tuple[np.nd
         121x145x121 (LAS), linear"``.
 
     Raises:
-        ImageRefused: non-finite values reaching the mask, or an empty image.
+        ImageRefused: unreadable voxel data, non-finite values reaching the mask, or an empty image.
     """
     from nilearn.image import resample_img
 

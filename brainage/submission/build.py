@@ -16,11 +16,11 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from brainage import __version__
+from brainage.data.cache import load_cache_mask
 from brainage.data.modalities import MODALITIES
 from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError
 from brainage.io import atomic_dir
@@ -99,7 +99,7 @@ def submission_metadata(
             )
     kind = _feature_kind(config, kind, model_path)
     n_features = _n_features(model, kind, model_path)
-    mask = np.asarray(nib.load(cache_path / "mask.nii.gz").dataobj) > 0
+    mask = load_cache_mask(cache_path)
     if list(mask.shape) != list(cache_meta["shape"]):
         raise SubmissionBuildError(
             f"{cache_path}/mask.nii.gz has shape {mask.shape}, cache.json says {cache_meta['shape']}"

@@ -33,6 +33,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "brainage-train-checkpoint"
 MODEL_FORMAT = "brainage-model"
+_UNPICKLER = "WeightsUnpickler error:"  # where torch's weights-only UnpicklingError names the cause
 VERSION = 1
 
 
@@ -60,6 +61,19 @@ def save_file(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return save_torch(path, payload)
 
 
+def _reason(err: Exception) -> str:
+    """The gist of torch's error for an unreadable file, on one line: its type and first non-empty line.
+
+    For the weights-only unpickler it is the first sentence after ``WeightsUnpickler error:`` (the
+    rest is advice on loading untrusted files, which brainage never does).
+    """
+    text = str(err)
+    if _UNPICKLER in text:
+        text = text.split(_UNPICKLER, 1)[1].strip().split(". ", 1)[0]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
 def load_file(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     """Read a checkpoint (``kind=CHECKPOINT_FORMAT``) or model file (``MODEL_FORMAT``).
 
@@ -75,8 +89,7 @@ def load_file(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
         raise CheckpointError(
-            f"{path}: cannot be read as a brainage {kind} file ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            "it is corrupted or was not written by brainage"
+            f"{path}: cannot be read as a {kind} file ({_reason(err)}); it is corrupted or was not written by brainage"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != kind:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

@@ -8,11 +8,12 @@ pickle.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from brainage.data.npfiles import read_npz
 from brainage.errors import BrainAgeError, InputNotFoundError
 
 __all__ = ["ArraySet", "save_array_set", "load_array_set"]
@@ -26,11 +27,13 @@ class ArraySet:
         images: ``uint8 (n, C, H, W)``.
         labels: ``int64 (n,)``.
         bias: ``int64 (n,)``, -1 where the bias attribute is unknown.
+        source: the file it was read from (named in messages), or ``""``.
     """
 
     images: np.ndarray
     labels: np.ndarray
     bias: np.ndarray
+    source: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -53,7 +56,7 @@ class ArraySet:
             raise BrainAgeError(f"{source}: negative target labels")
 
     def subset(self, index: np.ndarray) -> ArraySet:
-        return ArraySet(self.images[index], self.labels[index], self.bias[index])
+        return ArraySet(self.images[index], self.labels[index], self.bias[index], self.source)
 
     @property
     def n_conflicting(self) -> int:
@@ -80,14 +83,12 @@ def load_array_set(path: str | os.PathLike) -> ArraySet:
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"{path}: data file not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = {"images", "labels", "bias"} - set(npz.files)
-            if missing:
-                raise BrainAgeError(f"{path}: missing arrays {sorted(missing)}")
-            data = ArraySet.__new__(ArraySet)
-            data.images, data.labels, data.bias = npz["images"], npz["labels"], npz["bias"]
-    except (OSError, EOFError) as err:
-        raise BrainAgeError(f"{path}: not a readable .npz file ({err})") from err
+    arrays = read_npz(path, "uint8 images (n, C, H, W), int labels and bias (n,)")
+    missing = {"images", "labels", "bias"} - set(arrays)
+    if missing:
+        raise BrainAgeError(f"{path}: missing arrays {sorted(missing)}")
+    data = ArraySet.__new__(ArraySet)
+    data.images, data.labels, data.bias = arrays["images"], arrays["labels"], arrays["bias"]
+    data.source = str(path)
     data.validate(str(path))
     return data

@@ -106,7 +106,9 @@ def imagenet_class_order(source: str | os.PathLike) -> list[str]:
     if source.is_dir():
         wnids = sorted(p.name for p in source.iterdir() if p.is_dir() and _WNID.match(p.name))
     elif source.is_file():
-        wnids = [line.split()[0] for line in source.read_text().splitlines() if line.strip()]
+        from brainage.io import read_text
+
+        wnids = [line.split()[0] for line in read_text(source).splitlines() if line.strip()]
         bad = [w for w in wnids if not _WNID.match(w)]
         if bad:
             raise BrainAgeError(f"{source}: malformed WordNet ids {bad[:5]}")
