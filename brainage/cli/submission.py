@@ -98,8 +98,18 @@ def _register_ramp_kit(sub: argparse._SubParsersAction) -> None:
         help="RAMP-layout folder (train.npy, test.npy, .tsv, resource/) or an OpenBHB folder",
     )
     p.add_argument("--out", required=True, type=Path, help="kit folder")
-    p.add_argument("--name", default="brainage", help="submission name under submissions/")
+    p.add_argument("--name", default="brainage", type=_submission_name, help="submission name under submissions/")
     p.set_defaults(func=_run_ramp_kit)
+
+
+def _submission_name(text: str) -> str:
+    from brainage.errors import ConfigError
+    from brainage.submission.kit import check_submission_name
+
+    try:
+        return check_submission_name(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _run_ramp_kit(args: argparse.Namespace) -> int:
