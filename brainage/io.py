@@ -4,8 +4,10 @@ Every file the project writes appears whole or not at all: a writer produces a t
 sibling (same directory, so the final ``os.replace`` is an atomic rename on POSIX) and renames
 it only after it has been written and flushed. On error the temporary file is removed and any
 previous version of the target is left untouched. :func:`output_lock` keeps two processes from
-writing the same output at once. :func:`read_text` and :func:`read_table` read files users
-make (configs, participants tables) with errors that name the file and line.
+writing the same output at once; :func:`make_folders` and the writers refuse an output whose
+path is taken by a file where a folder is needed, or the reverse, naming both. :func:`read_text`,
+:func:`read_table` and :func:`read_json` read files users make (configs, participants tables,
+scores) with errors that name the file and line; :func:`check_fields` checks a record's values.
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainage.errors import BrainAgeError, InputNotFoundError, OutputLockedError
+from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError, OutputLockedError
 
 __all__ = [
     "atomic_path",
     "atomic_open",
     "atomic_dir",
+    "check_fields",
+    "make_folders",
     "lock_path",
     "output_lock",
+    "read_json",
     "read_table",
     "read_text",
     "temporary_affixes",
@@ -89,6 +94,32 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) ->
     return removed
 
 
+def make_folders(folder: str | os.PathLike) -> Path:
+    """``mkdir -p folder``, refusing a path on which a file stands where a folder is needed.
+
+    Raises:
+        OutputExistsError: ``folder`` or one of its parents is a file; the message names it.
+    """
+    folder = Path(folder)
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "" if existing == folder else f" (needed as a parent folder of {folder})"
+                raise OutputExistsError(
+                    f"{existing} is a file, but a folder is needed there{where}; choose another output path"
+                )
+            break
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _check_output_file(path: Path) -> None:
+    """Refuse a file output whose path is a folder, and create its parent folders."""
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder, but a file is to be written there; give a file name")
+    make_folders(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
@@ -97,7 +128,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     (``np.save``, ``nibabel.save``, matplotlib) write the right format.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_output_file(path)
     prefix, suffix = temporary_affixes(path, suffix)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
@@ -134,7 +165,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, but a folder is to be written there; choose another output path")
+    make_folders(path.parent)
     prefix, _ = temporary_affixes(path, suffix="")
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=_TMP_MARK, dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
@@ -239,7 +272,7 @@ def output_lock(output: str | os.PathLike, command: str = "") -> Iterator[Path]:
     output = Path(os.path.abspath(output))
     path = lock_path(output)
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent)
     fd, locked = -1, False
     try:
         while not locked:
@@ -373,3 +406,76 @@ def read_table(path: str | os.PathLike, sep: str | None = "\t") -> pd.DataFrame:
     if duplicated:
         raise BrainAgeError(f"{path}, line {header_line}: column name(s) {duplicated} appear more than once")
     return pd.DataFrame(rows, columns=header, index=pd.Index(lines, name="line"), dtype=str)
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", allow_list: bool = False) -> Any:
+    """The JSON object (``{...}``) of a file a user gave or a command wrote.
+
+    Args:
+        path: the file.
+        what: what the file is, for the messages (``"scores.json"``, ``"bundle.json"``).
+        allow_list: accept a JSON list (of anything) too.
+
+    Raises:
+        InputNotFoundError: no such file.
+        BrainAgeError: a folder, not UTF-8, not JSON, or JSON other than an object; the message
+            names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise BrainAgeError(f"{path} is a folder; expected {what} (a JSON file)")
+    try:
+        value = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise BrainAgeError(
+            f"{path}, line {err.lineno} column {err.colno}: not valid JSON ({err.msg}); expected {what}"
+        ) from None
+    except OSError as err:
+        raise BrainAgeError(f"{path}: cannot read {what} ({err.strerror or err})") from err
+    if not isinstance(value, dict) and not (allow_list and isinstance(value, list)):
+        expected = "a JSON object {...} or list [...]" if allow_list else "a JSON object {...}"
+        raise BrainAgeError(f"{path}: expected {what} holding {expected}, found a JSON {_json_kind(value)}")
+    return value
+
+
+#: The kinds :func:`check_fields` accepts: the Python types and how a message names them.
+_FIELD_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "number": ((int, float), "a number"),
+    "integer": ((int,), "an integer"),
+    "string": ((str,), "a string"),
+    "object": ((dict,), "a JSON object {...}"),
+    "list": ((list,), "a JSON list [...]"),
+    "boolean": ((bool,), "true or false"),
+}
+
+
+def check_fields(record: dict[str, Any], kinds: dict[str, str], source: str | os.PathLike) -> dict[str, Any]:
+    """Check that each field of a JSON record named in ``kinds`` is absent, null or of its kind.
+
+    Args:
+        record: the parsed JSON object.
+        kinds: field name -> ``"number"``, ``"integer"``, ``"string"``, ``"object"``, ``"list"``
+            or ``"boolean"`` (``true``/``false`` is not a number).
+        source: the file (and place in it) the record comes from, for the message.
+
+    Returns:
+        ``record``, unchanged.
+
+    Raises:
+        BrainAgeError: names the source, the field, its value and the kind expected.
+    """
+    for key, kind in kinds.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        types, text = _FIELD_KINDS[kind]
+        if not isinstance(value, types) or (isinstance(value, bool) and kind != "boolean"):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise BrainAgeError(f"{source}: field {key!r} is {shown}; expected {text} (or null)")
+    return record
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")

@@ -487,3 +487,269 @@ def test_a_truncated_mask_is_named_by_the_reader_and_the_estimator(tmp_path, mon
         match=rf"^VBM_MASK={re.escape(str(mask))}: the mask image cannot be read, truncated",
     ):
         ramp_estimator.read_mask("vbm")
+
+
+# --------------------------------------------------------------------------- probe of main@727553a (errors-a)
+# Each input below made the CLI print a traceback; now it exits 2 with one line naming the file or option.
+
+GOOD_SCORES = {"method": "l1", "seed": 0, "int_mae": 2.5, "bacc": 0.1, "ext_mae": 4.0, "challenge_score": 2.0}
+
+
+def cli(capsys, *argv: object) -> tuple[int, str]:
+    """``brainage argv`` in this process: (exit code, stderr)."""
+    from brainage.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def bad_json(path: Path, damage: str) -> Path:
+    """Write a damaged JSON file (or folder) at ``path``."""
+    if damage == "folder":
+        path.mkdir(parents=True)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "binary":
+        path.write_bytes(bytes(range(128, 256)))
+    elif damage == "list":
+        path.write_text("[1, 2]")
+    elif damage != "missing":
+        key, value = damage.split("=", 1)
+        path.write_text(json.dumps({**GOOD_SCORES, key: json.loads(value)}))
+    return path
+
+
+SCORE_DAMAGES = {
+    "empty": "line 1 column 1: not valid JSON",
+    "binary": "line 1: byte 0x80 is not UTF-8",
+    "list": "holding a JSON object",
+    'int_mae="abc"': "field 'int_mae' is 'abc'; expected a number",
+    'int_mae={"a": 1}': "field 'int_mae' is {'a': 1}; expected a number",
+    "bacc=[1]": "field 'bacc' is [1]; expected a number",
+    'seed="x"': "field 'seed' is 'x'; expected an integer",
+    "method=5": "field 'method' is 5; expected a string",
+    'folds=[{"int_mae": true}]': "folds[0]: field 'int_mae' is True; expected a number",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(SCORE_DAMAGES))
+def test_a_damaged_scores_json_is_named_by_table(tmp_path, capsys, damage):
+    scores = bad_json(tmp_path / "scores.json", damage)
+    code, err = cli(capsys, "table", "--scores", scores, "--out", tmp_path / "out", "--no-figures")
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(scores) in err and SCORE_DAMAGES[damage] in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "folder", "list", 'challenge_score="1"'])
+def test_the_scores_of_export_and_submission_check_are_read_by_one_checked_reader(tmp_path, damage):
+    """export --scores and submission-check --scores read the file through read_scores / recorded_probe_settings."""
+    from brainage.errors import BrainAgeError
+    from brainage.evaluation.pipeline import read_scores, recorded_probe_settings
+    from brainage.inference import export
+    from brainage.submission import check
+
+    scores = bad_json(tmp_path / "scores.json", damage)
+    for reader in (read_scores, recorded_probe_settings):
+        with pytest.raises(BrainAgeError, match=re.escape(str(scores))):
+            reader(scores)
+    assert "read_scores" in inspect.getsource(export._scores)
+    assert "recorded_probe_settings" in inspect.getsource(check._probe_settings)
+    scores = bad_json(tmp_path / "probe.json", 'probe_settings={"cv": "five"}')
+    with pytest.raises(BrainAgeError, match=rf"^{re.escape(str(scores))}, probe_settings: expected the fields"):
+        recorded_probe_settings(scores)
+
+
+def test_output_paths_taken_by_a_file_or_a_folder_are_refused(tmp_path, capsys):
+    from brainage.errors import OutputExistsError
+    from brainage.io import atomic_dir, make_folders, save_json
+
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(GOOD_SCORES))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me\n")
+    for out, named in ((a_file, a_file), (a_file / "sub", a_file)):
+        code, err = cli(capsys, "table", "--scores", scores, "--out", out, "--no-figures")
+        assert code == 2 and f"{named} is a file, but a folder is needed" in err, err
+    assert a_file.read_text() == "keep me\n" and written(tmp_path) == ["file.txt", "scores.json"]
+    with pytest.raises(OutputExistsError, match=f"^{re.escape(str(tmp_path))} is a folder, but a file is to be"):
+        save_json(tmp_path, {})
+    with pytest.raises(OutputExistsError, match=f"^{re.escape(str(a_file))} is a file, but a folder is to be"):
+        with atomic_dir(a_file):
+            pass
+    with pytest.raises(OutputExistsError, match=rf"\(needed as a parent folder of {re.escape(str(a_file))}/x/y\)"):
+        make_folders(a_file / "x" / "y")
+    assert a_file.read_text() == "keep me\n"
+
+
+def test_preprocess_refuses_an_out_file_and_a_downsample_larger_than_the_grid(dataset, tmp_path, capsys):
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("")
+    code, err = cli(capsys, "preprocess", "--data", dataset, "--out", a_file)
+    assert code == 2 and f"{a_file} is a file, but a folder is needed" in err, err
+    code, err = cli(capsys, "preprocess", "--data", dataset, "--out", tmp_path / "cache", "--downsample", "100")
+    assert code == 2 and "downsample (--downsample) 100 exceeds the vbm grid" in err, err
+    assert not (tmp_path / "cache").exists()
+
+
+DEBIAS_DAMAGES = {
+    "binary": "byte 0x80 is not UTF-8",
+    "list": r"record 0: '1' is not an evaluation record",
+    "empty-list": "no evaluation records",
+    'test_acc="0.9"': "field 'test_acc' is '0.9'; expected a number",
+    'rho="0.99"': "field 'rho' is '0.99'; expected a number",
+    "no-seed": r"lacks \['seed'\]",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DEBIAS_DAMAGES))
+def test_a_damaged_debias_evaluation_file_is_named(tmp_path, capsys, damage):
+    good = {"method": "ce", "rho": 0.99, "seed": 0, "test_acc": 0.5, "attacker_acc": None}
+    path = tmp_path / "eval.json"
+    if damage == "empty-list":
+        path.write_text("[]")
+    elif damage == "no-seed":
+        path.write_text(json.dumps({k: v for k, v in good.items() if k != "seed"}))
+    elif "=" in damage:
+        key, value = damage.split("=")
+        path.write_text(json.dumps({**good, key: json.loads(value)}))
+    else:
+        bad_json(path, damage)
+    code, err = cli(capsys, "debias-table", "--eval", path, "--out-dir", tmp_path / "tables")
+    assert code == 2 and str(path) in err and re.search(DEBIAS_DAMAGES[damage], err), err
+    assert not (tmp_path / "tables").exists()
+
+
+def _spec() -> dict:
+    """The entries of bundle.json that loading reads (the rest of a real bundle.json is not needed to reach them)."""
+    from brainage.inference.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
+
+    grid = {"affine": np.eye(4).tolist(), "shape": [8, 8, 8]}
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "model": {"method": "exp", "seed": 0, "run": "run"},
+        "network": {"kwargs": {}},
+        "preprocessing": {"source_grid": grid, "model_grid": grid},
+        "readout": {"kind": "head"},
+        "training_cohort": {"age": {"min": 6.0, "max": 86.0}},
+        "qc": {"reference": {}},
+        "calibration": {"slope": 0.3, "intercept": 1.0, "n": 20, "min_slope": 0.05},
+    }
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("list", "holding a JSON object"),
+        ("no-preprocessing", r"bundle.json: no 'preprocessing' entry"),
+        ("calibration-string", r"bundle.json: field 'calibration' is 'abc'; expected a JSON object"),
+        ("network-null", r"bundle.json: no 'network' entry"),
+        ("kwargs-list", r"bundle.json, network: field 'kwargs' is \[\]; expected a JSON object"),
+        ("age-string", r"bundle.json, training_cohort.age: field 'max' is '86'; expected a number"),
+    ],
+)
+def test_a_hand_edited_bundle_json_is_named(tmp_path, damage, message):
+    from brainage.errors import BrainAgeError
+    from brainage.inference.bundle import ModelBundle
+
+    spec = _spec()
+    if damage == "list":
+        spec = [spec]
+    elif damage == "no-preprocessing":
+        del spec["preprocessing"]
+    elif damage == "calibration-string":
+        spec["calibration"] = "abc"
+    elif damage == "network-null":
+        spec["network"] = None
+    elif damage == "kwargs-list":
+        spec["network"]["kwargs"] = []
+    else:
+        spec["training_cohort"]["age"]["max"] = "86"
+    (tmp_path / "bundle.json").write_text(json.dumps(spec))
+    with pytest.raises(BrainAgeError, match=message):
+        ModelBundle.load(tmp_path)
+    (tmp_path / "bundle.json").write_text(json.dumps(_spec()))  # undamaged: passes the check, stops at the files
+    with pytest.raises(BrainAgeError, match="weights.pt is missing"):
+        ModelBundle.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["binary", "list"])
+def test_a_damaged_resources_json_is_named(tmp_path, damage):
+    from brainage.data.layouts import read_resources
+    from brainage.errors import BrainAgeError
+
+    (tmp_path / "resource").mkdir()
+    path = bad_json(tmp_path / "resource" / "resources.json", damage)
+    with pytest.raises(BrainAgeError, match=f"^{re.escape(str(path))}"):
+        read_resources(tmp_path)
+
+
+@pytest.mark.parametrize("split", [5, None, []])
+def test_evaluate_names_the_fold_file_of_a_split_that_is_not_a_list(tmp_path, capsys, split):
+    folds = tmp_path / "folds.json"
+    folds.write_text(json.dumps({"f0": {"train": ["a"], "internal_test": ["b"], "external_test": split}}))
+    code, err = cli(capsys, "evaluate", "--features", tmp_path / "none", "--out", tmp_path / "out", "--folds", folds)
+    assert code == 2 and f"{folds}: fold 'f0' external_test is {split!r}; expected a non-empty list" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_n_jobs_0_and_more_folds_than_any_site_has(tmp_path, capsys):
+    from brainage.errors import BrainAgeError
+    from brainage.evaluation import evaluate_features
+
+    code, err = cli(capsys, "evaluate", "--features", tmp_path / "none", "--out", tmp_path / "out", "--n-jobs", "0")
+    assert code == 2 and "n_jobs (--n-jobs) is 0" in err, err
+    rng = np.random.default_rng(0)
+    sites = np.repeat(["a", "b", "c"], [4, 3, 2])  # 9 subjects, none of the sites with 5
+
+    def split(n, s):
+        return rng.normal(size=(n, 3)), rng.uniform(20, 60, n), s
+
+    with pytest.raises(
+        BrainAgeError, match=r"cv \(--cv\) is 5, but every training site .* site 'a' with 4, smallest 2"
+    ):
+        evaluate_features(split(9, sites), split(4, sites[:4]), split(3, None))
+
+
+def test_ramp_kit_takes_a_name_not_a_path(tmp_path, capsys):
+    from brainage.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["ramp-kit", "--submission", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "kit"),
+              "--name", "../../evil"])  # fmt: skip
+    assert exit_.value.code == 2
+    assert "submission name '../../evil': expected a folder name" in capsys.readouterr().err
+    assert written(tmp_path) == []
+
+
+def test_table_names_a_missing_harmonization_meta(tmp_path, capsys):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(GOOD_SCORES))
+    meta = tmp_path / "combat" / "cache.json"
+    code, err = cli(capsys, "table", "--scores", scores, "--out", tmp_path / "out", "--harmonization-meta", meta)
+    assert code == 2 and f"not found: {meta}" in err, err
+    bad_json(meta.parent, "folder")
+    bad_json(meta, "list")
+    code, err = cli(capsys, "table", "--scores", scores, "--out", tmp_path / "out", "--harmonization-meta", meta)
+    assert code == 2 and f"{meta}: expected" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["binary", "empty", "list"])
+def test_submission_check_names_a_damaged_metadata_pkl(tmp_path, capsys, damage):
+    import pickle
+
+    from brainage.submission.build import SUBMISSION_FILES
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for name in SUBMISSION_FILES:
+        (sub / name).write_bytes(b"")
+    content = {"binary": bytes(range(128, 256)), "empty": b"", "list": pickle.dumps([1, 2])}[damage]
+    (sub / "metadata.pkl").write_bytes(content)
+    argv = ["submission-check", "--submission", sub, "--data", tmp_path, "--features", tmp_path, "--out"]
+    code, err = cli(capsys, *argv, tmp_path / "out")
+    assert code == 2 and f"{sub / 'metadata.pkl'}" in err, err
+    assert not (tmp_path / "out").exists()

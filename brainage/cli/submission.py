@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brainage.errors import BrainAgeError, InputNotFoundError
-
 
 def _register_submission(sub: argparse._SubParsersAction) -> None:
     from brainage.models.names import FEATURE_KINDS
@@ -100,33 +98,28 @@ def _register_ramp_kit(sub: argparse._SubParsersAction) -> None:
         help="RAMP-layout folder (train.npy, test.npy, .tsv, resource/) or an OpenBHB folder",
     )
     p.add_argument("--out", required=True, type=Path, help="kit folder")
-    p.add_argument("--name", default="brainage", help="submission name under submissions/")
+    p.add_argument("--name", default="brainage", type=_submission_name, help="submission name under submissions/")
     p.set_defaults(func=_run_ramp_kit)
 
 
-def _submission_metadata(folder: Path) -> dict:
-    """``metadata.pkl`` of a submission folder; the estimator's built-in errors become brainage's."""
-    import pickle
+def _submission_name(text: str) -> str:
+    from brainage.errors import ConfigError
+    from brainage.submission.kit import check_submission_name
 
-    from brainage.submission.ramp_estimator import load_metadata
-
-    path = folder / "metadata.pkl"
     try:
-        return load_metadata(path)
-    except FileNotFoundError as err:
-        raise InputNotFoundError(str(err)) from err
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:  # ValueError: the estimator's SubmissionError
-        message = str(err) if str(path) in str(err) else f"{path}: {err or type(err).__name__}"
-        raise BrainAgeError(f"{message} (expected the metadata.pkl written by `brainage submission`)") from err
+        return check_submission_name(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _run_ramp_kit(args: argparse.Namespace) -> int:
     from brainage.data.layouts import detect_layout
     from brainage.submission import write_ramp_kit, write_ramp_rows
+    from brainage.submission.check import read_submission_metadata
 
     rows = args.data
     if detect_layout(args.data) != "ramp" or not (args.data / "resource").is_dir():
-        modality = _submission_metadata(args.submission)["modality"]
+        modality = read_submission_metadata(args.submission / "metadata.pkl")["modality"]
         rows = args.out / "ramp_rows"
         write_ramp_rows(args.data, rows, modalities=[modality])
     write_ramp_kit(args.out, rows, args.submission, name=args.name)

@@ -15,7 +15,6 @@ Arrays are opened as memory maps; reading one subject's volume costs one volume 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from brainage.data.modalities import (
 )
 from brainage.data.participants import load_participants
 from brainage.errors import BrainAgeError, InputNotFoundError
+from brainage.io import read_json
 
 __all__ = [
     "SPLIT_FOLDER",
@@ -370,10 +370,6 @@ def open_dataset(root: str | os.PathLike, layout: str = "auto", **kwargs) -> Ope
 def read_resources(root: str | os.PathLike) -> dict:
     """``resource/resources.json`` as a dict (empty when absent)."""
     path = Path(root) / "resource" / "resources.json"
-    if not path.is_file():
+    if not path.exists():
         return {}
-    with open(path) as fh:
-        try:
-            return json.load(fh)
-        except json.JSONDecodeError as err:
-            raise OpenBHBError(f"{path}: invalid JSON ({err})") from err
+    return read_json(path, "the data folder's resources.json")

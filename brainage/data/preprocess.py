@@ -39,7 +39,7 @@ from brainage.data.cache import SPLITS
 from brainage.data.layouts import OpenBHBDataset, open_dataset
 from brainage.data.modalities import OpenBHBError
 from brainage.errors import BrainAgeError
-from brainage.io import atomic_path, save_json, save_table
+from brainage.io import atomic_path, make_folders, save_json, save_table
 
 __all__ = ["block_mean", "downsample_mask", "downsampled_affine", "normalize_volume", "preprocess"]
 
@@ -170,7 +170,7 @@ def preprocess(
     out = Path(out)
 
     src_mask, mask = _cache_masks(dataset, modality, downsample)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folders(out)
     affine = downsampled_affine(dataset.affine(modality), downsample)
     params = {
         "source": str(Path(dataset.root).resolve()),
@@ -229,6 +229,11 @@ def _cache_masks(dataset: OpenBHBDataset, modality: str, downsample: int) -> tup
     """
     dataset.validate(modality)
     src_mask = dataset.mask(modality)
+    if downsample > min(src_mask.shape):
+        raise OpenBHBError(
+            f"downsample (--downsample) {downsample} exceeds the {modality} grid {src_mask.shape} of "
+            f"{dataset.mask_paths.get(modality)}: a block must fit in the image; expected at most {min(src_mask.shape)}"
+        )
     mask = downsample_mask(src_mask, downsample)
     if not mask.any():
         raise OpenBHBError(

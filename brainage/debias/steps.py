@@ -6,7 +6,6 @@ same step runs from the command line, a Snakemake rule or a notebook.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from brainage.errors import BrainAgeError, InputNotFoundError
+from brainage.io import read_json
 
 from .data.arrays import ArraySet, load_array_set, save_array_set
 
@@ -527,16 +527,16 @@ def _evaluate_model(
 
 def table_step(evals: list[str | os.PathLike], out_dir: str | os.PathLike, recipe_note: str = "") -> dict:
     """Collect evaluation JSONs and write the tables (see :func:`brainage.debias.tables.write_tables`)."""
-    from .tables import write_tables
+    from .tables import check_record, write_tables
 
     records: list[dict] = []
     for path in evals:
-        path = Path(path)
-        if not path.is_file():
-            raise InputNotFoundError(f"{path}: evaluation file not found")
-        try:
-            content = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise BrainAgeError(f"{path}: not valid JSON ({err})") from err
-        records.extend(content if isinstance(content, list) else [content])
+        content = read_json(path, "an evaluation file of `brainage debias-eval`", allow_list=True)
+        content = content if isinstance(content, list) else [content]
+        if not content:
+            raise BrainAgeError(
+                f"{path}: no evaluation records (an empty list); expected those of `brainage debias-eval`"
+            )
+        for i, record in enumerate(content):
+            records.append(check_record(record, f"{path}" + (f", record {i}" if len(content) > 1 else "")))
     return write_tables(records, out_dir, recipe_note)

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from brainage.errors import BrainAgeError
+from brainage.io import check_fields
 
 from .methods import METHOD_LABELS, METHODS
 
-__all__ = ["records_frame", "table2", "privacy_table", "write_tables", "PROTOCOL_NOTE"]
+__all__ = ["check_record", "records_frame", "table2", "privacy_table", "write_tables", "PROTOCOL_NOTE"]
 
 PROTOCOL_NOTE = (
     "Test accuracy at the epoch with the best validation accuracy (validation = held-out "
@@ -30,6 +32,32 @@ PROTOCOL_NOTE = (
     "ReBias/EnD/FairKL reported the best test epoch instead; that optimistic number is in the "
     "column `ref_protocol_acc` of the CSV for comparison only."
 )
+
+
+#: The fields of an evaluation record the tables read, and their kinds (see :func:`brainage.io.check_fields`).
+RECORD_FIELDS = {
+    "method": "string",
+    "rho": "number",
+    "seed": "integer",
+    "test_acc": "number",
+    "attacker_acc": "number",
+    "ref_protocol_acc": "number",
+}
+#: Fields every record must have, not null but ``attacker_acc`` (null without an attacker split).
+REQUIRED_FIELDS = ("method", "rho", "seed", "test_acc", "attacker_acc")
+
+
+def check_record(record: Any, source: str) -> dict:
+    """``record`` when it is an evaluation record the tables can read; ``source`` names it in errors."""
+    if not isinstance(record, dict):
+        raise BrainAgeError(
+            f"{source}: {str(record)[:60]!r} is not an evaluation record; expected a JSON object written by "
+            "`brainage debias-eval`"
+        )
+    missing = [k for k in REQUIRED_FIELDS if record.get(k) is None and (k != "attacker_acc" or k not in record)]
+    if missing:
+        raise BrainAgeError(f"{source}: the evaluation record lacks {missing} (or has null there)")
+    return check_fields(record, RECORD_FIELDS, source)
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:

@@ -15,7 +15,6 @@ folds), since the probe's own in-sample predictions on its training set are opti
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -31,9 +30,17 @@ from brainage.evaluation.features import FeatureSplit, load_feature_dir
 from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.evaluation.reference import reference_features, reference_method_id
-from brainage.io import read_table, read_text, save_json, save_table
+from brainage.io import check_fields, read_json, read_table, save_json, save_table
 
-__all__ = ["load_folds", "evaluate_folds", "run_evaluation", "SCORE_KEYS"]
+__all__ = [
+    "load_folds",
+    "evaluate_folds",
+    "run_evaluation",
+    "read_scores",
+    "recorded_probe_settings",
+    "SCORE_KEYS",
+    "SCORE_FIELDS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,65 @@ SCORE_KEYS = (
     "site_given_age_bacc",
     "sex_bacc",
 )
+#: The kind of each ``scores.json`` field that readers use (see :func:`brainage.io.check_fields`).
+SCORE_FIELDS: dict[str, str] = {
+    **dict.fromkeys(SCORE_KEYS, "number"),
+    "method": "string",
+    "model": "string",
+    "label": "string",
+    "details": "string",
+    "formulation": "string",
+    "seed": "integer",
+    "fold": "string",
+    "n_features": "integer",
+    "n_sites_train": "integer",
+    "challenge_protocol": "boolean",
+    "head": "object",
+    "probe_settings": "object",
+    "brain_age_gap": "object",
+    "folds": "list",
+}
+
+
+def read_scores(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``scores.json`` of ``brainage evaluate``, its fields checked against :data:`SCORE_FIELDS`.
+
+    Per-fold entries (``folds``) and the ``head`` scores are checked the same way.
+
+    Raises:
+        InputNotFoundError: no such file.
+        BrainAgeError: unreadable, not a JSON object, or a field of another kind; the message
+            names the file and the field.
+    """
+    path = Path(path)
+    scores = check_fields(read_json(path, "scores.json"), SCORE_FIELDS, path)
+    check_fields(scores.get("head") or {}, dict.fromkeys(("int_mae", "ext_mae"), "number"), f"{path}, head")
+    for i, fold in enumerate(scores.get("folds") or []):
+        if not isinstance(fold, dict):
+            raise BrainAgeError(f"{path}: folds[{i}] is {fold!r}; expected a JSON object of scores")
+        check_fields(fold, SCORE_FIELDS, f"{path}, folds[{i}]")
+    return scores
+
+
+def recorded_probe_settings(path: str | os.PathLike) -> ProbeSettings | None:
+    """The probe settings a ``scores.json`` was evaluated with; None when it records none.
+
+    Raises:
+        BrainAgeError: the file cannot be read (see :func:`read_scores`), or its
+            ``probe_settings`` do not describe valid settings; the message names the file.
+    """
+    stored = read_scores(path).get("probe_settings")
+    if not stored:
+        return None
+    try:
+        return ProbeSettings(**stored)
+    except BrainAgeError as err:
+        raise BrainAgeError(f"{path}, probe_settings: {err}") from None
+    except (TypeError, ValueError) as err:  # unknown keys, or values that are not numbers
+        raise BrainAgeError(
+            f"{path}, probe_settings: expected the fields {sorted(ProbeSettings.__dataclass_fields__)} with "
+            f"numbers and lists of numbers ({err})"
+        ) from None
 
 
 def load_folds(path: str | os.PathLike, id_table: str | os.PathLike | None = None) -> dict[str, dict[str, list[str]]]:
@@ -60,11 +126,8 @@ def load_folds(path: str | os.PathLike, id_table: str | os.PathLike | None = Non
     through the ``participant_id`` column of ``id_table``, which is then required.
     """
     path = Path(path)
-    try:
-        raw = json.loads(read_text(path))
-    except (OSError, json.JSONDecodeError) as err:
-        raise BrainAgeError(f"{path}: not a readable JSON fold file ({err})") from err
-    if not isinstance(raw, dict) or not raw:
+    raw = read_json(path, "fold file")
+    if not raw:
         raise BrainAgeError(f"{path}: expected a non-empty mapping of fold name -> splits")
     ids_by_row: np.ndarray | None = None
     if id_table is not None:
@@ -78,6 +141,11 @@ def load_folds(path: str | os.PathLike, id_table: str | os.PathLike | None = Non
             raise BrainAgeError(f"{path}: fold {name!r} must list {list(SPLITS)}")
         fold: dict[str, list[str]] = {}
         for split in SPLITS:
+            if not isinstance(sets[split], list) or not sets[split]:
+                raise BrainAgeError(
+                    f"{path}: fold {name!r} {split} is {sets[split]!r}; expected a non-empty list of participant "
+                    "ids (or row numbers)"
+                )
             items = list(sets[split])
             if items and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
                 if ids_by_row is None:

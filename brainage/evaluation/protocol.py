@@ -120,6 +120,8 @@ class ProbeSettings:
             raise BrainAgeError(f"cs must be a non-empty list of positive numbers, got {self.cs}")
         if int(self.max_iter) < 1:
             raise BrainAgeError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.n_jobs is not None and int(self.n_jobs) == 0:
+            raise BrainAgeError("n_jobs (--n-jobs) is 0; expected a number of parallel jobs >= 1, or -1 for all cores")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
         object.__setattr__(self, "cs", tuple(float(c) for c in self.cs))
 
@@ -431,6 +433,14 @@ def _check_protocol_limits(tr: _Split, s: ProbeSettings, allow_over_limit: bool)
         )
     if len(tr.ages) < s.cv:
         raise BrainAgeError(f"{tr.name}: {len(tr.ages)} subjects, fewer than the {s.cv} cross-validation folds")
+    sites, counts = np.unique(tr.sites, return_counts=True)
+    if counts.max() < int(s.cv):
+        # scikit-learn's StratifiedKFold (the site probe's folds) needs one site with at least cv subjects
+        raise BrainAgeError(
+            f"{tr.name}: cv (--cv) is {s.cv}, but every training site has fewer subjects than that (largest: "
+            f"site {sites[counts.argmax()]!r} with {counts.max()}, smallest {counts.min()}); the site probe's "
+            "stratified folds need at least one site with cv subjects: lower --cv or give more subjects"
+        )
     p = tr.features.shape[1]
     over = p > MAX_FEATURES
     if over and not allow_over_limit:

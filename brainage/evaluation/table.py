@@ -12,7 +12,6 @@ challenge-compliant are marked with a dagger; contrastive rows name the equation
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import re
@@ -24,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from brainage.errors import BrainAgeError, InputNotFoundError
-from brainage.io import atomic_open, save_table
+from brainage.evaluation.pipeline import read_scores
+from brainage.io import atomic_open, read_json, save_table
 
 __all__ = [
     "METHOD_LABELS",
@@ -136,10 +136,7 @@ def load_scores(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for path in paths:
         path = Path(path)
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise BrainAgeError(f"{path}: not a readable scores.json ({err})") from err
+        rec = read_scores(path)
         m = _PATH_RE.search(path.as_posix())
         method = rec.get("method") or (m.group("method") if m else None)
         seed = rec.get("seed")
@@ -289,14 +286,15 @@ def harmonization_note(meta_path: str | os.PathLike | None) -> str | None:
 
     Reads ``harmonization``: a string, or a mapping whose ``external_strategy`` (a short key)
     and ``external_test`` (its description) are joined; falls back to a top-level
-    ``external_strategy``. Returns None when the file or the entry is absent.
+    ``external_strategy``. Returns None when ``meta_path`` is None or the entry is absent.
+
+    Raises:
+        InputNotFoundError: no file at ``meta_path``.
+        BrainAgeError: the file is not a JSON object (see :func:`brainage.io.read_json`).
     """
-    if meta_path is None or not Path(meta_path).is_file():
+    if meta_path is None:
         return None
-    try:
-        meta = json.loads(Path(meta_path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    meta = read_json(meta_path, "the harmonised cache's cache.json")
     value = meta.get("harmonization", meta.get("external_strategy"))
     if isinstance(value, Mapping):
         key, text = value.get("external_strategy"), value.get("external_test")

@@ -32,7 +32,7 @@ from brainage import __version__
 from brainage.data.cache import SPLITS, TrainingCache, site_labels
 from brainage.errors import BrainAgeError
 from brainage.harmonize.combat import DEFAULT_CHUNK_SIZE, SITE, ComBatHarmonizer, covariate_frame
-from brainage.io import atomic_path, save_json
+from brainage.io import atomic_path, make_folders, save_json
 
 __all__ = ["EXTERNAL_STRATEGIES", "harmonize_cache"]
 
@@ -157,7 +157,7 @@ def harmonize_cache(
     )
     _check_test_sites(model, plan.sites, set(plan.fit_frame[SITE]))
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_folders(out)
     # A finished cache is recognised by cache.json: remove the old one before touching anything.
     (out / "cache.json").unlink(missing_ok=True)
     _write_splits(src, out, plan, model, chunks, readers, progress)

@@ -36,7 +36,7 @@ import torch
 from brainage.errors import BrainAgeError, InputNotFoundError, OutputExistsError
 from brainage.inference.preprocessing import AFFINE_ATOL_MM, Preprocessing
 from brainage.inference.readout import Readout
-from brainage.io import atomic_dir
+from brainage.io import atomic_dir, check_fields, read_json
 
 __all__ = [
     "BUNDLE_FILES",
@@ -194,10 +194,7 @@ class ModelBundle:
         index = path / "bundle.json"
         if not index.is_file():
             raise InputNotFoundError(f"{index} not found: {path} is not a finished model bundle (brainage export)")
-        try:
-            spec = json.loads(index.read_text())
-        except ValueError as err:
-            raise BundleError(f"{index}: not valid JSON ({err})") from err
+        spec = read_json(index, "the bundle.json of a model bundle")
         if spec.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{index}: format {spec.get('format')!r}, expected {BUNDLE_FORMAT!r}")
         if spec.get("format_version") != BUNDLE_VERSION:
@@ -205,6 +202,7 @@ class ModelBundle:
                 f"{index}: format version {spec.get('format_version')!r}; this brainage reads "
                 f"{BUNDLE_VERSION} (written by {spec.get('created_by')})"
             )
+        _check_spec(spec, index)
         files = spec.pop("files", {})
         for name in BUNDLE_FILES[1:]:
             file = path / name
@@ -225,11 +223,55 @@ class ModelBundle:
         except ValueError as err:
             raise BundleError(f"{index}: {err}") from err
         coef = payload.get("readout_coef")
-        readout = Readout.from_spec(spec["readout"], None if coef is None else coef.numpy())
+        try:
+            readout = Readout.from_spec(spec["readout"], None if coef is None else coef.numpy())
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(
+                f"{index}: the readout entry {spec['readout']} is incomplete or malformed ({err})"
+            ) from err
         reference = np.asarray(nib.load(path / "reference_mean.nii.gz").dataobj, dtype=np.float32)
         if reference.shape != prep.shape:
             raise BundleError(f"{path / 'reference_mean.nii.gz'}: shape {reference.shape}, model grid {prep.shape}")
         return cls(spec, payload["model"], prep, readout, reference, path)
+
+
+#: The entries of ``bundle.json`` that loading and predicting read, as (keys, kind), parents first.
+_SPEC_FIELDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("model",), "object"),
+    (("model", "method"), "string"),
+    (("model", "seed"), "integer"),
+    (("network",), "object"),
+    (("network", "kwargs"), "object"),
+    (("preprocessing",), "object"),
+    (("preprocessing", "source_grid"), "object"),
+    (("preprocessing", "source_grid", "affine"), "list"),
+    (("preprocessing", "model_grid"), "object"),
+    (("preprocessing", "model_grid", "affine"), "list"),
+    (("readout",), "object"),
+    (("training_cohort",), "object"),
+    (("training_cohort", "age"), "object"),
+    (("training_cohort", "age", "min"), "number"),
+    (("training_cohort", "age", "max"), "number"),
+    (("qc",), "object"),
+    (("qc", "reference"), "object"),
+)
+_CALIBRATION_FIELDS = {"slope": "number", "intercept": "number", "n": "integer", "min_slope": "number"}
+
+
+def _check_spec(spec: dict[str, Any], index: Path) -> None:
+    """Refuse a ``bundle.json`` (edited by hand) that lacks an entry or has one of another kind."""
+    for keys, kind in _SPEC_FIELDS:
+        parent = spec
+        for key in keys[:-1]:
+            parent = parent[key]
+        where = f"{index}, {'.'.join(keys[:-1])}" if len(keys) > 1 else index
+        if parent.get(keys[-1]) is None:
+            raise BundleError(f"{where}: no {keys[-1]!r} entry; re-export the bundle with `brainage export`")
+        check_fields(parent, {keys[-1]: kind}, where)
+    calibration = check_fields(spec, {"calibration": "object"}, index).get("calibration") or {}
+    check_fields(calibration, _CALIBRATION_FIELDS, f"{index}, calibration")
+    if calibration.get("slope") is not None and (calibration.get("intercept") is None or calibration.get("n") is None):
+        raise BundleError(f"{index}, calibration: a slope without its intercept and n")
 
 
 def _read_mask(path: Path, affine: list) -> np.ndarray:
@@ -243,8 +285,8 @@ def is_bundle(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a finished bundle folder (has a ``bundle.json`` of this format)."""
     index = Path(path) / "bundle.json"
     try:
-        return index.is_file() and json.loads(index.read_text()).get("format") == BUNDLE_FORMAT
-    except ValueError:
+        return index.is_file() and read_json(index).get("format") == BUNDLE_FORMAT
+    except BrainAgeError:
         return False
 
 

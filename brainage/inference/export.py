@@ -19,7 +19,6 @@ Everything the bundle states is computed here from the run's own files:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -325,13 +324,10 @@ def _source_measures(
 
 
 def _scores(path: str | os.PathLike, config, n_features: int) -> dict[str, Any]:
-    from brainage.evaluation.pipeline import SCORE_KEYS
+    from brainage.evaluation.pipeline import SCORE_KEYS, read_scores
 
     path = Path(path)
-    try:
-        scores = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ExportError(f"{path}: not a readable scores.json ({err})") from err
+    scores = read_scores(path)
     for key, value in (("method", config.method), ("seed", config.seed)):
         if scores.get(key) is not None and scores[key] != value:
             raise ExportError(f"{path}: scores of {key} {scores[key]!r}, but the run has {key} {value!r}")
@@ -376,15 +372,10 @@ def _run_name(run: Path) -> str:
 
 def _probe_settings(scores: str | os.PathLike | None):
     """The probe settings ``scores.json`` was evaluated with (the challenge's when absent)."""
+    from brainage.evaluation.pipeline import recorded_probe_settings
     from brainage.evaluation.protocol import ProbeSettings
 
-    if scores is None:
-        return ProbeSettings()
-    recorded = json.loads(Path(scores).read_text()).get("probe_settings") or {}
-    try:
-        return ProbeSettings(**recorded)
-    except TypeError:
-        return ProbeSettings()
+    return (recorded_probe_settings(scores) if scores is not None else None) or ProbeSettings()
 
 
 def export_bundle(

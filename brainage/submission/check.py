@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -32,13 +33,14 @@ from brainage.data.cache import SPLITS
 from brainage.data.modalities import MODALITIES
 from brainage.errors import BrainAgeError, InputNotFoundError
 from brainage.evaluation.features import FeatureSplit, load_feature_dir
+from brainage.evaluation.pipeline import read_scores, recorded_probe_settings
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
-from brainage.io import atomic_open, save_json
+from brainage.io import atomic_open, make_folders, save_json
 from brainage.submission.build import SUBMISSION_FILES
-from brainage.submission.ramp_estimator import load_metadata
+from brainage.submission.ramp_estimator import SubmissionError, load_metadata
 from brainage.submission.rows import write_ramp_rows
 
-__all__ = ["SubmissionCheckError", "check_submission", "run_like_server", "SERVER_RUN"]
+__all__ = ["SERVER_RUN", "SubmissionCheckError", "check_submission", "read_submission_metadata", "run_like_server"]
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +149,11 @@ def check_submission(
     missing = [f for f in SUBMISSION_FILES if not (submission / f).is_file()]
     if missing:
         raise InputNotFoundError(f"{submission}: missing {missing}; build it with `brainage submission`")
-    meta = load_metadata(submission / "metadata.pkl")
+    meta = read_submission_metadata(submission / "metadata.pkl")
     project = load_feature_dir(features)
     settings = _probe_settings(settings, project_scores)
-    out.mkdir(parents=True, exist_ok=True)
-    base = Path(workdir) if workdir is not None else out.parent
-    base.mkdir(parents=True, exist_ok=True)
+    make_folders(out)
+    base = make_folders(workdir if workdir is not None else out.parent)
     started = time.perf_counter()
     run = _run_on_ramp_rows(submission, data, meta["modality"], layout, base, started)
     comparison, triples = _match_project_features(run, project, data, rtol, atol)
@@ -178,7 +179,7 @@ def check_submission(
         "scores": scores,
     }
     if project_scores is not None:
-        given = json.loads(Path(project_scores).read_text())
+        given = read_scores(project_scores)
         report["project_scores"] = {k: given.get(k) for k in ("int_mae", "bacc", "ext_mae", "challenge_score")}
     save_json(out / "check.json", report)
     with atomic_open(out / "check.md") as fh:
@@ -193,15 +194,34 @@ def check_submission(
     return report
 
 
+def read_submission_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """A submission's ``metadata.pkl`` through the standalone estimator's ``load_metadata``.
+
+    The estimator runs on the challenge server without brainage, so it raises built-in errors;
+    they become brainage's here.
+
+    Raises:
+        InputNotFoundError: no such file.
+        SubmissionCheckError: not the metadata of a submission (the message names the file).
+    """
+    path = Path(path)
+    try:
+        return load_metadata(path)
+    except FileNotFoundError as err:
+        raise InputNotFoundError(str(err)) from err
+    except SubmissionError as err:  # its message names the file
+        raise SubmissionCheckError(str(err)) from err
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, IndexError, KeyError) as err:
+        raise SubmissionCheckError(
+            f"{path}: not the metadata.pkl of a submission ({err or type(err).__name__}); rebuild the "
+            "submission with `brainage submission`"
+        ) from err
+
+
 def _probe_settings(settings: ProbeSettings | None, project_scores: str | os.PathLike | None) -> ProbeSettings:
     """The probe settings recorded in ``project_scores`` when it has them, else ``settings`` or the challenge's."""
-    settings = settings or ProbeSettings()
-    if project_scores is not None:
-        given = json.loads(Path(project_scores).read_text())
-        stored = given.get("probe_settings")
-        if stored:
-            settings = ProbeSettings(**{**stored, "alphas": tuple(stored["alphas"]), "cs": tuple(stored["cs"])})
-    return settings
+    recorded = recorded_probe_settings(project_scores) if project_scores is not None else None
+    return recorded or settings or ProbeSettings()
 
 
 @dataclass(frozen=True)

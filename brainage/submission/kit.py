@@ -10,18 +10,36 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from brainage.data.modalities import MODALITIES
-from brainage.errors import InputNotFoundError
+from brainage.errors import ConfigError, InputNotFoundError
+from brainage.io import make_folders
 from brainage.submission.build import SUBMISSION_FILES
 
-__all__ = ["PROBLEM_SOURCE", "write_ramp_kit"]
+__all__ = ["PROBLEM_SOURCE", "SUBMISSION_NAME", "check_submission_name", "write_ramp_kit"]
 
 #: The kit's problem.py (not imported here: it needs ramp-workflow, a test-only dependency).
 PROBLEM_SOURCE = Path(__file__).with_name("ramp_problem.py")
+#: A submission name: one folder under ``submissions/``, never a path out of the kit.
+SUBMISSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_submission_name(name: str) -> str:
+    """``name`` when it is a plain folder name for ``submissions/`` (:data:`SUBMISSION_NAME`).
+
+    Raises:
+        ConfigError: anything else, such as a path (``../x``).
+    """
+    if not SUBMISSION_NAME.fullmatch(name):
+        raise ConfigError(
+            f"submission name {name!r}: expected a folder name of letters, digits, '.', '_' and '-' (not a path), "
+            "as `ramp-test --submission NAME` takes"
+        )
+    return name
 
 
 def write_ramp_kit(
@@ -45,7 +63,12 @@ def write_ramp_kit(
 
     Returns:
         ``kit``.
+
+    Raises:
+        ConfigError: ``name`` is not a plain folder name (see :data:`SUBMISSION_NAME`).
+        InputNotFoundError: a file of ``rows`` or ``submission`` is missing.
     """
+    check_submission_name(name)
     kit, rows, submission = Path(kit), Path(rows).resolve(), Path(submission)
     missing = [
         p
@@ -56,7 +79,7 @@ def write_ramp_kit(
     ]
     if missing:
         raise InputNotFoundError(f"cannot write the RAMP kit: missing {[str(p) for p in missing]}")
-    kit.mkdir(parents=True, exist_ok=True)
+    make_folders(kit)
     for stale in ("data", "submissions"):
         if (kit / stale).exists():
             shutil.rmtree(kit / stale)

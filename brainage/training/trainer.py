@@ -36,7 +36,7 @@ from torch.utils.data import DistributedSampler
 from brainage.data.cache import CacheSplit, cache_identity, open_split
 from brainage.device import resolve_device
 from brainage.errors import BrainAgeError
-from brainage.io import atomic_open, remove_stale_temporaries, save_json
+from brainage.io import atomic_open, make_folders, remove_stale_temporaries, save_json
 from brainage.losses import trusted_inputs
 from brainage.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -337,7 +337,7 @@ def train(
         run = _start_run(config, target, out, ckpt_path, device, restart_on_mismatch, ctx)
         loop = _make_loop(config, split, f"{cache}/train", run.model, device, amp, target, ctx)
         if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
+            make_folders(out)
             writer = _tensorboard(out)
         bar = _progress(
             loop.steps * config.epochs,
