@@ -104,6 +104,15 @@ def test_truncated_nifti_is_refused_or_skipped(inference_run, tmp_path, capsys):
         assert "cut.nii.gz" in table["error"][1] and "cut.nii:" in table["error"][2]
 
 
+def test_predict_figure_path_taken_by_a_folder_writes_nothing(inference_run, tmp_path, capsys):
+    good = next((inference_run / "data").glob("*/derivatives/sub-*/ses-1/*_desc-gm_T1w.npy"))
+    (tmp_path / "fig").mkdir()
+    argv = ["predict", "--model", inference_run / "bundle", "--images", good, "--quiet", "--device", "cpu"]
+    line = refused([*argv, "--out", tmp_path / "p.csv", "--figure", tmp_path / "fig"], capsys)
+    assert f"{tmp_path / 'fig'} is a folder" in line
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.json").exists()
+
+
 # --------------------------------------------------------------------------- empty / foreign model files (5)
 
 

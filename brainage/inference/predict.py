@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from brainage import __version__
-from brainage.errors import BrainAgeError
+from brainage.errors import BrainAgeError, OutputExistsError
 from brainage.inference import qc
 from brainage.inference.bundle import ModelBundle, open_model
 from brainage.inference.inputs import Scan, collect_scans
@@ -203,6 +203,10 @@ def predict_brain_age(
     if batch_size < 1 or workers < 0:
         raise BrainAgeError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     out = Path(out)
+    figure_path = (out.with_suffix(".png") if figure is True else Path(figure)) if figure else None
+    for path in (out, out.with_suffix(".json"), figure_path):
+        if path is not None and path.is_dir():  # refused before anything is written
+            raise OutputExistsError(f"{path} is a folder, but predict writes a file there; give a file name")
     bundle = model if isinstance(model, ModelBundle) else open_model(model, **(export_options or {}))
     prep = bundle.preprocessing
     scans = collect_scans(images, select)
@@ -232,7 +236,7 @@ def predict_brain_age(
             line = (correction.slope_, correction.intercept_) if correction is not None else None
             plot_prediction_summary(
                 table,
-                out.with_suffix(".png") if figure is True else figure,
+                figure_path,
                 bundle.age_range,
                 line,
                 title=f"{bundle.spec['model']['method']} seed {bundle.spec['model']['seed']}",
