@@ -21,7 +21,7 @@ from brainage.data.layouts import OpenBHBDataset, open_dataset
 from brainage.data.masks import mask_volumes
 from brainage.data.modalities import MODALITIES, ramp_row_slices
 from brainage.errors import BrainAgeError
-from brainage.io import save_table
+from brainage.io import make_folders, save_table
 
 __all__ = ["write_ramp_rows"]
 
@@ -63,7 +63,7 @@ def write_ramp_rows(
         "test": np.r_[np.flatnonzero(split == "internal_test"), np.flatnonzero(split == "external_test")],
     }
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     os.chmod(tmp, 0o755)
     try:

@@ -35,7 +35,7 @@ from brainage.data.simulate.subject import (
     render_vbm,
 )
 from brainage.errors import BrainAgeError, OutputExistsError
-from brainage.io import atomic_path, save_json, save_npy, save_table
+from brainage.io import atomic_path, make_folders, save_json, save_npy, save_table
 
 __all__ = ["simulate_openbhb", "parse_modalities", "NOT_SIMULATED"]
 
@@ -251,7 +251,7 @@ def simulate_openbhb(
     if "quasiraw" in mods:
         grid_fields("quasiraw", downsample)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(out.parent)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     if stage.exists():
         shutil.rmtree(stage)
