@@ -457,3 +457,28 @@ def test_debias_train_refuses_non_finite_or_out_of_range_numbers(tmp_path, capsy
     code, err = _run(_train_ce(data, tmp_path / "m.pt", f"{option}={value}"), capsys)
     assert code == 2 and expected in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_debias_eval_refuses_hand_edited_checkpoints(tmp_path, capsys):
+    data = tmp_path / "data"
+    _tiny_biased_mnist(data, capsys)
+    model = tmp_path / "m.pt"
+    train = _train_ce(data, model, "--width", "0.125", "--epochs", "1", "--batch-size", "10", "--quiet")
+    assert _run(train, capsys)[0] == 0
+    record = torch.load(model, weights_only=True)
+    first = next(iter(record["state_dict"]))
+    edits = {
+        "unknown-field": {**record, "method": {**record["method"], "gamma_ray": 1.0}},
+        "wrong-type": {**record, "train": [1, 2]},
+        "other-shape": {**record, "state_dict": {**record["state_dict"], first: torch.zeros(3)}},
+        "not-a-record": [record["state_dict"][first]],
+    }
+    for name, edited in edits.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(edited, path)
+        out = tmp_path / f"{name}.json"
+        argv = ["debias-eval", "--model", str(path), "--test", str(data / "test.npz"), "--out", str(out)]
+        code, err = _run(argv, capsys)
+        assert code == 2 and "Traceback" not in err, (name, err)
+        assert f"error: {path}: checkpoint " in err, (name, err)
+        assert not out.exists()

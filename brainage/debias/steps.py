@@ -361,12 +361,17 @@ def load_checkpoint(path: str | os.PathLike):
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for corrupt files
         raise BrainAgeError(f"{path}: not a readable checkpoint ({err})") from err
+    if not isinstance(record, dict):
+        raise BrainAgeError(f"{path}: checkpoint holds a {type(record).__name__}, not a record of debias-train")
     missing = {"state_dict", "method", "train", "n_classes"} - set(record)
     if missing:
         raise BrainAgeError(f"{path}: checkpoint lacks {sorted(missing)}")
-    method, config = MethodConfig(**record["method"]), TrainConfig(**record["train"])
-    model = build_from_config(method, config, record["n_classes"])
-    model.load_state_dict(record["state_dict"])
+    try:  # a hand-edited record: unknown or mistyped fields, weights of another network
+        method, config = MethodConfig(**record["method"]), TrainConfig(**record["train"])
+        model = build_from_config(method, config, record["n_classes"])
+        model.load_state_dict(record["state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise BrainAgeError(f"{path}: checkpoint does not describe a model this version can build ({err})") from err
     model.eval()
     return model, record
 
