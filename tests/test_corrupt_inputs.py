@@ -23,6 +23,7 @@ from brainage.cli import main
 from brainage.debias.data.arrays import ArraySet, save_array_set
 from brainage.device import resolve_device
 from brainage.errors import BrainAgeError
+from brainage.training import extract_features
 from brainage.training.checkpoint import MODEL_FORMAT, load_file
 
 RANDOM = bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
@@ -255,6 +256,7 @@ def test_damaged_training_cache(tmp_path, capsys):
     ("argv", "option"),
     [
         (["features", "--run", "r", "--cache", "c", "--out", "o", "--num-threads", "-1"], "--num-threads"),
+        (["features", "--run", "r", "--cache", "c", "--out", "o", "--batch-size", "-1"], "--batch-size"),
         (["export", "--run", "r", "--out", "o", "--num-threads", "-2"], "--num-threads"),
         (["export", "--run", "r", "--out", "o", "--qc-subjects", "-5"], "--qc-subjects"),
         (["predict", "--model", "m", "--images", "i", "--out", "o", "--num-threads", "-1"], "--num-threads"),
@@ -273,6 +275,14 @@ def test_out_of_range_options(argv, option, capsys):
         main(argv)
     assert info.value.code == 2
     assert f"argument {option}: expected" in capsys.readouterr().err
+
+
+def test_feature_extraction_refuses_a_batch_size_below_one(tmp_path):
+    # a negative size once gave empty feature files and exit status 0 (range() with a negative step)
+    for size in (0, -1):
+        with pytest.raises(BrainAgeError, match=f"batch_size must be >= 1, got {size}"):
+            extract_features(tmp_path / "run", tmp_path / "cache", tmp_path / "out", batch_size=size)
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_device_and_a_class_order_not_in_utf8(tmp_path, capsys):

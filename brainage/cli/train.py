@@ -101,7 +101,9 @@ def _register_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder for the .npz files")
     p.add_argument("--kind", choices=list(FEATURE_KINDS), help="contrastive models only; default: the run's")
     p.add_argument("--device", help="default: the run's device option")
-    p.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the run's eval_batch_size)")
+    p.add_argument(
+        "--batch-size", type=positive_int, help="subjects per forward pass (default: the run's eval_batch_size)"
+    )
     p.add_argument("--num-threads", type=positive_int, help="CPU threads of torch")
     p.add_argument(
         "--precision",

@@ -95,6 +95,8 @@ def extract_features(
         CheckpointError: unreadable or mismatched model; a cache on another grid.
         ValueError: NaN/inf features (nothing written), unknown kind, projection of an L1 model.
     """
+    if batch_size is not None and batch_size < 1:
+        raise BrainAgeError(f"batch_size must be >= 1, got {batch_size}")
     run = Path(run)
     model_path = run / "model.pt" if run.is_dir() else run
     if run.is_dir() and not model_path.exists():
