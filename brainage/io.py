@@ -38,6 +38,7 @@ __all__ = [
     "atomic_open",
     "atomic_dir",
     "check_fields",
+    "check_folder_path",
     "make_folders",
     "lock_path",
     "output_lock",
@@ -94,8 +95,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) ->
     return removed
 
 
-def make_folders(folder: str | os.PathLike) -> Path:
-    """``mkdir -p folder``, refusing a path on which a file stands where a folder is needed.
+def check_folder_path(folder: str | os.PathLike) -> Path:
+    """Refuse a folder output on whose path a file stands (``folder`` or a parent); create nothing.
 
     Raises:
         OutputExistsError: ``folder`` or one of its parents is a file; the message names it.
@@ -109,6 +110,16 @@ def make_folders(folder: str | os.PathLike) -> Path:
                     f"{existing} is a file, but a folder is needed there{where}; choose another output path"
                 )
             break
+    return folder
+
+
+def make_folders(folder: str | os.PathLike) -> Path:
+    """``mkdir -p folder``, refusing a path on which a file stands where a folder is needed.
+
+    Raises:
+        OutputExistsError: ``folder`` or one of its parents is a file; the message names it.
+    """
+    folder = check_folder_path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

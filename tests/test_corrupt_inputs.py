@@ -210,6 +210,22 @@ def test_damaged_feature_files(tmp_path, capsys):
     assert "member(s) ['notes.txt'] are not .npy arrays" in line
 
 
+def test_evaluate_refuses_an_output_folder_taken_by_a_file_before_the_probes(tmp_path, capsys, monkeypatch):
+    import brainage.evaluation.pipeline as pipeline
+
+    def probes_must_not_run(*args, **kwargs):
+        raise AssertionError("the probes ran before the output path was checked")
+
+    monkeypatch.setattr(pipeline, "evaluate_features", probes_must_not_run)
+    folder = write_feature_dir(tmp_path / "features")
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    for out in (taken, taken / "scores"):
+        line = refused(["evaluate", "--features", folder, "--out", out], capsys)
+        assert f"{taken} is a file, but a folder is needed there" in line
+    assert taken.read_text() == "keep me"
+
+
 # --------------------------------------------------------------------------- training cache (11)
 
 

@@ -30,7 +30,7 @@ from brainage.evaluation.features import FeatureSplit, load_feature_dir
 from brainage.evaluation.metrics import mae
 from brainage.evaluation.protocol import ProbeSettings, evaluate_features
 from brainage.evaluation.reference import reference_features, reference_method_id
-from brainage.io import check_fields, read_json, read_table, save_json, save_table
+from brainage.io import check_fields, check_folder_path, read_json, read_table, save_json, save_table
 
 __all__ = [
     "load_folds",
@@ -253,7 +253,7 @@ def run_evaluation(
     """
     _check_formulation(formulation)
     settings = settings or ProbeSettings()
-    out_dir = Path(out_dir)
+    out_dir = check_folder_path(out_dir)  # before the probes run, not when their results are written
     splits = load_feature_dir(features_dir)
     if reference is not None:
         feats = reference_features(reference, {s: splits[s].age for s in SPLITS})
