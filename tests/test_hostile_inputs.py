@@ -28,7 +28,7 @@ from helpers import QR_MASK_NAME, REPO, VBM_MASK_NAME, write_openbhb
 
 from brainage.data.openbhb import OpenBHBError
 from brainage.data.preprocess import preprocess
-from brainage.errors import ConfigError
+from brainage.errors import BrainAgeError, ConfigError
 from brainage.io import lock_path
 from brainage.training import TrainConfig, load_config_file, train
 from brainage.training.config import AUGMENTATIONS
@@ -331,6 +331,15 @@ def test_resuming_with_another_thread_count_warns_and_is_recorded(cache, tmp_pat
     assert "--num-threads 1" in warnings[0]
     assert torch.load(out / "model.pt", weights_only=True)["num_threads_used"] == [1, 2]
     assert json.loads((out / "config.json").read_text())["num_threads_used"] == [1, 2]
+
+
+def test_a_batch_of_one_subject_is_refused_before_training(cache, tmp_path):
+    # on this 16x19x16 grid the last block's output is 1x1x1, so one subject gave BatchNorm
+    # a single value per channel and torch's "Expected more than 1 value per channel" mid-run
+    config = TrainConfig(method="l1", epochs=1, batch_size=1, width=0.125, device="cpu", progress=False)
+    with pytest.raises(BrainAgeError, match="batch_size 1 gives 1 subject per process and step"):
+        train(config, cache, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- 9. caught early

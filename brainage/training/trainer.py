@@ -414,6 +414,11 @@ def _open_training_split(config: TrainConfig, cache: str | os.PathLike, ctx: Dis
     """The cache's ``train`` split and its :class:`_Target`; raises when the batch does not fit it."""
     if config.batch_size % ctx.world_size:
         raise BrainAgeError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
+    if config.batch_size // ctx.world_size < 2:
+        raise BrainAgeError(
+            f"batch_size {config.batch_size} gives {config.batch_size // ctx.world_size} subject per process and step; "
+            "BatchNorm's batch statistics and the contrastive losses need at least 2"
+        )
     split = open_split(cache, "train")
     n_train = len(split)
     if n_train < config.batch_size:
