@@ -205,7 +205,7 @@ def aggregate(replicates: pd.DataFrame, order: Sequence[str] | None = None) -> p
             "n_replicates": int(len(grp)),
             "seeds": ",".join(str(s) for s in sorted({int(s) for s in grp["seed"] if pd.notna(s)})),
             "folds": ",".join(sorted({str(f) for f in grp["fold"] if pd.notna(f)})),
-            "challenge_protocol": bool(grp["challenge_protocol"].fillna(False).astype(bool).all()),
+            "challenge_protocol": all(pd.notna(v) and bool(v) for v in grp["challenge_protocol"]),
             "challenge_compliant": method not in NOT_COMPLIANT,
             "reference": str(method).startswith("ref_"),
         }
