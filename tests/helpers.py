@@ -214,7 +214,7 @@ def write_cache(
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     ramp = np.linspace(-1.0, 1.0, grid[0])[:, None, None]
-    for split, k in zip(("train", "internal_test", "external_test"), n):
+    for split, k in zip(("train", "internal_test", "external_test"), n, strict=True):
         ages = np.round(rng.uniform(6, 80, k), 1)
         vol = rng.normal(0, 1, (k, *grid)) + ((ages - 40) / 20)[:, None, None, None] * ramp
         vol = vol.astype(np.float16)
@@ -270,7 +270,7 @@ def three_splits(seed=0, site_strength=3.0, n=(200, 120, 80)):
 def write_feature_dir(folder, seed=0, nan_row=None, one_site=False, head=True):
     """A features folder (``<split>.npz``) of :func:`three_splits`; ``head`` adds a prediction column."""
     folder.mkdir(parents=True, exist_ok=True)
-    for split, data in zip(("train", "internal_test", "external_test"), three_splits(seed=seed)):
+    for split, data in zip(("train", "internal_test", "external_test"), three_splits(seed=seed), strict=True):
         x, age, site = data
         if split == "train" and one_site:
             site = np.full(len(site), "a")

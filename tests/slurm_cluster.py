@@ -213,7 +213,7 @@ class LocalSlurm:
             *arguments,
         ).stdout
         rows = csv.reader(io.StringIO(out), delimiter="|", quoting=csv.QUOTE_NONE)
-        return [dict(zip(fields, row)) for row in rows if row]
+        return [dict(zip(fields, row, strict=False)) for row in rows if row]
 
     def wait_for(self, job_id: str, timeout: float) -> dict[str, str]:
         """Poll sacct until the job has ended; its row (State, ExitCode, ...)."""

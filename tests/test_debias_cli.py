@@ -350,7 +350,7 @@ def test_corrupted_cifar10_from_python_pickles(tmp_path, capsys):
     expected = sorted(
         [(y, y) for y in range(10) for _ in range(9)] + [(y, b) for y in range(10) for b in range(10) if b != y]
     )
-    assert sorted(zip(train.labels.tolist(), train.bias.tolist())) == expected
+    assert sorted(zip(train.labels.tolist(), train.bias.tolist(), strict=True)) == expected
     assert len(read_dfa(root, "valid", "50pct")) == 20 and len(read_dfa(root, "test", "50pct")) == 30
     code, _ = _run(
         [
@@ -375,7 +375,7 @@ def test_corrupted_cifar10_from_python_pickles(tmp_path, capsys):
     sources = {
         row.reshape(3, 32, 32).tobytes()
         for name in (f"data_batch_{i}" for i in range(1, 6))
-        for row, label in zip(*written[name])
+        for row, label in zip(*written[name], strict=True)
         if label == 9
     }
     nines = data.images[(data.labels == 9) & (data.bias == 9)]

@@ -382,7 +382,7 @@ def _dfa_tree(root):
 def test_dfa_reader(tmp_path):
     _dfa_tree(tmp_path / "cifar10c")
     train = read_dfa(tmp_path / "cifar10c", "train", "1pct")
-    assert sorted(zip(train.labels.tolist(), train.bias.tolist())) == [(0, 0), (3, 3), (3, 7)]
+    assert sorted(zip(train.labels.tolist(), train.bias.tolist(), strict=True)) == [(0, 0), (3, 3), (3, 7)]
     valid = read_dfa(tmp_path / "cifar10c", "valid", "1pct")
     assert (valid.labels.tolist(), valid.bias.tolist()) == ([5], [1])
     test = read_dfa(tmp_path / "cifar10c", "test", "1pct")
@@ -464,7 +464,7 @@ def test_imagenet9_rebias_subset_rule(tmp_path):
     assert len(expected) == 5 + 5 + 3 + 5 + 5 + 5 + 5 + 4 + 5 == 42
     assert imagenet9_map(order) == expected
     listing = read_imagenet9(train, order)
-    got = sorted((p.parent.name, label) for p, label in zip(listing.paths, listing.labels.tolist()))
+    got = sorted((p.parent.name, label) for p, label in zip(listing.paths, listing.labels.tolist(), strict=True))
     assert got == sorted(expected.items())
     assert listing.bias.tolist() == [-1] * 42
     # indices of the dog / bird / monkey ranges outside ReBias's subsets are dropped
@@ -507,7 +507,7 @@ def test_imagenet_a_fixed_map_needs_no_class_order(tmp_path):
         png(root / wnid / f"{wnid}_a.jpg", 1, size=4)
         png(root / wnid / f"{wnid}_b.jpg", 2, size=4)
     listing = read_imagenet9(root)
-    got = sorted((p.parent.name, label) for p, label in zip(listing.paths, listing.labels.tolist()))
+    got = sorted((p.parent.name, label) for p, label in zip(listing.paths, listing.labels.tolist(), strict=True))
     assert got == sorted((w, y) for w, y in folders.items() if y is not None for _ in range(2))
     assert len(listing) == 18 and listing.bias.tolist() == [-1] * 18
     with pytest.raises(FileNotFoundError, match="42 9-class"):
@@ -550,7 +550,7 @@ def test_corrupted_digits_roundtrip_through_dfa_layout(tmp_path):
     x, y, b = make_corrupted(padded, labels, conflict_pct=50.0, protocol="type1", severity=1, seed=0)
     write_dfa_split(tmp_path / "digits" / "50pct", x, y, b, by_alignment=True)
     listing = read_dfa(tmp_path / "digits", "train", "50pct")
-    assert sorted(zip(listing.labels, listing.bias)) == sorted(zip(y.tolist(), b.tolist()))
+    assert sorted(zip(listing.labels, listing.bias, strict=True)) == sorted(zip(y.tolist(), b.tolist(), strict=True))
     conflict = [p for p in listing.paths if p.parent.parent.name == "conflict"]
     assert len(conflict) == int(np.sum(y != b))
     first = next(i for i, p in enumerate(listing.paths) if p.name.startswith("000000_"))

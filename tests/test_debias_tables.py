@@ -19,7 +19,7 @@ def _records():
         ("ce-end", 0.999, (0.50, 0.70), (0.15, 0.13)),
         ("eps-supinfonce-fairkl", 0.99, (0.96, 0.96), (0.12, 0.10)),
     ]:
-        for seed, (acc, att) in enumerate(zip(accs, attacks)):
+        for seed, (acc, att) in enumerate(zip(accs, attacks, strict=True)):
             rows.append(
                 {
                     "method": method,

@@ -560,7 +560,7 @@ def confounded_dir(folder, seed=0):
     for split, counts in sizes.items():
         names = ["x", "y", "z"] if split == "external_test" else list(ranges)
         site = np.repeat(names, counts)
-        age = np.concatenate([rng.uniform(*ranges[k], c) for k, c in zip(ranges, counts)])
+        age = np.concatenate([rng.uniform(*ranges[k], c) for k, c in zip(ranges, counts, strict=True)])
         sex = rng.choice(["female", "male"], len(age))
         np.savez(
             folder / f"{split}.npz",
@@ -626,7 +626,7 @@ def test_site_given_age_separates_age_from_site_information():
     settings = ProbeSettings()
     age_only = [np.c_[np.sin(y / 15), (y / 40) ** 2, rng.normal(0, 0.1, (len(y), 2))] for y in (y_tr, y_in)]
     onehot = [(s[:, None] == sites[None]).astype(float) for s in (s_tr, s_in)]
-    with_site = [np.c_[a, 2.0 * o] for a, o in zip(age_only, onehot)]
+    with_site = [np.c_[a, 2.0 * o] for a, o in zip(age_only, onehot, strict=True)]
     for x, leaks in ((age_only, False), (with_site, True)):
         res = collateral_scores((x[0], y_tr, s_tr), (x[1], y_in, s_in), None, settings)
         site_probe_alone = balanced_accuracy_score(

@@ -200,7 +200,7 @@ def test_tradeoff_one_marker_and_colour_per_method_with_a_legend(tmp_path, captu
     assert len(points) == 5
     assert len({p.get_marker() for p in points}) == 5
     assert len({to_rgba(p.get_color()) for p in points}) == 5
-    for p, (b, e) in zip(points, zip(table["bacc_pct_mean"], table["ext_mae_mean"])):
+    for p, (b, e) in zip(points, zip(table["bacc_pct_mean"], table["ext_mae_mean"], strict=True), strict=True):
         assert (p.get_xdata()[0], p.get_ydata()[0]) == pytest.approx((b, e))
     # no method names written next to the points any more
     assert not {t.get_text() for t in ax.texts} & set(table["method"])

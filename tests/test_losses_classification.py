@@ -159,7 +159,7 @@ def test_epsilon_large_tends_to_infol1o() -> None:
     for eps in (0.0, 1.0, 5.0, 20.0, 60.0):
         gaps.append(EpsilonSupInfoNCE(epsilon=eps, temperature=TAU)(feats, labels).item() - infol1o)
     assert all(g > 0 for g in gaps[:-1])  # the exp(s_ip - eps) term only adds to the denominator
-    assert all(a > b for a, b in zip(gaps, gaps[1:-1]))  # and shrinks as eps grows
+    assert all(a > b for a, b in zip(gaps, gaps[1:-1], strict=False))  # and shrinks as eps grows
     assert abs(gaps[-1]) < 1e-12
 
 

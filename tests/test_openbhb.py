@@ -225,7 +225,7 @@ def test_ramp_row_slices_follow_the_kit():
     }
     assert list(s) == ["vbm", "quasiraw", "xhemi", "vbm_roi", "desikan_roi", "destrieux_roi"]
     assert s["vbm"].start == 0 and s["destrieux_roi"].stop == 3_659_572
-    assert all(a.stop == b.start for a, b in zip(s.values(), list(s.values())[1:]))
+    assert all(a.stop == b.start for a, b in zip(s.values(), list(s.values())[1:], strict=False))
 
 
 # --------------------------------------------------------------------------- layouts

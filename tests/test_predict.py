@@ -43,7 +43,7 @@ def test_simulator_arrays_with_ages(inference_run, bundle, tmp_path):
         _, table = cache_split(inference_run / "cache", split)
         rows += [
             {"participant_id": pid, "path": subject_array(inference_run, pid), "age": age, "sex": sex}
-            for pid, age, sex in zip(table["participant_id"], table["age"], table["sex"])
+            for pid, age, sex in zip(table["participant_id"], table["age"], table["sex"], strict=True)
         ]
     pd.DataFrame(rows).to_csv(tmp_path / "list.csv", index=False)
     out = predict_brain_age(bundle, [tmp_path / "list.csv"], tmp_path / "pred.csv", progress=False, batch_size=5)

@@ -342,7 +342,7 @@ def test_same_seed_same_bytes_whatever_n_jobs(tmp_path):
     assert all(fa[k] == fb[k] for k in fa)
     npy_a = [np.load(a / k) for k in sorted(fa) if k.startswith(("train", "val"))]
     npy_c = [np.load(c / k) for k in sorted(fc) if k.startswith(("train", "val"))]
-    assert not any(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(npy_a, npy_c))
+    assert not any(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(npy_a, npy_c, strict=True))
     assert (a / "participants.tsv").read_bytes() != (c / "participants.tsv").read_bytes()
 
 

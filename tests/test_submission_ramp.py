@@ -103,7 +103,7 @@ def parse_fold_tables(stdout: str) -> dict[int, dict[str, dict[str, float]]]:
         if tokens and tokens[0] == "score":
             header = tokens[1:]
         elif header and tokens and tokens[0] in ("train", "valid", "test"):
-            folds.setdefault(current, {})[tokens[0]] = dict(zip(header, map(float, tokens[1:])))
+            folds.setdefault(current, {})[tokens[0]] = dict(zip(header, map(float, tokens[1:]), strict=False))
         elif header and line.strip().startswith("---"):
             current = None
     return folds

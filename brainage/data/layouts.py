@@ -303,7 +303,7 @@ class RampLayout(OpenBHBDataset):
             arrays.append(array)
         participants = pd.concat(tables, ignore_index=True)
         super().__init__(root, participants, masks)
-        self.arrays = dict(zip(parts, arrays))
+        self.arrays = dict(zip(parts, arrays, strict=True))
         self._slices: dict[str, slice] | None = None
 
     def row_slices(self) -> dict[str, slice]:

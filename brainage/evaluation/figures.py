@@ -192,9 +192,9 @@ def _embed(
     blocks = [np.asarray(features[n], dtype=np.float64) for n in names]
     labels = [
         np.asarray(sites[n]).astype(str) if sites.get(n) is not None else np.full(len(b), "unknown")
-        for n, b in zip(names, blocks)
+        for n, b in zip(names, blocks, strict=True)
     ]
-    split_of = np.concatenate([np.full(len(b), n) for n, b in zip(names, blocks)])
+    split_of = np.concatenate([np.full(len(b), n) for n, b in zip(names, blocks, strict=True)])
     x = np.concatenate(blocks)
     site_of = np.concatenate(labels)
     rng = np.random.default_rng(random_state)
@@ -304,7 +304,7 @@ def _site_colorbar(fig: Figure, ax, cmap, norm, seen: list[str], external_only: 
     ticks = list(range(0, n_sites, step))
     cbar.set_ticks(ticks)
     cbar.set_ticklabels([order[i][:14] for i in ticks], fontsize=6)
-    for tick, i in zip(cbar.ax.get_yticklabels(), ticks):
+    for tick, i in zip(cbar.ax.get_yticklabels(), ticks, strict=False):
         if i >= len(seen):
             tick.set_color("tab:red")
     if external_only:
@@ -344,13 +344,13 @@ def plot_table_summary(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     fig, axes = _figure(4.0 * ncols, 3.8 * nrows, ncols=ncols, nrows=nrows)
     pos = np.arange(len(table))
     colors = ["0.6" if ref else "tab:blue" for ref in table.get("reference", pd.Series(False, index=table.index))]
-    for ax, (key, label) in zip(axes, panels):
+    for ax, (key, label) in zip(axes, panels, strict=False):
         std = table[f"{key}_std"].fillna(0.0).to_numpy()
         ax.bar(pos, table[f"{key}_mean"].fillna(0.0).to_numpy(), yerr=std, capsize=3, color=colors)
         ax.set_xticks(pos, table["method"].tolist(), rotation=35, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
     if "bacc_chance_pct_mean" in table:
-        for ax, key in zip(axes, [k for k, _ in panels]):
+        for ax, key in zip(axes, [k for k, _ in panels], strict=False):
             if key in ("bacc_pct", "site_given_age_pct"):
                 ax.axhline(float(table["bacc_chance_pct_mean"].mean()), color="k", ls="--", lw=1, label="chance")
                 ax.legend(fontsize=7)
@@ -385,9 +385,9 @@ def plot_tradeoff(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     methods = [str(m) for m in rows["method"]]
     models = [str(m) for m in rows["model"]] if "model" in rows else [""] * len(rows)
     # the model is named only where one method appears with several models
-    labels = [f"{m} ({mod})" if methods.count(m) > 1 and mod else m for m, mod in zip(methods, models)]
+    labels = [f"{m} ({mod})" if methods.count(m) > 1 and mod else m for m, mod in zip(methods, models, strict=True)]
     palette = colormaps["tab10"]
-    for i, (name, xi, yi, xs, ys, ok) in enumerate(zip(labels, b, e, bs, es, compliant[~refs])):
+    for i, (name, xi, yi, xs, ys, ok) in enumerate(zip(labels, b, e, bs, es, compliant[~refs], strict=True)):
         color = palette(i % 10)
         ax.errorbar(
             [xi],

@@ -410,7 +410,7 @@ def _checked_splits(triples: Sequence[Triple], names: Sequence[str]) -> tuple[_S
     n_train, n_int, n_ext = names
     tr, inn, ex = (
         _Split(name, *check_features(*_unpack(triple, name), name=name))
-        for triple, name in zip(triples, (n_train, n_int, n_ext))
+        for triple, name in zip(triples, (n_train, n_int, n_ext), strict=True)
     )
     if tr.sites is None:
         raise BrainAgeError(f"{n_train}: sites are required (the site probe is fitted on them)")

@@ -236,15 +236,17 @@ def format_table(agg: pd.DataFrame) -> pd.DataFrame:
         {
             "method": agg["method"],
             "model": agg["model"],
-            "Int. MAE": [_cell(m, s, 2) for m, s in zip(agg["int_mae_mean"], agg["int_mae_std"])],
-            "BAcc %": [_cell(m, s, 1) for m, s in zip(agg["bacc_pct_mean"], agg["bacc_pct_std"])],
-            "Ext. MAE": [_cell(m, s, 2) for m, s in zip(agg["ext_mae_mean"], agg["ext_mae_std"])],
-            "L_c": [_cell(m, s, 2) for m, s in zip(agg["challenge_score_mean"], agg["challenge_score_std"])],
+            "Int. MAE": [_cell(m, s, 2) for m, s in zip(agg["int_mae_mean"], agg["int_mae_std"], strict=True)],
+            "BAcc %": [_cell(m, s, 1) for m, s in zip(agg["bacc_pct_mean"], agg["bacc_pct_std"], strict=True)],
+            "Ext. MAE": [_cell(m, s, 2) for m, s in zip(agg["ext_mae_mean"], agg["ext_mae_std"], strict=True)],
+            "L_c": [
+                _cell(m, s, 2) for m, s in zip(agg["challenge_score_mean"], agg["challenge_score_std"], strict=True)
+            ],
         }
     )
     for column, key in ANALYSIS_COLUMNS.items():
         if f"{key}_mean" in agg:
-            table[column] = [_cell(m, s, 1) for m, s in zip(agg[f"{key}_mean"], agg[f"{key}_std"])]
+            table[column] = [_cell(m, s, 1) for m, s in zip(agg[f"{key}_mean"], agg[f"{key}_std"], strict=True)]
     return table
 
 
@@ -272,9 +274,12 @@ def published_table() -> pd.DataFrame:
         {
             "method": df["method"],
             "model": df["model"],
-            "Int. MAE": [_cell(m, s, 2) for m, s in zip(df["int_mae_mean"], df["int_mae_std"])],
-            "BAcc %": [_cell(m, s, 2 if pd.isna(s) else 1) for m, s in zip(df["bacc_pct_mean"], df["bacc_pct_std"])],
-            "Ext. MAE": [_cell(m, s, 2) for m, s in zip(df["ext_mae_mean"], df["ext_mae_std"])],
+            "Int. MAE": [_cell(m, s, 2) for m, s in zip(df["int_mae_mean"], df["int_mae_std"], strict=True)],
+            "BAcc %": [
+                _cell(m, s, 2 if pd.isna(s) else 1)
+                for m, s in zip(df["bacc_pct_mean"], df["bacc_pct_std"], strict=True)
+            ],
+            "Ext. MAE": [_cell(m, s, 2) for m, s in zip(df["ext_mae_mean"], df["ext_mae_std"], strict=True)],
             "L_c": [_cell(m, None, 2) for m in df["challenge_score_mean"]],
         }
     )

@@ -434,7 +434,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         learn = _learn()
         k = len(self.sites_)
         for start, stop in tqdm(
-            list(zip(bounds[:-1], bounds[1:])), desc="ComBat fit", unit="chunk", disable=not self.progress
+            list(zip(bounds[:-1], bounds[1:], strict=True)), desc="ComBat fit", unit="chunk", disable=not self.progress
         ):
             block = np.asarray(read(int(start), int(stop)), dtype=np.float64)
             self._check_finite(block, int(start), "fit")
@@ -486,7 +486,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         self._check_width(X)
         out = np.empty(X.shape, dtype=np.float64)
         bounds = self.chunk_bounds_
-        for start, stop in zip(bounds[:-1], bounds[1:]):
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             out[:, start:stop] = self.transform_columns(X[:, start:stop], sites, int(start), int(stop))
         return out
 
@@ -520,7 +520,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
         self._check_width(X)
         out = np.empty(X.shape, dtype=np.float64)
         bounds = self.chunk_bounds_
-        for start, stop in zip(bounds[:-1], bounds[1:]):
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             out[:, start:stop] = self.transform_unseen_columns(X[:, start:stop], sites, int(start), int(stop))
         return out
 

@@ -190,7 +190,8 @@ def _training_data_lines(cohort: dict[str, Any], prov: dict[str, Any]) -> list[s
         "",
         "| age (y) | "
         + " | ".join(
-            f"{a:g}-{b:g}" for a, b in zip(cohort["age_histogram"]["edges"][:-1], cohort["age_histogram"]["edges"][1:])
+            f"{a:g}-{b:g}"
+            for a, b in zip(cohort["age_histogram"]["edges"][:-1], cohort["age_histogram"]["edges"][1:], strict=True)
         )
         + " |",
         "| --- |" + " --- |" * len(cohort["age_histogram"]["counts"]),

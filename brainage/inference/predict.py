@@ -304,7 +304,7 @@ def _predict_rows(
                     batch_size=len(ready),
                     name=str(scans[ready[0]["index"]].path),
                 )
-                for item, age in zip(ready, bundle.readout.predict(features, head)):
+                for item, age in zip(ready, bundle.readout.predict(features, head), strict=True):
                     rows[item["index"]] = _row(scans[item["index"]], item, float(age), bundle, correction)
             bar.update(len(batch))
     return rows

@@ -103,7 +103,7 @@ class ResNet18Encoder(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
         previous = widths[0]
-        for i, (channels, stride) in enumerate(zip(widths, (1, 2, 2, 2))):
+        for i, (channels, stride) in enumerate(zip(widths, (1, 2, 2, 2))):  # noqa: B905 (no strict=: the server's Python may predate 3.10)
             stage = nn.Sequential(ResidualBlock(previous, channels, stride), ResidualBlock(channels, channels, 1))
             self.add_module(f"layer{i + 1}", stage)
             previous = channels

@@ -76,7 +76,7 @@ def _tables(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _targets(table: pd.DataFrame, codes: dict, external: np.ndarray) -> np.ndarray:
     """(n, 3) float: age (years), site code (-1 for external rows), 1.0 on external rows."""
     sites = table[_site_column(table)].astype(str)
-    code = np.array([codes.get(s, -1) if not ext else -1 for s, ext in zip(sites, external)], dtype=float)
+    code = np.array([codes.get(s, -1) if not ext else -1 for s, ext in zip(sites, external)], dtype=float)  # noqa: B905 (runs in the kit)
     return np.column_stack([table["age"].to_numpy(dtype=float), code, external.astype(float)])
 
 

@@ -489,7 +489,9 @@ def grid_fields(modality: str, factor: int) -> GridFields:
     mask_image = np.ascontiguousarray(full_masks()[modality][::factor, ::factor, ::factor])
     mask = mask_image > mod.threshold
 
-    nearest = np.ix_(*(np.clip(np.rint(q).astype(np.intp), 0, n - 1) for q, n in zip(q_axes, TEMPLATE_SHAPE)))
+    nearest = np.ix_(
+        *(np.clip(np.rint(q).astype(np.intp), 0, n - 1) for q, n in zip(q_axes, TEMPLATE_SHAPE, strict=True))
+    )
     support = np.flatnonzero(_support_region()[nearest] | mask)
     idx = np.unravel_index(support, shape)
     support_q = np.stack([q_axes[a][idx[a]] for a in range(3)]).astype(np.float32)
@@ -508,7 +510,7 @@ def grid_fields(modality: str, factor: int) -> GridFields:
         idx = np.argwhere(mask).astype(np.float64)
         parcels = cKDTree(parcel_centroids()).query(idx * scale + offset)[1].astype(np.int16)
 
-    bases, dbases = zip(*(dct_bases(q_axes[a], TEMPLATE_SHAPE[a]) for a in range(3)))
+    bases, dbases = zip(*(dct_bases(q_axes[a], TEMPLATE_SHAPE[a]) for a in range(3)), strict=True)
     return GridFields(
         modality=modality,
         factor=int(factor),

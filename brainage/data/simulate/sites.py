@@ -129,7 +129,7 @@ class Acquisition:
         for key in ("shift_mm", "rotation_deg", "vbm_shift_mm", "vbm_rotation_deg"):
             vec = d.pop(key)
             stem, unit = key.rsplit("_", 1)
-            for axis, v in zip("xyz", vec):
+            for axis, v in zip("xyz", vec, strict=True):
                 d[f"{stem}_{axis}_{unit}"] = float(v)
         d["siteXacq"] = self.site_x_acq
         return d
@@ -307,7 +307,7 @@ def _site_profiles(n_sites: int, rng: np.random.Generator) -> tuple[list[str], n
     while counts[life] < need:
         counts[int(np.argmax(np.where(np.arange(len(names)) == life, -1, counts)))] -= 1
         counts[life] += 1
-    profiles = [p for p, c in zip(names, counts) for _ in range(c)]
+    profiles = [p for p, c in zip(names, counts, strict=True) for _ in range(c)]
     site_weight = np.array(
         [PROFILES[p].subject_share / counts[names.index(p)] * np.exp(rng.normal(0.0, 0.4)) for p in profiles]
     )
@@ -407,7 +407,7 @@ def _draw_participants(
     rows = []
     ids = rng.choice(9_000_000, size=n_subjects, replace=False) + 1_000_000
     pos = 0
-    for j, (acq, n) in enumerate(zip(acqs, per_acq)):
+    for j, (acq, n) in enumerate(zip(acqs, per_acq, strict=True)):
         acq.n_subjects = int(n)
         prof = PROFILES[acq.profile]
         site_rng = np.random.default_rng([seed, _STREAM_SITE, site_index[acq.site], 99])
@@ -421,7 +421,7 @@ def _draw_participants(
             n_int = int(np.clip(round(internal_fraction * n), 1, n - 1))
             split = np.full(int(n), "train", dtype=object)
             split[rng.choice(int(n), n_int, replace=False)] = "internal_test"
-        for a, m, s in zip(ages, male, split):
+        for a, m, s in zip(ages, male, split, strict=True):
             rows.append(
                 {
                     "participant_id": str(int(ids[pos])),

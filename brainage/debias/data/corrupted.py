@@ -264,7 +264,7 @@ def write_dfa_split(
     from brainage.io import atomic_path
 
     folder = Path(folder)
-    for i, (img, y, b) in enumerate(zip(images, labels, bias)):
+    for i, (img, y, b) in enumerate(zip(images, labels, bias, strict=True)):
         sub = folder
         if by_alignment:
             sub = sub / ("align" if y == b else "conflict")

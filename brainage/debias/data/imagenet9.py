@@ -278,7 +278,7 @@ def texture_clusters_from_csv(csv_path: str | os.PathLike, listing: ImageList) -
     index = pd.Index(keys)
     wanted = [f"{p.parent.name}/{p.name}" for p in listing.paths]
     position = index.get_indexer(wanted)
-    missing = [w for w, i in zip(wanted, position) if i < 0]
+    missing = [w for w, i in zip(wanted, position, strict=True) if i < 0]
     if missing:
         raise BrainAgeError(f"{csv_path}: {len(missing)} of the {len(wanted)} images have no row, e.g. {missing[:3]}")
     rows = []
